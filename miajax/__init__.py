@@ -1,0 +1,1 @@
+"""miajax: membership-inference auditing with many shadow models trained at once."""
