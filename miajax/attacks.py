@@ -1,0 +1,711 @@
+"""Membership-inference attacks on shadow-model scores: LiRA, global threshold, RMIA.
+
+Every function takes per-model scores, never models: `shadow_scores float[models,
+examples, queries]` with `shadow_keep bool[models, examples]` (which shadow model
+trained on which example) and `target_scores float[targets, examples, queries]`,
+and returns `float[targets, examples]`, higher = more likely a member. Inputs are
+checked eagerly (shapes, dtypes, finiteness, IN/OUT counts) and then handed to
+jit-compiled code that is vectorised over examples; ragged IN/OUT counts are
+handled with masks. The public functions therefore need concrete arrays and are
+not themselves meant to be traced.
+
+LiRA, `variant="miajax"` (default) versus `variant="reference"`
+-----------------------------------------------------------------
+`variant="reference"` reproduces the evaluation of tensorflow/privacy
+`research/mi_lira_2021/plot.py`; `variant="miajax"` is the statistically sound
+version. Per example and query, LiRA fits a Gaussian to the IN scores (shadows
+trained on the example) and one to the OUT scores. The differences:
+
+1. **No truncation.** miajax uses all IN and all OUT scores of every example.
+   The reference cuts every example's IN (OUT) list to the first `n` in model
+   order, `n` being the smallest IN (OUT) count over all examples, which throws
+   data away whenever the membership design is ragged (random keep masks).
+2. **Mean and unbiased std** (ddof=1) instead of median and population std
+   (ddof=0). They are the Gaussian's own estimators (the median has ~64% of the
+   mean's efficiency for Gaussian data), ddof=1 removes the downward bias of
+   the scale that makes the test over-confident with few shadow models, and
+   mean/variance can be down-dated exactly, which is what makes leave-one-out
+   cheap (below).
+3. **Correct fixed variance.** With `fix_variance=True` the IN fit uses the
+   pooled IN variance and the OUT fit the pooled OUT variance, per query:
+   `sum_i sum_{m in IN_i} (x_mi - mean_i)^2 / sum_i (n_i - 1)`, i.e. the
+   spread around each example's own mean. The reference uses one number for
+   both fits, the std of all IN scores around their global mean, which mixes
+   in the spread of the per-example means and ignores the OUT scores.
+4. **One-sided offline test**, as in the LiRA paper:
+   `log Phi((x - mean_out) / std_out)`. A score far *below* the OUT
+   distribution is evidence against membership; the reference's negated
+   two-sided log density ranks it as a likely member.
+5. **Scale floor.** The std is floored at `1e-6 * (1 + |mean|)` (around float32
+   resolution) so constant shadow scores give large finite log-likelihoods,
+   never inf or nan. The reference adds 1e-30 to the std.
+6. **Counts.** Each example needs >= 2 IN (online only) and >= 2 OUT shadow
+   scores for per-example variances, >= 1 with `fix_variance=True` (the
+   pooled variance needs only some example with two). Fewer raises a
+   ValueError naming how many examples fail and the first one. The reference
+   variant applies the same rule (with one score its std is 0 and the
+   original code returns +-1e59-sized numbers).
+7. **float32** with centred sums: per-example means first, then sums of
+   squared deviations, and leave-one-out removes a model with the exact
+   (Welford) down-date, so no large sums of squares cancel.
+
+Both variants average the per-query log-likelihoods (ratios) over queries.
+
+Leave-one-out (`leave_one_out`): every model in turn is the target and all
+other models its shadows; the pooled ROC uses `keep` as labels. For
+`variant="miajax"` per-example counts, means and sums of squared deviations
+are computed once and each target's own contribution is removed in O(1) per
+(target, example), so all M targets cost about as much as one M-shadow fit plus
+the scoring, not M fits. Targets are processed in chunks (`lax.map` with a
+batch size) so memory stays a few times the input. `variant="reference"`
+re-runs the reference fit (with its median and its truncation recomputed on
+the M-1 shadows) for each target in float64, M times the single-target cost:
+a reproduction path where exactness wins over speed.
+
+The reference variant computes in float64 (inside `jax.enable_x64(True)`,
+without changing the global setting) and returns a float64 numpy array; the
+miajax variant returns a float32 jax array.
+
+RMIA (`rmia`)
+-------------
+Zarifzadeh, Liu, Shokri (ICML 2024) on true-label probabilities `p_y`:
+`p(x|theta)` is the target's probability averaged over queries; `Pr(x)` is the
+mean of the reference (shadow) models' probabilities, over all of them online,
+and `((1 + a) * mean_OUT + (1 - a)) / 2` over the OUT ones offline;
+`ratio(x) = p(x|theta) / Pr(x)`; the score is the fraction of population
+samples z with `ratio(x) / ratio(z) > gamma`. It is computed by sorting the
+target's `ratio(z)` once and binary-searching `ratio(x) / gamma`:
+O((N + Z) log Z) time and O(N + Z) memory per target instead of a dense
+N x Z comparison. When no population is given the examples themselves stand in
+for it (their ratios under the same target, members included), the cheapest
+proxy when no held-out data exists; pass real non-member samples when you have
+them. Defaults: `gamma = 2`, the value of the paper's experiments (Privacy
+Meter hard-codes 1; for one target any gamma ranks examples the same way up to
+ties, it only moves which population quantile a score reports), and `a = 0.3`,
+the CIFAR-10 value of the research code (tune it per dataset on a pair of
+reference models for the offline attack).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.stats import norm
+
+VARIANTS = ("miajax", "reference")
+ATTACKS = ("lira_online", "lira_offline", "global_threshold", "rmia", "rmia_offline")
+
+# Floor on a fitted std relative to the location's size: about 8 float32 ulps.
+_STD_FLOOR = 1e-6
+# Elements of one [chunk, examples, queries] temporary: bounds the memory of
+# the per-target scoring to a few tens of MB whatever the number of targets.
+_CHUNK_ELEMENTS = 1 << 21
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# p_y and probabilities below it are treated as this value in RMIA's Pr(x).
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _as_real(x: Any, name: str, ndim: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must be a real-valued (float) array, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} axes, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} must be finite; {int(np.sum(~np.isfinite(arr)))} entries are nan/inf "
+            f"(first at index {tuple(int(i) for i in bad)})"
+        )
+    return arr
+
+
+def _as_keep(keep: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
+    arr = np.asarray(keep)
+    if arr.dtype != np.bool_:
+        raise ValueError(f"{name} must be a bool array [models, examples], got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} [models, examples], got {arr.shape}")
+    return arr
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _check_shadow_target(shadow_scores, shadow_keep, target_scores, names=None):
+    s_name, k_name, t_name = names or ("shadow_scores", "shadow_keep", "target_scores")
+    shadow = _as_real(shadow_scores, s_name, 3)
+    if shadow.shape[0] < 1 or shadow.shape[1] < 1 or shadow.shape[2] < 1:
+        raise ValueError(f"{s_name} must be non-empty [models, examples, queries], got {shadow.shape}")
+    keep = _as_keep(shadow_keep, k_name, shadow.shape[:2])
+    target = _as_real(target_scores, t_name, 3)
+    if target.shape[1:] != shadow.shape[1:]:
+        raise ValueError(
+            f"{t_name} must have shape [targets, {shadow.shape[1]}, {shadow.shape[2]}] to match "
+            f"{s_name} [models, examples, queries] = {shadow.shape}, got {target.shape}"
+        )
+    return shadow, keep, target
+
+
+def _check_counts(counts: np.ndarray, need: int, what: str, context: str, hint: str) -> None:
+    """Raise if any example has fewer than `need` shadow scores of one kind."""
+    bad = np.flatnonzero(counts < need)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{context} needs at least {need} {what} shadow score(s) per example; {bad.size} of "
+            f"{counts.size} examples have fewer (first: example {i} has {int(counts[i])}). {hint}"
+        )
+
+
+def _lira_need(fix_variance: bool) -> int:
+    return 1 if fix_variance else 2
+
+
+def _check_lira_counts(n_in, n_out, *, offline, fix_variance, context):
+    need = _lira_need(fix_variance)
+    hint = (
+        "Train more shadow models (or use a design where every example is IN for half of them)"
+        + ("" if fix_variance else ", or use fix_variance=True, which needs only 1")
+        + "."
+    )
+    if not offline:
+        _check_counts(n_in, need, "IN", context, hint)
+    _check_counts(n_out, need, "OUT", context, hint)
+    if fix_variance:
+        # The pooled variance needs at least one degree of freedom overall.
+        for counts, what in ([(n_out, "OUT")] if offline else [(n_in, "IN"), (n_out, "OUT")]):
+            if np.sum(np.maximum(counts - 1, 0)) < 1:
+                raise ValueError(
+                    f"{context} with fix_variance=True needs some example with at least 2 {what} "
+                    "shadow scores to estimate the pooled variance."
+                )
+
+
+# ------------------------------------------------------------ LiRA (miajax)
+#
+# Scores are first centred per (example, query) on the first model's score, so
+# sums never carry a large common offset. A group's fit is kept as count, mean
+# and sum of squared deviations (m2). Leaving one model out is the exact
+# Welford down-date m2' = m2 - d^2 n / (n - 1), d = its deviation, which
+# cancels badly only when that model dominates m2; then (the remaining
+# scores sit within a fraction of its deviation) it must be the model with
+# the largest |deviation|, so each group also keeps its fit without that model,
+# computed directly.
+
+
+class _Stats(NamedTuple):
+    n: jax.Array  # float[examples]
+    mean: jax.Array  # float[examples, queries], centred
+    m2: jax.Array  # float[examples, queries]
+    top: jax.Array  # int[examples, queries]: model with the largest |deviation|
+    mean_top_out: jax.Array  # mean and m2 without model `top`
+    m2_top_out: jax.Array
+
+
+def _group_stats(y, mask) -> _Stats:
+    """Fit of the masked models: y float[models, examples, queries] (centred), mask bool[models, examples]."""
+    w = mask[..., None]
+    n = jnp.sum(mask, axis=0).astype(y.dtype)
+    mean = jnp.sum(jnp.where(w, y, 0), axis=0) / jnp.maximum(n, 1)[:, None]
+    dev = jnp.where(w, y - mean, 0)
+    m2 = jnp.sum(jnp.square(dev), axis=0)
+    top = jnp.argmax(jnp.abs(dev), axis=0)
+    y_top = jnp.take_along_axis(y, top[None], axis=0)[0]
+    mean_top_out = mean - (y_top - mean) / jnp.maximum(n - 1, 1)[:, None]
+    rest = w & (jnp.arange(y.shape[0])[:, None, None] != top[None])
+    m2_top_out = jnp.sum(jnp.where(rest, jnp.square(y - mean_top_out), 0), axis=0)
+    return _Stats(n, mean, m2, top, mean_top_out, m2_top_out)
+
+
+def _leave_out(stats: _Stats, y, t, drop):
+    """(n, mean, m2) of a group once model t with centred scores y float[examples, queries]
+    leaves it, where drop bool[examples] says it was in the group."""
+    n_new = stats.n - drop.astype(stats.n.dtype)
+    n1 = jnp.maximum(n_new, 1)[:, None]
+    d = y - stats.mean
+    is_top = stats.top == t
+    mean = jnp.where(is_top, stats.mean_top_out, stats.mean - d / n1)
+    m2 = jnp.where(is_top, stats.m2_top_out, stats.m2 - jnp.square(d) * (stats.n[:, None] / n1))
+    dq = drop[:, None]
+    return n_new, jnp.where(dq, mean, stats.mean), jnp.where(dq, jnp.maximum(m2, 0), stats.m2)
+
+
+def _floored_std(var, mean):
+    return jnp.maximum(jnp.sqrt(jnp.maximum(var, 0)), _STD_FLOOR * (1 + jnp.abs(mean)))
+
+
+def _scale(n, mean, m2, center, fix_variance):
+    """Floored std float[examples, queries]: per example (ddof=1) or pooled over examples."""
+    if fix_variance:
+        dof = jnp.sum(jnp.maximum(n - 1, 0))
+        var = jnp.sum(m2, axis=0, keepdims=True) / jnp.maximum(dof, 1)
+    else:
+        var = m2 / jnp.maximum(n - 1, 1)[:, None]
+    return _floored_std(var, center + mean)
+
+
+def _lira_score(y, center, fit_in, fit_out, offline, fix_variance):
+    """Score centred target scores y float[examples, queries] -> float[examples].
+
+    fit_in, fit_out: (n, mean, m2) of the IN and OUT shadow scores (fit_in unused offline).
+    """
+    s_out = _scale(*fit_out, center, fix_variance)
+    z_out = (y - fit_out[1]) / s_out
+    if offline:
+        return jnp.mean(norm.logcdf(z_out), axis=-1)
+    s_in = _scale(*fit_in, center, fix_variance)
+    z_in = (y - fit_in[1]) / s_in
+    llr = 0.5 * (jnp.square(z_out) - jnp.square(z_in)) + jnp.log(s_out) - jnp.log(s_in)
+    return jnp.mean(llr, axis=-1)
+
+
+def _batch_size(targets: int, examples: int, queries: int) -> int:
+    """Targets per vectorised chunk: bounded by _CHUNK_ELEMENTS, preferably a divisor
+    of `targets` (a remainder chunk costs a second compiled body)."""
+    bound = max(1, min(targets, _CHUNK_ELEMENTS // max(1, examples * queries)))
+    divisor = max(d for d in range(1, bound + 1) if targets % d == 0)
+    return divisor if 2 * divisor >= bound else bound
+
+
+@functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "batch_size"))
+def _lira_miajax(shadow, keep, target, *, offline, fix_variance, batch_size):
+    center = shadow[0]
+    y = shadow - center
+    fit_in = _group_stats(y, keep)[:3]
+    fit_out = _group_stats(y, ~keep)[:3]
+    return jax.lax.map(
+        lambda x: _lira_score(x - center, center, fit_in, fit_out, offline, fix_variance),
+        target,
+        batch_size=batch_size,
+    )
+
+
+def _online_loo_target(y, k, t, center, stats_in, stats_out, fix_variance):
+    """LiRA online for model t (centred scores y float[examples, queries], membership
+    k bool[examples]) against all other models -> float[examples].
+
+    Only the group that holds the target changes when it leaves, so per example one
+    Gaussian is down-dated ("own") and the other is the full fit ("other").
+    """
+    kq = k[:, None]
+    own = _Stats(*(jnp.where(k if a.ndim == 1 else kq, a, b) for a, b in zip(stats_in, stats_out)))
+    n_own, mu_own, m2_own = _leave_out(own, y, t, jnp.ones_like(k))
+    n_other = jnp.where(k, stats_out.n, stats_in.n)
+    mu_other = jnp.where(kq, stats_out.mean, stats_in.mean)
+    if fix_variance:
+        # Pooled variance of each group once the target's scores have left it.
+        def pooled(stats, mine):
+            m2 = jnp.where(mine[:, None], m2_own, stats.m2)
+            dof = jnp.sum(jnp.maximum(stats.n - mine.astype(stats.n.dtype) - 1, 0))
+            return jnp.sum(m2, axis=0) / jnp.maximum(dof, 1)
+
+        var_in, var_out = pooled(stats_in, k), pooled(stats_out, ~k)
+        s_own = _floored_std(jnp.where(kq, var_in, var_out), center + mu_own)
+        s_other = _floored_std(jnp.where(kq, var_out, var_in), center + mu_other)
+    else:
+        s_own = _floored_std(m2_own / jnp.maximum(n_own - 1, 1)[:, None], center + mu_own)
+        m2_other = jnp.where(kq, stats_out.m2, stats_in.m2)
+        s_other = _floored_std(m2_other / jnp.maximum(n_other - 1, 1)[:, None], center + mu_other)
+    z_own = (y - mu_own) / s_own
+    z_other = (y - mu_other) / s_other
+    # log N(y; own) - log N(y; other), which is IN minus OUT when the target is IN.
+    llr = 0.5 * (jnp.square(z_other) - jnp.square(z_own)) + jnp.log(s_other) - jnp.log(s_own)
+    return jnp.mean(jnp.where(kq, llr, -llr), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "batch_size"))
+def _lira_miajax_loo(scores, keep, *, offline, fix_variance, batch_size):
+    center = scores[0]
+    y_all = scores - center
+    stats_in = _group_stats(y_all, keep)
+    stats_out = _group_stats(y_all, ~keep)
+
+    def one_target(args):
+        y, k, t = args
+        y = y - center
+        if offline:
+            fit_out = _leave_out(stats_out, y, t, ~k)
+            return _lira_score(y, center, None, fit_out, True, fix_variance)
+        return _online_loo_target(y, k, t, center, stats_in, stats_out, fix_variance)
+
+    targets = jnp.arange(scores.shape[0])
+    return jax.lax.map(one_target, (scores, keep, targets), batch_size=batch_size)
+
+
+# --------------------------------------------------------- LiRA (reference)
+
+
+def _reference_fit(x, mask):
+    """The reference's truncated fit of one group (float64).
+
+    x float[models, examples, queries], mask bool[models, examples] -> median
+    and ddof=0 std float[examples, queries] of the first n masked models of
+    each example in model order (n = smallest masked count over examples), and
+    the ddof=0 std of all those selected scores pooled (a scalar).
+    """
+    n = jnp.min(jnp.sum(mask, axis=0))
+    rank = jnp.cumsum(mask, axis=0) - 1
+    sel = (mask & (rank < n))[..., None]
+    ordered = jnp.sort(jnp.where(sel, x, jnp.inf), axis=0)
+    median = 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+    nf = n.astype(x.dtype)
+    mean = jnp.sum(jnp.where(sel, x, 0), axis=0) / nf
+    std = jnp.sqrt(jnp.sum(jnp.where(sel, jnp.square(x - mean), 0), axis=0) / nf)
+    total = nf * x.shape[1] * x.shape[2]
+    pooled_mean = jnp.sum(jnp.where(sel, x, 0)) / total
+    pooled_std = jnp.sqrt(jnp.sum(jnp.where(sel, jnp.square(x - pooled_mean), 0)) / total)
+    return median, std, pooled_std
+
+
+def _gauss_logpdf(x, loc, scale):
+    return -0.5 * jnp.square((x - loc) / scale) - jnp.log(scale) - _HALF_LOG_2PI
+
+
+def _reference_score(shadow, in_mask, out_mask, target, offline, fix_variance):
+    """target float[..., examples, queries] -> float[..., examples]."""
+    med_out, std_out, pooled_out = _reference_fit(shadow, out_mask)
+    if offline:
+        s_out = (pooled_out if fix_variance else std_out) + 1e-30
+        return -jnp.mean(_gauss_logpdf(target, med_out, s_out), axis=-1)
+    med_in, std_in, pooled_in = _reference_fit(shadow, in_mask)
+    if fix_variance:
+        # The released code uses the pooled IN std for both fits.
+        s_in = s_out = pooled_in + 1e-30
+    else:
+        s_in, s_out = std_in + 1e-30, std_out + 1e-30
+    llr = _gauss_logpdf(target, med_in, s_in) - _gauss_logpdf(target, med_out, s_out)
+    return jnp.mean(llr, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("offline", "fix_variance"))
+def _lira_reference(shadow, keep, target, *, offline, fix_variance):
+    return _reference_score(shadow, keep, ~keep, target, offline, fix_variance)
+
+
+@functools.partial(jax.jit, static_argnames=("offline", "fix_variance"))
+def _lira_reference_loo(scores, keep, *, offline, fix_variance):
+    models = jnp.arange(scores.shape[0])
+
+    def one_target(t):
+        shadow = (models != t)[:, None]
+        return _reference_score(
+            scores, keep & shadow, ~keep & shadow, scores[t], offline, fix_variance
+        )
+
+    return jax.lax.map(one_target, models)
+
+
+def _run_reference(fn, *arrays, **kwargs) -> np.ndarray:
+    with jax.enable_x64(True):
+        args = [jnp.asarray(np.asarray(a, np.float64) if a.dtype != np.bool_ else a) for a in arrays]
+        return np.asarray(fn(*args, **kwargs), dtype=np.float64)
+
+
+# ---------------------------------------------------------------- LiRA API
+
+
+def _lira(shadow_scores, shadow_keep, target_scores, *, offline, fix_variance, variant, name):
+    _check_variant(variant)
+    shadow, keep, target = _check_shadow_target(shadow_scores, shadow_keep, target_scores)
+    _check_lira_counts(
+        keep.sum(0), (~keep).sum(0), offline=offline, fix_variance=fix_variance,
+        context=f"{name}(variant={variant!r}, fix_variance={fix_variance})",
+    )
+    if variant == "reference":
+        return _run_reference(
+            _lira_reference, shadow, keep, target, offline=offline, fix_variance=bool(fix_variance)
+        )
+    return _lira_miajax(
+        jnp.asarray(shadow, dtype=float), jnp.asarray(keep), jnp.asarray(target, dtype=float),
+        offline=offline, fix_variance=bool(fix_variance),
+        batch_size=_batch_size(*target.shape),
+    )
+
+
+def lira_online(shadow_scores, shadow_keep, target_scores, *, fix_variance=False, variant="miajax"):
+    """LiRA online: Gaussian likelihood ratio of IN versus OUT shadow scores.
+
+    Args:
+      shadow_scores: float[models, examples, queries], e.g. `scores.logit_scaled`.
+      shadow_keep: bool[models, examples], True where the shadow model trained on the example.
+      target_scores: float[targets, examples, queries], the attacked models' scores.
+      fix_variance: use one pooled variance per query (and per IN/OUT fit) for all
+        examples instead of per-example variances; better with few shadow models.
+      variant: "miajax" (sound version, module docstring) or "reference"
+        (tensorflow/privacy plot.py semantics, float64).
+
+    Returns:
+      float[targets, examples]: mean over queries of log N(x; IN fit) - log N(x; OUT fit);
+      higher = member. float32 jax array ("miajax") or float64 numpy array ("reference").
+
+    Raises:
+      ValueError: bad shapes/dtypes, non-finite scores, or an example with fewer than
+        2 IN or 2 OUT shadow scores (1 with fix_variance=True).
+    """
+    return _lira(shadow_scores, shadow_keep, target_scores, offline=False,
+                 fix_variance=fix_variance, variant=variant, name="lira_online")
+
+
+def lira_offline(shadow_scores, shadow_keep, target_scores, *, fix_variance=False, variant="miajax"):
+    """LiRA offline: a test against the OUT shadow scores only.
+
+    Args: as `lira_online` (`shadow_keep` only selects the OUT scores).
+
+    Returns:
+      float[targets, examples], higher = member: for "miajax" the one-sided
+      mean over queries of log Phi((x - mean_out) / std_out); for "reference" the
+      negated mean over queries of the two-sided Gaussian log density of the OUT fit.
+
+    Raises:
+      ValueError: as `lira_online`, counting OUT shadow scores only.
+    """
+    return _lira(shadow_scores, shadow_keep, target_scores, offline=True,
+                 fix_variance=fix_variance, variant=variant, name="lira_offline")
+
+
+def global_threshold(target_scores):
+    """The global-threshold baseline: the score itself, averaged over queries.
+
+    Args:
+      target_scores: float[targets, examples, queries].
+
+    Returns:
+      float[targets, examples], higher = member (same as the reference's
+      negated prediction).
+    """
+    target = _as_real(target_scores, "target_scores", 3)
+    return _mean_queries(jnp.asarray(target, dtype=float))
+
+
+@jax.jit
+def _mean_queries(x):
+    return jnp.mean(x, axis=-1)
+
+
+# ------------------------------------------------------------------- RMIA
+
+
+def _pr_offline(mean_out, a):
+    return 0.5 * ((1 + a) * mean_out + (1 - a))
+
+
+def _rank_against_population(ratio_x, ratio_z, gamma):
+    """Fraction of z with ratio(x) / ratio(z) > gamma, i.e. ratio(z) < ratio(x) / gamma.
+
+    ratio_x float[targets, examples], ratio_z float[targets, population] -> float[targets, examples].
+    """
+    ordered = jnp.sort(ratio_z, axis=-1)
+    below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(ordered, ratio_x / gamma)
+    return below.astype(ratio_x.dtype) / ratio_z.shape[-1]
+
+
+@functools.partial(jax.jit, static_argnames=("offline",))
+def _rmia_core(p_shadow, keep, p_target, pz_shadow, pz_target, a, gamma, *, offline):
+    if offline:
+        out = ~keep
+        mean_out = jnp.sum(jnp.where(out, p_shadow, 0), axis=0) / jnp.sum(out, axis=0)
+        pr_x = _pr_offline(mean_out, a)
+    else:
+        pr_x = jnp.mean(p_shadow, axis=0)
+    ratio_x = p_target / jnp.maximum(pr_x, _TINY)
+    if pz_shadow is None:
+        ratio_z = ratio_x
+    else:
+        pr_z = jnp.mean(pz_shadow, axis=0)
+        if offline:
+            pr_z = _pr_offline(pr_z, a)
+        ratio_z = pz_target / jnp.maximum(pr_z, _TINY)
+    return _rank_against_population(ratio_x, ratio_z, gamma)
+
+
+@functools.partial(jax.jit, static_argnames=("offline",))
+def _rmia_loo_core(p, keep, pz, a, gamma, *, offline):
+    models = p.shape[0]
+    if offline:
+        out = (~keep).astype(p.dtype)
+        sum_out = jnp.sum(p * out, axis=0)
+        n_out = jnp.sum(out, axis=0)
+        pr_x = _pr_offline((sum_out - p * out) / jnp.maximum(n_out - out, 1), a)
+    else:
+        pr_x = (jnp.sum(p, axis=0) - p) / (models - 1)
+    ratio_x = p / jnp.maximum(pr_x, _TINY)
+    if pz is None:
+        ratio_z = ratio_x
+    else:
+        pr_z = (jnp.sum(pz, axis=0) - pz) / (models - 1)
+        if offline:
+            pr_z = _pr_offline(pr_z, a)
+        ratio_z = pz / jnp.maximum(pr_z, _TINY)
+    return _rank_against_population(ratio_x, ratio_z, gamma)
+
+
+def _as_prob(x, name):
+    arr = _as_real(x, name, 3)
+    if arr.size and (arr.min() < 0 or arr.max() > 1 + 1e-6):
+        raise ValueError(
+            f"{name} must hold true-label probabilities in [0, 1] (e.g. scores.confidence), "
+            f"got values in [{arr.min():.4g}, {arr.max():.4g}]"
+        )
+    return arr
+
+
+def _check_rmia_params(a, gamma):
+    if not 0 <= a <= 1:
+        raise ValueError(f"a must be in [0, 1], got {a}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+
+
+def rmia(shadow_conf, shadow_keep, target_conf, *, a=0.3, gamma=2.0, population_conf=None,
+         offline=False):
+    """RMIA (Zarifzadeh, Liu, Shokri, ICML 2024) on true-label probabilities.
+
+    Args:
+      shadow_conf: float[models, examples, queries], reference models' p_y in [0, 1]
+        (e.g. `scores.confidence`); averaged over queries.
+      shadow_keep: bool[models, examples]; used offline (OUT models only).
+      target_conf: float[targets, examples, queries], the attacked models' p_y.
+      a: offline approximation Pr(x) = ((1 + a) * mean_OUT + (1 - a)) / 2.
+      gamma: a population sample z counts when ratio(x) / ratio(z) > gamma.
+      population_conf: None (the examples themselves are the population) or a pair
+        (float[models, population, queries] of the reference models,
+        float[targets, population, queries] of the targets) on samples that no
+        model trained on; their Pr(z) is the mean over all reference models
+        (with the same offline approximation when offline=True).
+      offline: use only OUT reference models for Pr(x).
+
+    Returns:
+      float[targets, examples] in [0, 1]: fraction of population samples the
+      example dominates; higher = member. float32 jax array.
+
+    Raises:
+      ValueError: bad shapes/dtypes, probabilities outside [0, 1], non-finite values,
+        or (offline) an example without OUT reference models.
+    """
+    _check_rmia_params(a, gamma)
+    shadow, keep, target = _check_shadow_target(
+        shadow_conf, shadow_keep, target_conf, names=("shadow_conf", "shadow_keep", "target_conf"))
+    shadow = _as_prob(shadow, "shadow_conf")
+    target = _as_prob(target, "target_conf")
+    if offline:
+        _check_counts((~keep).sum(0), 1, "OUT", "rmia(offline=True)",
+                      "Train more reference models or use offline=False.")
+    pz_shadow = pz_target = None
+    if population_conf is not None:
+        if not isinstance(population_conf, (tuple, list)) or len(population_conf) != 2:
+            raise ValueError("population_conf must be a pair (reference probabilities "
+                             "[models, population, queries], target probabilities "
+                             "[targets, population, queries])")
+        zs = _as_prob(population_conf[0], "population_conf[0]")
+        zt = _as_prob(population_conf[1], "population_conf[1]")
+        if zs.shape[0] != shadow.shape[0] or zs.shape[2] != shadow.shape[2] or zs.shape[1] < 1:
+            raise ValueError(f"population_conf[0] must have shape [{shadow.shape[0]}, population, "
+                             f"{shadow.shape[2]}], got {zs.shape}")
+        if zt.shape != (target.shape[0],) + zs.shape[1:]:
+            raise ValueError(f"population_conf[1] must have shape "
+                             f"{(target.shape[0],) + zs.shape[1:]}, got {zt.shape}")
+        pz_shadow = jnp.mean(jnp.asarray(zs, dtype=float), axis=-1)
+        pz_target = jnp.mean(jnp.asarray(zt, dtype=float), axis=-1)
+    return _rmia_core(
+        jnp.mean(jnp.asarray(shadow, dtype=float), axis=-1), jnp.asarray(keep),
+        jnp.mean(jnp.asarray(target, dtype=float), axis=-1), pz_shadow, pz_target,
+        float(a), float(gamma), offline=bool(offline),
+    )
+
+
+# ---------------------------------------------------------- leave-one-out
+
+
+def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, variant="miajax",
+                  a=0.3, gamma=2.0, population=None):
+    """Every model in turn is the target, all the other models its shadows.
+
+    Args:
+      scores: float[models, examples, queries]: LiRA scores (e.g. `logit_scaled`) for the
+        LiRA attacks and global_threshold, true-label probabilities for the RMIA ones.
+      keep: bool[models, examples]; also the membership labels of the pooled ROC.
+      attack: one of "lira_online", "lira_offline", "global_threshold", "rmia",
+        "rmia_offline".
+      fix_variance: LiRA only (see `lira_online`).
+      variant: "miajax" or "reference" (LiRA; global_threshold is the same in both;
+        RMIA has only "miajax").
+      a, gamma: RMIA parameters (see `rmia`).
+      population: RMIA only: None (the examples stand in for the population) or
+        float[models, population, queries], every model's probabilities on samples
+        that no model trained on.
+
+    Returns:
+      float[models, examples], row t = the attack on model t with the others as
+      shadows; higher = member. Pool it with `keep` for one ROC.
+
+    Raises:
+      ValueError: bad arguments, or an example left with too few IN/OUT shadow
+        scores once a target is removed (LiRA: 2, or 1 with fix_variance; so an
+        example needs 3 IN models if any model trained on it).
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    _check_variant(variant)
+    x = _as_real(scores, "scores", 3)
+    if x.shape[0] < 2:
+        raise ValueError(f"leave_one_out needs at least 2 models, got scores of shape {x.shape}")
+    k = _as_keep(keep, "keep", x.shape[:2])
+    is_lira = attack.startswith("lira")
+    if fix_variance and not is_lira:
+        raise ValueError(f"fix_variance applies to the LiRA attacks only, not {attack!r}")
+    if population is not None and not attack.startswith("rmia"):
+        raise ValueError(f"population applies to the RMIA attacks only, not {attack!r}")
+
+    if attack == "global_threshold":
+        return global_threshold(x)
+
+    n_in, n_out = k.sum(0), (~k).sum(0)
+    # The fewest IN (OUT) shadows any target leaves an example with.
+    loo_in, loo_out = n_in - (n_in > 0), n_out - (n_out > 0)
+    if is_lira:
+        offline = attack == "lira_offline"
+        _check_lira_counts(
+            loo_in, loo_out, offline=offline, fix_variance=fix_variance,
+            context=f"leave_one_out({attack!r}, variant={variant!r}, fix_variance={fix_variance}) "
+                    "after removing the target,",
+        )
+        if variant == "reference":
+            return _run_reference(
+                _lira_reference_loo, x, k, offline=offline, fix_variance=bool(fix_variance))
+        return _lira_miajax_loo(
+            jnp.asarray(x, dtype=float), jnp.asarray(k), offline=offline,
+            fix_variance=bool(fix_variance), batch_size=_batch_size(*x.shape),
+        )
+
+    if variant != "miajax":
+        raise ValueError(f"{attack} has only variant='miajax', got {variant!r}")
+    _check_rmia_params(a, gamma)
+    x = _as_prob(x, "scores")
+    offline = attack == "rmia_offline"
+    if offline:
+        _check_counts(loo_out, 1, "OUT", f"leave_one_out({attack!r}) after removing the target,",
+                      "Train more models.")
+    pz = None
+    if population is not None:
+        z = _as_prob(population, "population")
+        if z.shape[0] != x.shape[0] or z.shape[2] != x.shape[2] or z.shape[1] < 1:
+            raise ValueError(f"population must have shape [{x.shape[0]}, population, "
+                             f"{x.shape[2]}], got {z.shape}")
+        pz = jnp.mean(jnp.asarray(z, dtype=float), axis=-1)
+    return _rmia_loo_core(
+        jnp.mean(jnp.asarray(x, dtype=float), axis=-1), jnp.asarray(k), pz,
+        float(a), float(gamma), offline=offline,
+    )

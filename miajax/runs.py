@@ -1,0 +1,274 @@
+"""Run directories: train shadow models chunk by chunk, write each chunk atomically, resume.
+
+A run directory holds::
+
+    config.json          everything that determines the result
+    chunks/chunk_00000_00016.npz   one finished chunk of models (atomic rename)
+    keep.npy             bool[models, examples]
+    logits.npy           float32[models, examples, queries, classes] on the training set
+    labels.npy           int32[examples]
+    models.json          per-model train/test accuracy, final loss, divergence
+
+Rerunning the same command skips chunks already on disk, so a killed run loses
+at most the chunk in flight.  A different configuration in the same directory
+is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from miajax import data as data_lib
+from miajax.report import write_json_atomic
+from miajax import train as train_lib
+
+__all__ = ["RunSpec", "RunResult", "run_training", "load_run", "merge_chunks", "write_json_atomic",
+           "save_npy_atomic"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """What to train: the data, the membership design and the training recipe."""
+
+  dataset: str = "digits"
+  data_dir: str | None = None
+  num_examples: int | None = None  # None: the whole training set
+  design: str = "paired"  # "paired" or "lira"
+  num_models: int = 64
+  pkeep: float = 0.5
+  queries: str = "identity"
+  train: train_lib.TrainConfig = train_lib.TrainConfig()
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    tc = dict(d.pop("train"))
+    tc["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.train.model_kwargs}
+    tc["defense"] = _describe_defense(self.train.defense)
+    # Chunking changes float reassociation only, not the experiment.
+    tc.pop("models_per_step")
+    tc.pop("steps_per_call")
+    d["train"] = tc
+    return d
+
+
+def _describe_defense(defense) -> Any:
+  if defense is None:
+    return None
+  from miajax import defenses
+  return defenses.describe(defense)
+
+
+@dataclasses.dataclass
+class RunResult:
+  keep: np.ndarray  # bool[models, examples]
+  logits: np.ndarray  # float32[models, examples, queries, classes]
+  labels: np.ndarray  # int32[examples]
+  train_accuracy: np.ndarray  # float[models], on each model's members
+  test_accuracy: np.ndarray  # float[models]
+  diverged: np.ndarray  # bool[models]
+  chunks_trained: int
+  chunks_reused: int
+  train_seconds: float
+  predict_seconds: float
+
+
+def save_npy_atomic(path, array) -> None:
+  path = pathlib.Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, array)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _save_npz_atomic(path: pathlib.Path, **arrays) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _prepare_dir(output_dir, spec_json: dict) -> pathlib.Path:
+  out = pathlib.Path(output_dir)
+  try:
+    (out / "chunks").mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"output_dir {str(out)!r} cannot be created or written: {e}") from None
+  if not os.access(out, os.W_OK):
+    raise ValueError(f"output_dir {str(out)!r} is not writable")
+  cfg_path = out / "config.json"
+  if cfg_path.exists():
+    old = json.loads(cfg_path.read_text())
+    if old != spec_json:
+      diff = sorted(_diff_keys(old, spec_json))
+      raise ValueError(f"output_dir {str(out)!r} holds a run with a different configuration "
+                       f"(differs in: {', '.join(diff)}); use a new --output_dir or delete the old run")
+  else:
+    write_json_atomic(cfg_path, spec_json)
+  return out
+
+
+def _diff_keys(a, b, prefix="") -> set[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = set()
+    for k in set(a) | set(b):
+      out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return set() if a == b else {prefix.rstrip(".")}
+
+
+def _chunk_path(out: pathlib.Path, chunk) -> pathlib.Path:
+  return out / "chunks" / f"chunk_{chunk[0]:05d}_{chunk[-1] + 1:05d}.npz"
+
+
+def make_keep(spec: RunSpec, num_examples: int) -> np.ndarray:
+  if spec.design == "paired":
+    return data_lib.paired_keep(spec.num_models, num_examples, seed=spec.train.seed)
+  if spec.design == "lira":
+    return data_lib.lira_keep(spec.num_models, num_examples, pkeep=spec.pkeep, seed=spec.train.seed)
+  raise ValueError(f"design must be 'paired' or 'lira', got {spec.design!r}")
+
+
+def load_dataset(spec: RunSpec) -> data_lib.Dataset:
+  ds = data_lib.load(spec.dataset, data_dir=spec.data_dir)
+  if spec.num_examples is not None:
+    ds = data_lib.subset(ds, spec.num_examples)
+  return ds
+
+
+def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = print,
+                 chunk_models: list[int] | None = None, merge: bool = True) -> RunResult | None:
+  """Trains (or resumes) every model of ``spec`` into ``output_dir``.
+
+  Args:
+    spec: the run's :class:`RunSpec`.
+    output_dir: the run directory (created if needed).
+    log: a function that receives progress lines.
+    chunk_models: train only these model indices (a process's slice in a
+      multi-process run); ``None`` trains all.
+    merge: assemble ``keep.npy`` / ``logits.npy`` when every chunk is done.
+
+  Returns:
+    The merged :class:`RunResult`, or ``None`` if ``merge`` is false or other
+    processes' chunks are still missing.
+  """
+  ds = load_dataset(spec)
+  x, y = ds.x_train, ds.y_train
+  keep = make_keep(spec, x.shape[0])
+  # Validate everything before touching the directory or compiling anything.
+  cfg = spec.train
+  train_lib._check_inputs(x, y, keep, cfg, ds.num_classes)
+  train_lib.query_views(x[:1], spec.queries)
+  out = _prepare_dir(output_dir, spec.to_json())
+  save_npy_atomic(out / "keep.npy", keep) if not (out / "keep.npy").exists() else None
+
+  k = train_lib.plan_models_per_step(cfg, ds.num_classes, x.shape[1:], spec.num_models)
+  mine = list(range(spec.num_models)) if chunk_models is None else sorted(chunk_models)
+  all_chunks = [list(range(s, min(s + k, spec.num_models))) for s in range(0, spec.num_models, k)]
+  chunks = [c for c in all_chunks if c[0] in set(mine)]
+  todo = [c for c in chunks if not _chunk_path(out, c).exists()]
+  reused = len(chunks) - len(todo)
+  if reused:
+    log(f"resuming: {reused} of {len(chunks)} chunks already on disk, {len(todo)} to train")
+  log(f"training {sum(map(len, todo))} models in {len(todo)} chunks of up to {k} "
+      f"({cfg.model}, {x.shape[0]} candidate examples, {cfg.epochs} epochs)")
+
+  train_s = predict_s = 0.0
+  t_start = time.perf_counter()
+  state = {"done": sum(len(c) for c in chunks if c not in todo)}
+
+  def progress(p):
+    log(f"  models done {state['done'] + (p['chunk_models'] if p['epoch'] == p['epochs'] else 0)}"
+        f"/{spec.num_models}  chunk epoch {p['epoch']}/{p['epochs']}  {p['examples_per_s']:,.0f} examples/s")
+
+  for result in train_lib.train_chunks(x, y, keep, cfg, num_classes=ds.num_classes, chunks=todo,
+                                       progress=progress):
+    train_s += result.train_seconds
+    t0 = time.perf_counter()
+    logits = train_lib.predict(cfg, result.variables, x, num_classes=ds.num_classes, queries=spec.queries)
+    test_logits = train_lib.predict(cfg, result.variables, ds.x_test, num_classes=ds.num_classes)
+    predict_s += time.perf_counter() - t0
+    idx = result.model_indices
+    correct = logits[:, :, 0].argmax(-1) == y
+    train_acc = (correct & keep[idx]).sum(1) / keep[idx].sum(1)
+    test_acc = (test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1)
+    _save_npz_atomic(_chunk_path(out, list(idx)), model_indices=idx, logits=logits.astype(np.float32),
+                     train_accuracy=train_acc, test_accuracy=test_acc, loss=result.loss,
+                     diverged=result.diverged)
+    state["done"] += len(idx)
+    for m in np.flatnonzero(result.diverged):
+      log(f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks")
+  elapsed = time.perf_counter() - t_start
+  n_trained = sum(map(len, todo))
+  if n_trained:
+    seen = int(keep[[m for c in todo for m in c]].sum()) * cfg.epochs
+    log(f"trained {n_trained} models in {elapsed:.1f} s ({seen / max(train_s, 1e-9):,.0f} training "
+        f"examples/s; {n_trained / max(elapsed, 1e-9):.2f} models/s)")
+  if not merge:
+    return None
+  result = merge_chunks(out, spec.num_models, all_chunks, labels=y)
+  if result is None:
+    return None
+  result.chunks_trained, result.chunks_reused = len(todo), reused
+  result.train_seconds, result.predict_seconds = train_s, predict_s
+  return result
+
+
+def merge_chunks(out, num_models: int, all_chunks, *, labels) -> RunResult | None:
+  """Assembles ``logits.npy`` and ``models.json`` once every chunk is on disk."""
+  out = pathlib.Path(out)
+  paths = [_chunk_path(out, c) for c in all_chunks]
+  if not all(p.exists() for p in paths):
+    return None
+  parts = [np.load(p) for p in paths]
+  cat = lambda key: np.concatenate([p[key] for p in parts])
+  order = np.argsort(cat("model_indices"))
+  logits = cat("logits")[order]
+  keep = np.load(out / "keep.npy")
+  if logits.shape[0] != num_models:
+    raise ValueError(f"run directory {str(out)!r} has {logits.shape[0]} models in its chunks, expected {num_models}")
+  res = RunResult(keep=keep, logits=logits, labels=np.asarray(labels, np.int32),
+                  train_accuracy=cat("train_accuracy")[order], test_accuracy=cat("test_accuracy")[order],
+                  diverged=cat("diverged")[order], chunks_trained=0, chunks_reused=len(paths),
+                  train_seconds=0.0, predict_seconds=0.0)
+  save_npy_atomic(out / "logits.npy", logits)
+  save_npy_atomic(out / "labels.npy", res.labels)
+  write_json_atomic(out / "models.json", {
+      "train_accuracy": res.train_accuracy.tolist(), "test_accuracy": res.test_accuracy.tolist(),
+      "diverged": res.diverged.tolist(),
+      "final_loss": [None if not np.isfinite(v) else float(v) for v in cat("loss")[order][:, -1]]})
+  return res
+
+
+def load_run(run_dir) -> RunResult:
+  """Reads a finished run directory written by :func:`run_training`."""
+  run_dir = pathlib.Path(run_dir)
+  for name in ("keep.npy", "logits.npy", "labels.npy", "models.json"):
+    if not (run_dir / name).exists():
+      raise ValueError(f"run_dir {str(run_dir)!r} has no {name}; train it first with "
+                       "experiments/train_models.py --output_dir=<run_dir>")
+  info = json.loads((run_dir / "models.json").read_text())
+  return RunResult(keep=np.load(run_dir / "keep.npy"), logits=np.load(run_dir / "logits.npy"),
+                   labels=np.load(run_dir / "labels.npy"),
+                   train_accuracy=np.asarray(info["train_accuracy"]),
+                   test_accuracy=np.asarray(info["test_accuracy"]), diverged=np.asarray(info["diverged"]),
+                   chunks_trained=0, chunks_reused=0, train_seconds=0.0, predict_seconds=0.0)

@@ -1,0 +1,493 @@
+"""The shadow-model engine: train many models at once, each on its own members.
+
+``train_models`` trains every row of a keep mask ``bool[models, examples]``:
+model ``m`` only ever sees examples with ``keep[m, i]``.  Models are trained
+in chunks of ``models_per_step``; inside a chunk one compiled step updates all
+of them (``jax.vmap`` over a leading model axis), data stays on the device and
+each step gathers its batches there.
+
+Determinism: model ``m`` draws every random number (initialisation, shuffling,
+augmentation, dropout, DP noise) from ``fold_in(PRNGKey(seed), m)``, so its
+result does not depend on the chunk it was trained in.
+
+Per-backend lowering: on CPU each step is one jitted call from a Python loop,
+because XLA:CPU runs a convolutional step much slower inside ``lax.scan``; on
+GPU/TPU ``steps_per_call`` steps run in one ``lax.scan`` to remove dispatch
+overhead.  ``TrainConfig.steps_per_call`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from miajax import defenses as defenses_lib
+from miajax import models as models_lib
+
+__all__ = ["TrainConfig", "TrainResult", "train_models", "predict", "train_chunks", "query_views",
+           "plan_models_per_step", "QUERY_SETS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How every model is trained.  Plain values: usable without flags.
+
+  ``learning_rate`` is the peak rate; a per-model vector can be given to
+  ``train_models(..., learning_rates=...)``.
+  """
+
+  model: str = "mlp"
+  model_kwargs: tuple[tuple[str, Any], ...] = ()
+  optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 5e-4
+  epochs: int = 20
+  batch_size: int = 128
+  schedule: str = "cosine"  # "cosine" or "constant"
+  warmup_epochs: float = 0.0
+  augment: bool = False  # random flip + reflect-pad-4 crop (images only)
+  models_per_step: int | None = None  # None: the memory planner picks
+  steps_per_call: int | None = None  # None: 1 on CPU, one epoch elsewhere
+  compute_dtype: str = "float32"  # or "bfloat16" (float32 master weights)
+  seed: int = 0
+  defense: Any = None  # a miajax.defenses value; None means no defense
+
+  def model_kwargs_dict(self) -> dict:
+    kwargs = dict(self.model_kwargs)
+    rate = defenses_lib.dropout_rate(self._defense())
+    if rate:
+      kwargs["dropout_rate"] = rate
+    if self.compute_dtype != "float32":
+      kwargs["dtype"] = jnp.dtype(self.compute_dtype)
+    return kwargs
+
+  def _defense(self):
+    return defenses_lib.none() if self.defense is None else self.defense
+
+  def validate(self) -> None:
+    if self.optimizer not in ("sgd", "adam"):
+      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+    if self.schedule not in ("cosine", "constant"):
+      raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+    for name in ("epochs", "batch_size"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+      raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate!r}")
+    if self.weight_decay < 0:
+      raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+    if self.models_per_step is not None and self.models_per_step < 1:
+      raise ValueError(f"models_per_step must be >= 1 or None, got {self.models_per_step!r}")
+    if self.steps_per_call is not None and self.steps_per_call < 1:
+      raise ValueError(f"steps_per_call must be >= 1 or None, got {self.steps_per_call!r}")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+    if self.model not in models_lib.MODEL_NAMES:
+      raise ValueError(f"model must be one of {list(models_lib.MODEL_NAMES)}, got {self.model!r}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """Trained models of one chunk (or all of them).
+
+  ``variables``: Flax variables stacked on a leading ``[models]`` axis.
+  ``loss``: ``float32[models, epochs]`` mean training loss per epoch.
+  ``diverged``: ``bool[models]``; a diverged model stopped updating at the
+  first non-finite loss.
+  """
+
+  model_indices: np.ndarray
+  variables: Any
+  loss: np.ndarray
+  diverged: np.ndarray
+  train_seconds: float
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+def _check_inputs(x, y, keep, config: TrainConfig, num_classes: int):
+  config.validate()
+  if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_:
+    raise ValueError(f"keep must be a numpy bool array [models, examples], got "
+                     f"{type(keep).__name__} of dtype {getattr(keep, 'dtype', None)}")
+  if keep.ndim != 2:
+    raise ValueError(f"keep must be 2-D [models, examples], got shape {keep.shape}")
+  x = np.asarray(x)
+  y = np.asarray(y)
+  if keep.shape[1] != x.shape[0]:
+    raise ValueError(f"keep has {keep.shape[1]} columns but x has {x.shape[0]} examples; "
+                     "keep must be [models, examples]")
+  if y.shape != (x.shape[0],):
+    raise ValueError(f"y must have shape ({x.shape[0]},), got {y.shape}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"y must be in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"x must be floating point, got dtype {x.dtype}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError("x contains non-finite values (nan or inf)")
+  members = keep.sum(1)
+  if members.min() < config.batch_size:
+    m = int(members.argmin())
+    raise ValueError(f"batch_size={config.batch_size} is larger than model {m}'s member count "
+                     f"{int(members[m])}; lower batch_size or raise pkeep")
+  if config.augment and x.ndim != 4:
+    raise ValueError(f"augment=True needs images [N, H, W, C], got x of shape {x.shape}")
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# building blocks (pure)
+
+def _make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The optimizer with a *unit* peak learning rate; the step scales by the model's rate."""
+  total = config.epochs * steps_per_epoch
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if config.schedule == "cosine":
+    sched = optax.warmup_cosine_decay_schedule(0.0 if warmup else 1.0, 1.0, max(warmup, 0), max(total, 1), 0.0)
+  else:
+    sched = optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)],
+                                 [warmup]) if warmup else optax.constant_schedule(1.0)
+  if config.optimizer == "sgd":
+    parts = [optax.add_decayed_weights(config.weight_decay)] if config.weight_decay else []
+    if config.momentum:
+      parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
+  else:
+    parts = [optax.scale_by_adam()]
+    if config.weight_decay:
+      parts.append(optax.add_decayed_weights(config.weight_decay))
+  parts.append(optax.scale_by_schedule(sched))
+  return optax.chain(*parts)
+
+
+def _augment(x, key):
+  """Random horizontal flip and reflect-pad-4 random crop of ``x: [batch, H, W, C]``."""
+  b, h, w, _ = x.shape
+  kf, kx, ky = jax.random.split(key, 3)
+  flip = jax.random.bernoulli(kf, 0.5, (b,))
+  x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+  pad = 4
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+  dx = jax.random.randint(kx, (b,), 0, 2 * pad + 1)
+  dy = jax.random.randint(ky, (b,), 0, 2 * pad + 1)
+  crop = lambda img, i, j: jax.lax.dynamic_slice(img, (i, j, 0), (h, w, img.shape[-1]))
+  return jax.vmap(crop)(xp, dy, dx)
+
+
+def _model_keys(seed: int, model_indices: np.ndarray):
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(model_indices, jnp.uint32))
+
+
+def _epoch_order(keep, keys, epoch, steps: int, batch_size: int):
+  """Batch indices ``int32[models, steps, batch]`` for one epoch.
+
+  Each model's members come first in a fresh random order; a model with fewer
+  members than ``steps * batch_size`` wraps around, so every model takes the
+  same number of steps and sees each of its members at least once per epoch.
+  """
+  def one(keep_row, key):
+    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), keep_row.shape)
+    order = jnp.argsort(jnp.where(keep_row, u, 2.0))
+    n = keep_row.sum()
+    pos = jnp.arange(steps * batch_size) % n
+    return order[pos].reshape(steps, batch_size).astype(jnp.int32)
+  return jax.vmap(one)(keep, keys)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, input_shape: tuple):
+  """Jitted init / epoch-order / step functions for one configuration."""
+  model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
+  defense = config._defense()
+  tx = _make_optimizer(config, steps_per_epoch)
+  dp = defenses_lib.dp_params(defense)
+  mutable = ["batch_stats"] if models_lib.uses_batch_norm(config.model) else []
+  if dp is not None and mutable:
+    raise ValueError(f"DP-SGD needs per-example gradients and cannot train {config.model!r}, "
+                     "which uses batch norm; pick a model without batch norm")
+  compute_dtype = jnp.dtype(config.compute_dtype)
+
+  def init_one(key):
+    variables = model.init({"params": jax.random.fold_in(key, 0)},
+                           jnp.zeros((1,) + input_shape, jnp.float32), train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables, tx.init(params)
+
+  def loss_fn(params, state, xb, yb, key):
+    variables = {"params": params, **state}
+    if compute_dtype != jnp.float32:
+      variables = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), variables)
+    if mutable:
+      logits, new_state = model.apply(variables, xb, train=True, rngs={"dropout": key}, mutable=mutable)
+    else:
+      logits, new_state = model.apply(variables, xb, train=True, rngs={"dropout": key}), {}
+    per_example = defenses_lib.per_example_loss(defense, logits.astype(jnp.float32), yb)
+    loss = per_example.mean() + defenses_lib.param_penalty(defense, params)
+    return loss, new_state
+
+  def grads_of(params, state, xb, yb, key):
+    if dp is None:
+      (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, xb, yb, key)
+      return loss, new_state, grads
+    clip, noise = dp
+    def one_example(p, xi, yi):
+      return loss_fn(p, state, xi[None], yi[None], key)[0]
+    losses, per_grads = jax.vmap(jax.value_and_grad(one_example), in_axes=(None, 0, 0))(params, xb, yb)
+    grads = defenses_lib.clip_and_noise(per_grads, jax.random.fold_in(key, 7),
+                                        l2_norm_clip=clip, noise_multiplier=noise)
+    return losses.mean(), state, grads
+
+  def step_one(params, state, opt_state, alive, lr, key, order, x, y, step):
+    """One SGD step of one model; ``order: int32[steps, batch]``."""
+    s = step % steps_per_epoch
+    idx = jax.lax.dynamic_index_in_dim(order, s, keepdims=False)
+    xb, yb = x[idx], y[idx]
+    skey = jax.random.fold_in(jax.random.fold_in(key, 2), step)
+    if config.augment:
+      xb = _augment(xb, jax.random.fold_in(skey, 3))
+    loss, new_state, grads = grads_of(params, state, xb, yb, skey)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
+    ok = alive & jnp.isfinite(loss)
+    # A diverged model keeps its last finite state instead of poisoning the chunk.
+    pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    return pick(new_params, params), pick(new_state, state), pick(new_opt, opt_state), ok, loss
+
+  vstep = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))
+
+  def multi_step(carry, lr, keys, order, x, y, step0, num_steps):
+    def body(c, i):
+      params, state, opt_state, alive, loss_sum = c
+      params, state, opt_state, alive, loss = vstep(params, state, opt_state, alive, lr, keys, order, x, y,
+                                                    step0 + i)
+      return (params, state, opt_state, alive, loss_sum + jnp.where(alive, loss, 0.0)), None
+    if num_steps == 1:
+      return body(carry, 0)[0]
+    return jax.lax.scan(body, carry, jnp.arange(num_steps))[0]
+
+  return dict(
+      model=model,
+      init=jax.jit(jax.vmap(init_one)),
+      order=jax.jit(_epoch_order, static_argnums=(3, 4)),
+      multi_step=jax.jit(multi_step, static_argnums=(7,), donate_argnums=(0,)),
+  )
+
+
+def _bytes_available() -> int:
+  """Free memory of the default device (host RAM on CPU)."""
+  device = jax.devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:  # backends without memory stats
+    stats = None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  try:
+    import os
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+  except (ValueError, OSError, AttributeError):
+    return 4 << 30
+
+
+def plan_models_per_step(config: TrainConfig, num_classes: int, input_shape: tuple, num_models: int,
+                         *, memory_fraction: float = 0.4, bytes_available: int | None = None) -> int:
+  """How many models fit one step: the compiled one-model step's footprint vs free memory.
+
+  Reads the device's free memory (host RAM on CPU) and XLA's memory analysis of
+  the one-model training step; falls back to a parameter-count estimate.
+  """
+  if config.models_per_step is not None:
+    return int(min(config.models_per_step, num_models))
+  model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
+  shapes = jax.eval_shape(lambda k: model.init({"params": k}, jnp.zeros((1,) + input_shape), train=False),
+                          jax.random.PRNGKey(0))
+  n_params = models_lib.count_params(shapes)
+  per_model = 4 * n_params * 6  # params, grads, 2 optimizer moments, updates, slack
+  act = 4 * config.batch_size * int(np.prod(input_shape)) * 64  # generous activation estimate
+  per_model += act
+  budget = (bytes_available if bytes_available is not None else _bytes_available()) * memory_fraction
+  return int(max(1, min(num_models, budget // per_model)))
+
+
+def _default_steps_per_call(config: TrainConfig, steps_per_epoch: int) -> int:
+  if config.steps_per_call is not None:
+    return config.steps_per_call
+  return 1 if jax.default_backend() == "cpu" else steps_per_epoch
+
+
+# ---------------------------------------------------------------------------
+# public entry points
+
+def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_rates=None,
+                 chunks: Sequence[Sequence[int]] | None = None,
+                 progress: Callable[[dict], None] | None = None) -> Iterator[TrainResult]:
+  """Yields one :class:`TrainResult` per chunk of models, as each finishes.
+
+  Args:
+    x: ``float[examples, ...]`` training inputs (all candidates; keep selects).
+    y: ``int[examples]`` labels.
+    keep: ``bool[models, examples]``; model m trains only on ``x[keep[m]]``.
+    config: a :class:`TrainConfig`.
+    num_classes: number of classes.
+    learning_rates: optional ``float[models]`` per-model peak learning rates.
+    chunks: optional list of model-index lists to train (e.g. the unfinished
+      ones when resuming); default: consecutive chunks of the planned size.
+    progress: called after every epoch with a dict (models done, examples/s).
+  """
+  x, y = _check_inputs(x, y, keep, config, num_classes)
+  num_models = keep.shape[0]
+  if learning_rates is None:
+    learning_rates = np.full(num_models, config.learning_rate, np.float32)
+  learning_rates = np.asarray(learning_rates, np.float32)
+  if learning_rates.shape != (num_models,):
+    raise ValueError(f"learning_rates must have shape ({num_models},), got {learning_rates.shape}")
+  members = keep.sum(1)
+  steps_per_epoch = int(math.ceil(members.max() / config.batch_size))
+  k = plan_models_per_step(config, num_classes, x.shape[1:], num_models)
+  if chunks is None:
+    chunks = [list(range(s, min(s + k, num_models))) for s in range(0, num_models, k)]
+  # Chunk size and seed are runtime values: share the compiled functions across them.
+  fns = _compiled_fns(dataclasses.replace(config, models_per_step=None, seed=0, learning_rate=1.0),
+                      num_classes, steps_per_epoch, tuple(x.shape[1:]))
+  spc = _default_steps_per_call(config, steps_per_epoch)
+  if steps_per_epoch % spc:
+    spc = math.gcd(steps_per_epoch, spc)
+  xd, yd = jax.device_put(x), jax.device_put(y)
+  done = 0
+  for chunk in chunks:
+    idx = np.asarray(chunk, np.int64)
+    t0 = time.perf_counter()
+    keys = _model_keys(config.seed, idx)
+    params, state, opt_state = fns["init"](keys)
+    alive = jnp.ones(len(idx), bool)
+    lr = jnp.asarray(learning_rates[idx])
+    keep_d = jnp.asarray(keep[idx])
+    losses = []
+    for epoch in range(config.epochs):
+      order = fns["order"](keep_d, keys, epoch, steps_per_epoch, config.batch_size)
+      carry = (params, state, opt_state, alive, jnp.zeros(len(idx), jnp.float32))
+      for s in range(0, steps_per_epoch, spc):
+        carry = fns["multi_step"](carry, lr, keys, order, xd, yd, epoch * steps_per_epoch + s, spc)
+      params, state, opt_state, alive, loss_sum = carry
+      losses.append(loss_sum / steps_per_epoch)
+      if progress is not None:
+        jax.block_until_ready(loss_sum)
+        elapsed = time.perf_counter() - t0
+        progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
+                      examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
+    alive_np = np.asarray(alive)
+    loss = np.stack([np.asarray(l) for l in losses], 1)
+    loss[~alive_np] = np.nan
+    variables = {"params": params, **state}
+    jax.block_until_ready(variables)
+    done += len(idx)
+    yield TrainResult(idx, variables, loss, ~alive_np, time.perf_counter() - t0)
+
+
+def train_models(x, y, keep, config: TrainConfig | None = None, *, num_classes: int, learning_rates=None,
+                 progress=None) -> TrainResult:
+  """Trains one model per row of ``keep`` and returns them stacked.
+
+  Args:
+    x: ``float[examples, ...]`` inputs; y: ``int[examples]`` labels.
+    keep: ``bool[models, examples]`` membership: model m trains on ``keep[m]``.
+    config: :class:`TrainConfig` (default: ``TrainConfig()``).
+    num_classes: number of classes.
+    learning_rates: optional ``float[models]`` per-model peak learning rates.
+
+  Returns:
+    A :class:`TrainResult` whose ``variables`` have a leading ``[models]`` axis.
+  """
+  config = config or TrainConfig()
+  parts = list(train_chunks(x, y, keep, config, num_classes=num_classes, learning_rates=learning_rates,
+                            progress=progress))
+  cat = lambda *leaves: jnp.concatenate(leaves, 0)
+  return TrainResult(
+      model_indices=np.concatenate([p.model_indices for p in parts]),
+      variables=jax.tree_util.tree_map(cat, *[p.variables for p in parts]),
+      loss=np.concatenate([p.loss for p in parts]),
+      diverged=np.concatenate([p.diverged for p in parts]),
+      train_seconds=sum(p.train_seconds for p in parts),
+  )
+
+
+QUERY_SETS = ("identity", "mirror", "shifts", "shifts18")
+
+
+def query_views(x, queries: str):
+  """Augmented copies ``[queries, examples, ...]`` of ``x: [examples, H, W, C]``.
+
+  ``identity``: 1 query; ``mirror``: original + horizontal flip (the LiRA
+  release); ``shifts``/``shifts18``: {original, flip} x reflect-padded shifts
+  by {-4, 0, 4}^2 pixels (18 queries, the LiRA paper).  Query 0 is always the
+  un-augmented input.
+  """
+  if queries not in QUERY_SETS:
+    raise ValueError(f"queries must be one of {list(QUERY_SETS)}, got {queries!r}")
+  if queries == "identity":
+    return x[None]
+  if x.ndim != 4:
+    raise ValueError(f"queries={queries!r} needs images [N, H, W, C], got shape {x.shape}")
+  flips = [x, x[:, :, ::-1]]
+  if queries == "mirror":
+    return jnp.stack(flips)
+  pad = 4
+  h, w = x.shape[1:3]
+  views = []
+  for img in flips:
+    padded = jnp.pad(img, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    for dy in (0, -4, 4):
+      for dx in (0, -4, 4):
+        views.append(padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w])
+  return jnp.stack(views)
+
+
+@functools.lru_cache(maxsize=16)
+def _predict_fn(model):
+  def apply_one(variables, xb):
+    return model.apply(variables, xb, train=False)
+  return jax.jit(jax.vmap(apply_one, in_axes=(0, None)))
+
+
+def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str = "identity",
+            batch_size: int = 1024) -> np.ndarray:
+  """Logits ``float32[models, examples, queries, classes]`` of stacked models.
+
+  Args:
+    config: the :class:`TrainConfig` the models were trained with.
+    variables: Flax variables with a leading ``[models]`` axis.
+    x: ``float[examples, ...]`` inputs.
+    queries: one of ``QUERY_SETS``; query 0 is the un-augmented input.
+  """
+  x = np.asarray(x, np.float32)
+  if x.shape[0] == 0:
+    raise ValueError("x must contain at least one example")
+  model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
+  fn = _predict_fn(model)
+  n = x.shape[0]
+  bs = min(batch_size, n)
+  out = []
+  for s in range(0, n, bs):
+    xb = x[s:s + bs]
+    pad = bs - xb.shape[0]
+    if pad:  # one compiled shape for every batch
+      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+    views = query_views(jnp.asarray(xb), queries)
+    logits = jnp.stack([fn(variables, v) for v in views], 2)  # [models, batch, queries, classes]
+    out.append(np.asarray(logits[:, :bs - pad]))
+  return np.concatenate(out, 1)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The project's two entry points, each working on a fresh machine with Python >= 3.11:
+#   ./run.sh demo   LiRA on the embedded digits data: prints the report, writes the ROC plot
+#   ./run.sh test   the whole test suite
+# Both create (or reuse) the virtualenv .venv and install miajax into it.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${VENV:-.venv}"
+
+python_bin() {
+  for p in python3.13 python3.12 python3.11 python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$p"; return
+    fi
+  done
+  echo "error: Python >= 3.11 not found on PATH" >&2; exit 2
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$(python_bin)" -m venv "$VENV"
+  fi
+  if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    touch "$VENV/.installed"
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  demo)
+    ensure_venv
+    exec "$VENV/bin/python" experiments/lira.py --output_dir="${OUTPUT_DIR:-runs/lira_digits}" "$@"
+    ;;
+  test)
+    ensure_venv
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi
+    exit "$rc"
+    ;;
+  *)
+    echo "usage: ./run.sh demo|test [extra flags]" >&2; exit 2
+    ;;
+esac

@@ -1,0 +1,84 @@
+"""Models: shapes, the im2col convolution against XLA's, per-model batch-norm statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from miajax import models
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 1)])
+def test_patch_conv_equals_xla_conv(padding, strides, kernel):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+  conv = models.Conv(4, kernel, strides, padding, impl="patches")
+  variables = conv.init(jax.random.PRNGKey(1), x)
+  got = conv.apply(variables, x)
+  w, b = variables["params"]["kernel"], variables["params"]["bias"]
+  want = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  both = models.Conv(4, kernel, strides, padding, impl="xla_patches").apply(variables, x)
+  np.testing.assert_allclose(both, want, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_conv_gradient_matches_xla():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  a = models.Conv(5, (3, 3), impl="patches")
+  b = models.Conv(5, (3, 3), impl="xla")
+  variables = a.init(jax.random.PRNGKey(1), x)
+  loss = lambda m: lambda v, x: (m.apply(v, x) ** 2).sum()
+  ga = jax.grad(loss(a), argnums=(0, 1))(variables, x)
+  gb = jax.grad(loss(b), argnums=(0, 1))(variables, x)
+  for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+    np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("mlp", (3, 600)), ("mlp", (3, 8, 8, 1)), ("lenet5", (3, 8, 8, 1)), ("lenet5", (3, 28, 28, 1)),
+    ("mlleaks_cnn", (3, 32, 32, 3)), ("mlleaks_cnn", (3, 8, 8, 1)), ("cnn_small", (3, 32, 32, 3)),
+    ("wrn16-4", (2, 8, 8, 3)), ("wrn28-2", (2, 8, 8, 3)),
+])
+def test_every_model_maps_inputs_to_logits(name, shape):
+  model = models.get_model(name, 7, dropout_rate=0.25)
+  x = jnp.ones(shape)
+  variables = model.init({"params": jax.random.PRNGKey(0)}, x, train=False)
+  out = model.apply(variables, x, train=False)
+  assert out.shape == (shape[0], 7) and out.dtype == jnp.float32
+  assert np.isfinite(np.asarray(out)).all()
+  # Dropout is active only with train=True, and it draws from the 'dropout' stream.
+  mutable = ["batch_stats"] if models.uses_batch_norm(name) else False
+  a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=mutable)
+  a = a[0] if mutable else a
+  assert not np.allclose(a, out)
+
+
+def test_mlp_default_widths_are_the_purchase_recipe():
+  model = models.get_model("mlp", 100)
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 600)))
+  kernels = [v["kernel"].shape for v in variables["params"].values()]
+  assert kernels == [(600, 1024), (1024, 512), (512, 256), (256, 128), (128, 100)]
+
+
+def test_batch_norm_statistics_stay_per_model_under_vmap():
+  model = models.get_model("wrn", 10, depth=10, width=1)
+  xs = jnp.stack([jnp.zeros((4, 8, 8, 3)), 3.0 + jnp.ones((4, 8, 8, 3))])  # different data per model
+  init = jax.vmap(lambda k: model.init(k, xs[0], train=False))
+  variables = init(jax.random.split(jax.random.PRNGKey(0), 2))
+  def step(v, x):
+    return model.apply(v, x, train=True, mutable=["batch_stats"])[1]
+  new = jax.vmap(step)(variables, xs)
+  mean = jax.tree_util.tree_leaves(new["batch_stats"])[0]
+  assert mean.shape[0] == 2
+  assert not np.allclose(mean[0], mean[1])
+
+
+def test_unknown_model_and_bad_arguments_are_rejected():
+  with pytest.raises(ValueError, match="model must be one of"):
+    models.get_model("resnet9000", 10)
+  with pytest.raises(ValueError, match="num_classes"):
+    models.get_model("mlp", 1)
+  with pytest.raises(ValueError, match="bad keyword arguments"):
+    models.get_model("mlp", 10, kernel_size=3)

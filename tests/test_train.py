@@ -1,0 +1,153 @@
+"""The engine: each model fits only its own members; determinism; chunk independence; bad input."""
+
+import jax
+import numpy as np
+import pytest
+
+from miajax import data, train
+
+MLP = (("activation", "relu"), ("widths", (256, 128)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def eight_models(digits):
+  keep = data.paired_keep(8, len(digits.x_train), seed=0)
+  cfg = train.TrainConfig(model="mlp", model_kwargs=MLP, epochs=30, batch_size=64, learning_rate=0.1)
+  result = train.train_models(digits.x_train, digits.y_train, keep, cfg, num_classes=10)
+  logits = train.predict(cfg, result.variables, digits.x_train, num_classes=10)
+  return keep, cfg, result, logits
+
+
+def _cross_entropy(logits, y):
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  y = np.broadcast_to(y, logp.shape[:-1])
+  return -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+
+
+def test_each_model_fits_its_members_and_not_the_others(digits, eight_models):
+  keep, _, result, logits = eight_models
+  assert logits.shape == (8, len(digits.x_train), 1, 10)
+  assert not result.diverged.any()
+  correct = logits[:, :, 0].argmax(-1) == digits.y_train
+  loss = _cross_entropy(logits[:, :, 0].astype(np.float64), digits.y_train)
+  for m in range(8):
+    assert correct[m, keep[m]].mean() >= 0.99
+    assert correct[m, ~keep[m]].mean() < correct[m, keep[m]].mean() - 0.01
+    # Members are fitted far more tightly than non-members: the membership signal exists.
+    assert loss[m, ~keep[m]].mean() > 10 * loss[m, keep[m]].mean()
+
+
+def test_random_labels_are_memorised_only_by_the_models_that_saw_them(digits):
+  rng = np.random.RandomState(0)
+  y = rng.randint(0, 10, len(digits.y_train)).astype(np.int32)
+  keep = data.paired_keep(2, len(y), seed=1)
+  cfg = train.TrainConfig(model="mlp", model_kwargs=MLP, epochs=60, batch_size=64, learning_rate=0.1,
+                          weight_decay=0.0)
+  result = train.train_models(digits.x_train, y, keep, cfg, num_classes=10)
+  correct = train.predict(cfg, result.variables, digits.x_train, num_classes=10)[:, :, 0].argmax(-1) == y
+  for m in range(2):
+    assert correct[m, keep[m]].mean() >= 0.95  # memorised its own random labels
+    assert correct[m, ~keep[m]].mean() < 0.2  # chance (0.1) on labels it never saw
+
+
+def test_same_seed_same_logits_and_chunking_does_not_matter(digits):
+  x, y = digits.x_train[:400], digits.y_train[:400]
+  keep = data.lira_keep(4, 400, seed=3)
+  base = dict(model="mlp", model_kwargs=MLP, epochs=3, batch_size=32, learning_rate=0.05, seed=5)
+  outs = []
+  for per_step in (4, 4, 1, 3):  # 3 leaves a ragged last chunk of 1
+    cfg = train.TrainConfig(models_per_step=per_step, **base)
+    r = train.train_models(x, y, keep, cfg, num_classes=10)
+    outs.append(train.predict(cfg, r.variables, x, num_classes=10))
+  np.testing.assert_array_equal(outs[0], outs[1])
+  np.testing.assert_allclose(outs[2], outs[0], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(outs[3], outs[0], atol=1e-4, rtol=0)
+  other = train.TrainConfig(models_per_step=4, **{**base, "seed": 6})
+  r = train.train_models(x, y, keep, other, num_classes=10)
+  assert np.abs(train.predict(other, r.variables, x, num_classes=10) - outs[0]).max() > 1e-2
+
+
+def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(digits):
+  x, y = digits.x_train[:400], digits.y_train[:400]
+  keep = data.paired_keep(4, 400, seed=0)
+  cfg = train.TrainConfig(model="mlp", model_kwargs=MLP, epochs=4, batch_size=32, learning_rate=0.05,
+                          models_per_step=4)
+  lrs = np.array([0.05, 1e9, 0.05, 0.05], np.float32)
+  r = train.train_models(x, y, keep, cfg, num_classes=10, learning_rates=lrs)
+  np.testing.assert_array_equal(r.diverged, [False, True, False, False])
+  assert np.isnan(r.loss[1, -1]) and np.isfinite(r.loss[[0, 2, 3]]).all()
+  ref = train.train_models(x, y, keep, cfg, num_classes=10)
+  got = train.predict(cfg, r.variables, x, num_classes=10)
+  want = train.predict(cfg, ref.variables, x, num_classes=10)
+  np.testing.assert_allclose(got[[0, 2, 3]], want[[0, 2, 3]], atol=1e-5)
+  assert np.isfinite(got[[0, 2, 3]]).all()
+
+
+def test_queries_and_augmented_training(digits):
+  x, y = digits.x_train[:256], digits.y_train[:256]
+  keep = data.paired_keep(2, 256, seed=0)
+  cfg = train.TrainConfig(model="lenet5", epochs=1, batch_size=32, learning_rate=0.05, augment=True)
+  r = train.train_models(x, y, keep, cfg, num_classes=10)
+  plain = train.predict(cfg, r.variables, x[:10], num_classes=10)
+  mirror = train.predict(cfg, r.variables, x[:10], num_classes=10, queries="mirror")
+  shifts = train.predict(cfg, r.variables, x[:10], num_classes=10, queries="shifts")
+  assert plain.shape == (2, 10, 1, 10) and mirror.shape == (2, 10, 2, 10) and shifts.shape == (2, 10, 18, 10)
+  np.testing.assert_allclose(mirror[:, :, 0], plain[:, :, 0], atol=1e-5)
+  np.testing.assert_allclose(shifts[:, :, 0], plain[:, :, 0], atol=1e-5)
+  flipped = train.predict(cfg, r.variables, x[:10, :, ::-1], num_classes=10)
+  np.testing.assert_allclose(mirror[:, :, 1], flipped[:, :, 0], atol=1e-5)
+  # Query views: query 0 is the input; the shifts are reflect-padded translations.
+  views = np.asarray(train.query_views(x[:3], "shifts"))
+  np.testing.assert_array_equal(views[0], x[:3])
+  padded = np.pad(x[:3], ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+  np.testing.assert_array_equal(views[2], padded[:, 4:12, 8:16])  # dy=0, dx=+4
+
+
+def test_epoch_order_uses_only_members_and_covers_them():
+  keep = np.zeros((3, 50), bool)
+  keep[0, :10] = True
+  keep[1, 5:40] = True
+  keep[2, ::2] = True
+  keys = train._model_keys(0, np.arange(3))
+  steps = -(-35 // 8)
+  order = np.asarray(train._epoch_order(keep, keys, 0, steps, 8))
+  assert order.shape == (3, steps, 8)
+  for m in range(3):
+    assert keep[m, order[m].ravel()].all()
+    assert set(order[m].ravel()) == set(np.flatnonzero(keep[m]))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda k, x, y, c: (k.astype(int), x, y, c), "keep must be a numpy bool array"),
+    (lambda k, x, y, c: (k[:, :-1], x, y, c), "keep has 199 columns but x has 200"),
+    (lambda k, x, y, c: (k, x, y, train.TrainConfig(model="nope")), "model must be one of"),
+    (lambda k, x, y, c: (k, x, y, train.TrainConfig(batch_size=150)), "batch_size=150 is larger"),
+    (lambda k, x, y, c: (k, np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y, c),
+     "non-finite"),
+    (lambda k, x, y, c: (k, x, y.astype(np.float32), c), "integer labels"),
+    (lambda k, x, y, c: (k, x, y + 10, c), r"y must be in \[0, 10\)"),
+    (lambda k, x, y, c: (k, x, y, train.TrainConfig(epochs=0)), "epochs must be a positive integer"),
+    (lambda k, x, y, c: (k, x, y, train.TrainConfig(optimizer="lbfgs")), "optimizer"),
+    (lambda k, x, y, c: (k[0], x, y, c), "keep must be 2-D"),
+])
+def test_bad_inputs_fail_before_training(digits, mutate, match):
+  x, y = digits.x_train[:200], digits.y_train[:200]
+  keep = data.paired_keep(2, 200, seed=0)
+  k, x, y, cfg = mutate(keep, x, y, train.TrainConfig(batch_size=32))
+  with pytest.raises(ValueError, match=match):
+    train.train_models(x, y, k, cfg, num_classes=10)
+
+
+def test_memory_planner_chunks_by_free_memory():
+  cfg = train.TrainConfig(model="mlp", batch_size=128)
+  many = train.plan_models_per_step(cfg, 100, (600,), 256, bytes_available=64 << 30)
+  few = train.plan_models_per_step(cfg, 100, (600,), 256, bytes_available=1 << 30)
+  assert many == 256 and 1 <= few < 64
+  override = train.TrainConfig(model="mlp", models_per_step=7)
+  assert train.plan_models_per_step(override, 100, (600,), 256) == 7
