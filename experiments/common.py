@@ -14,7 +14,7 @@ FLAGS = flags.FLAGS
 DATASET_DEFAULTS = {
     "digits": dict(model="mlp", widths="256,128", activation="relu", epochs=30, batch_size=64,
                    learning_rate=0.1),
-    "fashion_mnist": dict(model="mlp", widths="512,256", activation="relu", epochs=20, batch_size=256,
+    "fashion_mnist": dict(model="mlp", widths="256,128", activation="relu", epochs=15, batch_size=256,
                           learning_rate=0.1),
 }
 GENERIC_DEFAULTS = dict(model="mlp", widths="1024,512,256,128", activation="tanh", epochs=30,

@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
+import miajax
 from miajax import attacks, plots, report, runs, scores
 
 FLAGS = flags.FLAGS
@@ -23,6 +24,8 @@ common.define_training_flags()
 flags.DEFINE_string("run_dir", None, "Reuse a finished run of experiments/train_models.py (default: train "
                     "into <output_dir>/run).")
 flags.DEFINE_enum("variant", "miajax", ["miajax", "reference"], "LiRA variant (see README).")
+flags.DEFINE_bool("null_check", True, "Also attack with an independent random keep mask that the models were "
+                  "not trained on (for shadows and evaluation): every AUC must be 0.5 up to noise.")
 
 LIRA_ATTACKS = {
     "lira_online": dict(attack="lira_online"),
@@ -34,12 +37,15 @@ LIRA_ATTACKS = {
 RMIA_ATTACKS = {"rmia": dict(attack="rmia"), "rmia_offline": dict(attack="rmia_offline")}
 
 
-def attack_all(run: runs.RunResult, *, variant: str, log=logging.info):
-  """Leave-one-out attacks on a run; returns ({name: summary}, {name: scores}, kept rows)."""
+def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None):
+  """Leave-one-out attacks on a run; returns ({name: summary}, {name: scores}, kept rows).
+
+  ``keep`` replaces the run's own design (the null check).
+  """
   ok = ~run.diverged
   if not ok.all():
     logging.warning("excluding %d diverged models from the attacks: %s", (~ok).sum(), np.flatnonzero(~ok))
-  keep = run.keep[ok]
+  keep = (run.keep if keep is None else keep)[ok]
   logits = run.logits[ok]
   lira_scores = np.asarray(scores.logit_scaled(logits, run.labels[None, :, None]))
   probs = np.asarray(scores.confidence(logits, run.labels[None, :, None]))
@@ -75,6 +81,14 @@ def main(argv):
 
   summaries, all_scores, keep = attack_all(run, variant=FLAGS.variant)
   t_attacked = time.perf_counter()
+  null = None
+  if FLAGS.null_check:
+    # Same models and scores, a design they were not trained on: any signal here would be an artefact.
+    # Not a paired design: sharing the real design's model pairing would leak through each target's
+    # partner (whose real membership is the complement of the target's).
+    fake = miajax.lira_keep(run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007)
+    null_summaries, _, _ = attack_all(run, variant=FLAGS.variant, keep=fake, log=lambda s: None)
+    null = {name: {"auc": v["auc"], "tpr_at_fpr": v["tpr_at_fpr"]} for name, v in null_summaries.items()}
   plots.plot_roc({name: (all_scores[name], keep) for name in
                   ("lira_online", "lira_online_fixed", "lira_offline", "global_threshold", "rmia")},
                  out / "roc.png", title=f"{FLAGS.dataset}: {keep.shape[0]} models, leave-one-out")
@@ -87,6 +101,7 @@ def main(argv):
                    "examples": int(keep.shape[1]), "pooled_scores": int(keep.size),
                    "diverged_models": np.flatnonzero(run.diverged).tolist()},
       "attacks": summaries,
+      "null_check": null,
       "timing_s": {"train": run.train_seconds, "predict": run.predict_seconds,
                    "train_and_predict_wall": t_trained - t_start, "attacks": t_attacked - t_trained,
                    "total": time.perf_counter() - t_start},
@@ -97,6 +112,9 @@ def main(argv):
   print(f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
         f"test accuracy {rep['target']['test_accuracy']:.4f}\n")
   print(report.format_table(summaries))
+  if null:
+    print("\nnull check (independent random keep mask): AUC " +
+          ", ".join(f"{k} {v['auc']:.3f}" for k, v in null.items()))
   print(f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'} and {out / 'roc.png'}")
 
 

@@ -1,10 +1,11 @@
 """A straightforward numpy LiRA leave-one-out, the baseline for miajax's speed.
 
 It computes what `miajax.attacks.leave_one_out(..., variant="miajax")` computes
-for "lira_online" and "lira_offline" (per-example mean and ddof=1 std, std
-floor, one-sided offline test, log-likelihoods averaged over queries), the way
-one writes it first: a Python loop over examples and, inside, over targets,
-refitting the IN/OUT Gaussians from the other models every time (float64).
+for "lira_online" and "lira_offline" (balanced leave-one-out, per-example mean
+and ddof=1 std, std floor, one-sided offline test, log-likelihoods averaged
+over queries), the way one writes it first: a Python loop over examples and,
+inside, over targets, refitting the IN/OUT Gaussians from the remaining models
+every time (float64).
 
 Run as a script to time both on [256 models, 50,000 examples, 2 queries]:
 
@@ -39,12 +40,14 @@ def _logpdf(x, mean, std):
     return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
 
 
-def lira_loo_numpy(scores: np.ndarray, keep: np.ndarray, examples=None):
+def lira_loo_numpy(scores: np.ndarray, keep: np.ndarray, partners: np.ndarray, examples=None):
     """LiRA online and offline leave-one-out with a loop over examples and targets.
 
     Args:
       scores: float[models, examples, queries].
       keep: bool[models, examples].
+      partners: int[models, examples], the model that balanced leave-one-out also
+        leaves out (`miajax.attacks.leave_one_out_partners(keep)`).
       examples: indices of the examples to score (default: all).
 
     Returns:
@@ -60,6 +63,7 @@ def lira_loo_numpy(scores: np.ndarray, keep: np.ndarray, examples=None):
         x_j, k_j = scores[:, j, :], keep[:, j]
         for t in range(models):
             others = np.arange(models) != t
+            others[partners[t, j]] = False
             mu_in, sd_in = _fit(x_j[others & k_j])
             mu_out, sd_out = _fit(x_j[others & ~k_j])
             x = x_j[t]
@@ -103,7 +107,8 @@ def benchmark(models=256, examples=50_000, queries=2, numpy_examples=200, seed=0
 
     subset = np.arange(min(numpy_examples, examples))
     start = time.perf_counter()
-    np_online, np_offline = lira_loo_numpy(scores, keep, subset)
+    partners = np.asarray(attacks.leave_one_out_partners(keep))
+    np_online, np_offline = lira_loo_numpy(scores, keep, partners, subset)
     numpy_subset_s = time.perf_counter() - start
     diff = max(
         float(np.max(np.abs(np_online - np.asarray(online)[:, subset]))),

@@ -45,22 +45,46 @@ trained on the example) and one to the OUT scores. The differences:
    ValueError naming how many examples fail and the first one. The reference
    variant applies the same rule (with one score its std is 0 and the
    original code returns +-1e59-sized numbers).
-7. **float32** with centred sums: per-example means first, then sums of
-   squared deviations, and leave-one-out removes a model with the exact
-   (Welford) down-date, so no large sums of squares cancel.
+7. **float32, numerically careful.** Scores are centred per example and
+   query on one model's score before any sum, fits use per-example means
+   first and then sums of squared deviations, and leave-one-out removes a
+   model with the exact (Welford) down-date, switching to a directly
+   computed fit when the removed model is the one outlier that dominates the
+   spread (the only case where the down-date cancels). Leave-one-out agrees
+   with refitting on the remaining models to ~1e-5 relative.
 
 Both variants average the per-query log-likelihoods (ratios) over queries.
 
-Leave-one-out (`leave_one_out`): every model in turn is the target and all
-other models its shadows; the pooled ROC uses `keep` as labels. For
-`variant="miajax"` per-example counts, means and sums of squared deviations
-are computed once and each target's own contribution is removed in O(1) per
-(target, example), so all M targets cost about as much as one M-shadow fit plus
-the scoring, not M fits. Targets are processed in chunks (`lax.map` with a
-batch size) so memory stays a few times the input. `variant="reference"`
-re-runs the reference fit (with its median and its truncation recomputed on
-the M-1 shadows) for each target in float64, M times the single-target cost:
-a reproduction path where exactness wins over speed.
+Leave-one-out (`leave_one_out`): every model in turn is the target and the
+others its shadows; the pooled ROC uses `keep` as labels. For
+`variant="miajax"` it is *balanced* by default: for target t, each example's
+fit of the group t is not in also leaves out one model, drawn uniformly from
+that group with a fixed seed (`leave_one_out_partners`). Leaving out only the
+target gives its own group one model fewer than the other at every example,
+and a Gaussian fitted on fewer models predicts a fresh score worse, so under
+the null members score lower: with 8 models (4 IN / 4 OUT) a null check gives
+AUC 0.42 and TPR@1%FPR 0.1% for plain leave-one-out, 0.50 and ~0.9% balanced;
+the gap is gone by 64 models. The dropped model is random rather than, say,
+the next one in model order because designs have structure: in `paired_keep`
+model t+1 is t's complement, and always dropping it biases a null check on
+real models (AUC 0.48 with 8 digits models). Balancing keeps the null exact
+for designs where every example is IN for the same number of models
+(`lira_keep`, `paired_keep`); in a ragged design the fit sizes still vary with
+an example's IN count, which also sets its share of members in the pooled
+ROC, so small-M ragged designs are not exactly calibrated (use equal counts).
+`balanced=False` gives the plain version (all other models as shadows). Per-example counts, means and sums of squared deviations are
+computed once and the removed models are subtracted in O(1) per (target,
+example), so all M targets cost about as much as one M-shadow fit plus the
+scoring, not M fits. Targets are processed in chunks (`lax.map` with a batch
+size) so memory stays a few times the input. `variant="reference"` re-runs
+the reference fit (with its median and its truncation recomputed on the M-1
+other models, which in a design with equal IN counts equalises the two groups
+by itself) for each target in float64, M times the single-target cost: a
+reproduction path where exactness wins over speed. RMIA's leave-one-out
+subtracts the target's share from per-example sums of the reference
+probabilities (the mean over the other models is not biased by their number).
+Leaving models out needs one more shadow per group: online LiRA needs 3 IN and
+3 OUT models per example (2 with `fix_variance=True`), offline only the OUT.
 
 The reference variant computes in float64 (inside `jax.enable_x64(True)`,
 without changing the global setting) and returns a float64 numpy array; the
@@ -79,11 +103,12 @@ O((N + Z) log Z) time and O(N + Z) memory per target instead of a dense
 N x Z comparison. When no population is given the examples themselves stand in
 for it (their ratios under the same target, members included), the cheapest
 proxy when no held-out data exists; pass real non-member samples when you have
-them. Defaults: `gamma = 2`, the value of the paper's experiments (Privacy
-Meter hard-codes 1; for one target any gamma ranks examples the same way up to
-ties, it only moves which population quantile a score reports), and `a = 0.3`,
-the CIFAR-10 value of the research code (tune it per dataset on a pair of
-reference models for the offline attack).
+them. Defaults: `gamma = 2`, about the value the paper's experiments use
+(Privacy Meter hard-codes 1; for one target every gamma ranks the examples the
+same way up to ties, it only moves which population quantile a score reports,
+so it matters for pooled ROCs and for the size of the ties at 0), and
+`a = 0.3`, the CIFAR-10 value of the research code (tune it per dataset on a
+pair of reference models for the offline attack).
 """
 
 from __future__ import annotations
@@ -210,37 +235,88 @@ class _Stats(NamedTuple):
     n: jax.Array  # float[examples]
     mean: jax.Array  # float[examples, queries], centred
     m2: jax.Array  # float[examples, queries]
-    top: jax.Array  # int[examples, queries]: model with the largest |deviation|
+    top: jax.Array  # int[examples, queries]: the model with the largest |deviation|, -1 if tied
     mean_top_out: jax.Array  # mean and m2 without model `top`
     m2_top_out: jax.Array
 
 
-def _group_stats(y, mask) -> _Stats:
-    """Fit of the masked models: y float[models, examples, queries] (centred), mask bool[models, examples]."""
-    w = mask[..., None]
-    n = jnp.sum(mask, axis=0).astype(y.dtype)
-    mean = jnp.sum(jnp.where(w, y, 0), axis=0) / jnp.maximum(n, 1)[:, None]
-    dev = jnp.where(w, y - mean, 0)
-    m2 = jnp.sum(jnp.square(dev), axis=0)
-    top = jnp.argmax(jnp.abs(dev), axis=0)
-    y_top = jnp.take_along_axis(y, top[None], axis=0)[0]
-    mean_top_out = mean - (y_top - mean) / jnp.maximum(n - 1, 1)[:, None]
-    rest = w & (jnp.arange(y.shape[0])[:, None, None] != top[None])
-    m2_top_out = jnp.sum(jnp.where(rest, jnp.square(y - mean_top_out), 0), axis=0)
+def _group_stats(y_t, mask_t) -> _Stats:
+    """Fit of the masked models from model-minor arrays (reductions over the last,
+    contiguous axis are several times faster on CPU than over the first).
+
+    y_t float[examples, queries, models] (centred), mask_t bool[examples, models].
+    """
+    models = y_t.shape[-1]
+    w = mask_t[:, None, :]
+    n = jnp.sum(mask_t, axis=-1).astype(y_t.dtype)
+    mean = jnp.sum(jnp.where(w, y_t, 0), axis=-1) / jnp.maximum(n, 1)[:, None]
+    dev = jnp.where(w, y_t - mean[..., None], 0)
+    m2 = jnp.sum(jnp.square(dev), axis=-1)
+    # Members' deviations straddle 0, so the masked zeros change neither max nor min.
+    dev_max, dev_min = jnp.max(dev, axis=-1), jnp.min(dev, axis=-1)
+    dev_top = jnp.where(dev_max >= -dev_min, dev_max, dev_min)
+    at_top = w & (dev == dev_top[..., None])
+    model = jnp.arange(models)
+    top = jnp.min(jnp.where(at_top, model, models), axis=-1)
+    # A tied top cannot dominate m2 alone; only a unique one needs the direct fit.
+    top = jnp.where(jnp.sum(at_top, axis=-1) == 1, top, -1)
+    mean_top_out = mean - dev_top / jnp.maximum(n - 1, 1)[:, None]
+    rest = w & (model != top[..., None])
+    m2_top_out = jnp.sum(jnp.where(rest, jnp.square(y_t - mean_top_out[..., None]), 0), axis=-1)
     return _Stats(n, mean, m2, top, mean_top_out, m2_top_out)
 
 
-def _leave_out(stats: _Stats, y, t, drop):
-    """(n, mean, m2) of a group once model t with centred scores y float[examples, queries]
-    leaves it, where drop bool[examples] says it was in the group."""
+def _centred_stats(scores, keep):
+    """Centre on model 0's scores; IN and OUT stats of scores float[models, examples, queries]."""
+    center = scores[0]
+    y_t = jnp.transpose(scores - center, (1, 2, 0))
+    return center, _group_stats(y_t, keep.T), _group_stats(y_t, ~keep.T)
+
+
+def _leave_out(stats: _Stats, y, r, drop):
+    """(n, mean, m2) of a group once model r[i] with centred scores y float[examples, queries]
+    leaves it at every example i where drop bool[examples] is set."""
     n_new = stats.n - drop.astype(stats.n.dtype)
     n1 = jnp.maximum(n_new, 1)[:, None]
     d = y - stats.mean
-    is_top = stats.top == t
+    is_top = stats.top == r[:, None]
     mean = jnp.where(is_top, stats.mean_top_out, stats.mean - d / n1)
     m2 = jnp.where(is_top, stats.m2_top_out, stats.m2 - jnp.square(d) * (stats.n[:, None] / n1))
     dq = drop[:, None]
     return n_new, jnp.where(dq, mean, stats.mean), jnp.where(dq, jnp.maximum(m2, 0), stats.m2)
+
+
+@jax.jit
+def _partners(keep):
+    models, examples = keep.shape
+    model = jnp.arange(models, dtype=jnp.int32)
+    # One integer sort per example lists IN models first, then OUT models, each
+    # in model order (XLA's CPU sort is fast on a single integer operand).
+    members = jax.lax.sort(jnp.where(keep.T, model, models + model), dimension=1) % models
+    n_in = jnp.sum(keep, axis=0)
+    n_other = jnp.where(keep, models - n_in, n_in)
+    u = jax.random.uniform(jax.random.key(0), keep.shape)
+    rank = jnp.minimum((u * n_other).astype(jnp.int32), jnp.maximum(n_other - 1, 0))
+    slot = jnp.where(keep, n_in + rank, rank)
+    return jnp.take_along_axis(members, slot.T, axis=1).T
+
+
+def leave_one_out_partners(keep):
+    """The model each target's balanced leave-one-out also leaves out, per example.
+
+    Args:
+      keep: bool[models, examples].
+
+    Returns:
+      int32[models, examples]: for target t and example i, a model of the group t
+      is not in at i (OUT if t trained on i, else IN), drawn uniformly with a fixed
+      seed. Uniform so that structure in the design (e.g. `paired_keep`'s
+      complementary pairs) cannot bias the null; the same for every call. Entries
+      for an example whose other group is empty are meaningless.
+    """
+    if np.ndim(keep) != 2:
+        raise ValueError(f"keep must be a bool array [models, examples], got shape {np.shape(keep)}")
+    return _partners(jnp.asarray(_as_keep(keep, "keep", np.shape(keep))))
 
 
 def _floored_std(var, mean):
@@ -282,10 +358,8 @@ def _batch_size(targets: int, examples: int, queries: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "batch_size"))
 def _lira_miajax(shadow, keep, target, *, offline, fix_variance, batch_size):
-    center = shadow[0]
-    y = shadow - center
-    fit_in = _group_stats(y, keep)[:3]
-    fit_out = _group_stats(y, ~keep)[:3]
+    center, stats_in, stats_out = _centred_stats(shadow, keep)
+    fit_in, fit_out = stats_in[:3], stats_out[:3]
     return jax.lax.map(
         lambda x: _lira_score(x - center, center, fit_in, fit_out, offline, fix_variance),
         target,
@@ -293,56 +367,35 @@ def _lira_miajax(shadow, keep, target, *, offline, fix_variance, batch_size):
     )
 
 
-def _online_loo_target(y, k, t, center, stats_in, stats_out, fix_variance):
-    """LiRA online for model t (centred scores y float[examples, queries], membership
-    k bool[examples]) against all other models -> float[examples].
-
-    Only the group that holds the target changes when it leaves, so per example one
-    Gaussian is down-dated ("own") and the other is the full fit ("other").
-    """
-    kq = k[:, None]
-    own = _Stats(*(jnp.where(k if a.ndim == 1 else kq, a, b) for a, b in zip(stats_in, stats_out)))
-    n_own, mu_own, m2_own = _leave_out(own, y, t, jnp.ones_like(k))
-    n_other = jnp.where(k, stats_out.n, stats_in.n)
-    mu_other = jnp.where(kq, stats_out.mean, stats_in.mean)
-    if fix_variance:
-        # Pooled variance of each group once the target's scores have left it.
-        def pooled(stats, mine):
-            m2 = jnp.where(mine[:, None], m2_own, stats.m2)
-            dof = jnp.sum(jnp.maximum(stats.n - mine.astype(stats.n.dtype) - 1, 0))
-            return jnp.sum(m2, axis=0) / jnp.maximum(dof, 1)
-
-        var_in, var_out = pooled(stats_in, k), pooled(stats_out, ~k)
-        s_own = _floored_std(jnp.where(kq, var_in, var_out), center + mu_own)
-        s_other = _floored_std(jnp.where(kq, var_out, var_in), center + mu_other)
-    else:
-        s_own = _floored_std(m2_own / jnp.maximum(n_own - 1, 1)[:, None], center + mu_own)
-        m2_other = jnp.where(kq, stats_out.m2, stats_in.m2)
-        s_other = _floored_std(m2_other / jnp.maximum(n_other - 1, 1)[:, None], center + mu_other)
-    z_own = (y - mu_own) / s_own
-    z_other = (y - mu_other) / s_other
-    # log N(y; own) - log N(y; other), which is IN minus OUT when the target is IN.
-    llr = 0.5 * (jnp.square(z_other) - jnp.square(z_own)) + jnp.log(s_other) - jnp.log(s_own)
-    return jnp.mean(jnp.where(kq, llr, -llr), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "batch_size"))
-def _lira_miajax_loo(scores, keep, *, offline, fix_variance, batch_size):
-    center = scores[0]
-    y_all = scores - center
-    stats_in = _group_stats(y_all, keep)
-    stats_out = _group_stats(y_all, ~keep)
+@functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "balanced", "batch_size"))
+def _lira_miajax_loo(scores, keep, *, offline, fix_variance, balanced, batch_size):
+    center, stats_in, stats_out = _centred_stats(scores, keep)
+    examples = jnp.arange(scores.shape[1])
 
     def one_target(args):
-        y, k, t = args
-        y = y - center
+        x, k, t, r_in, r_out = args
+        y = x - center
+        if balanced:
+            # Both groups lose one model: the target its own, its partner the other.
+            drop_in = drop_out = jnp.ones_like(k)
+            y_in = scores[r_in, examples] - center
+            y_out = scores[r_out, examples] - center
+        else:
+            drop_in, drop_out, y_in, y_out = k, ~k, y, y
+        fit_out = _leave_out(stats_out, y_out, r_out, drop_out)
         if offline:
-            fit_out = _leave_out(stats_out, y, t, ~k)
             return _lira_score(y, center, None, fit_out, True, fix_variance)
-        return _online_loo_target(y, k, t, center, stats_in, stats_out, fix_variance)
+        fit_in = _leave_out(stats_in, y_in, r_in, drop_in)
+        return _lira_score(y, center, fit_in, fit_out, False, fix_variance)
 
     targets = jnp.arange(scores.shape[0])
-    return jax.lax.map(one_target, (scores, keep, targets), batch_size=batch_size)
+    if balanced:
+        partner = _partners(keep)
+        own = targets[:, None]
+        r_in, r_out = jnp.where(keep, own, partner), jnp.where(keep, partner, own)
+    else:
+        r_in = r_out = jnp.broadcast_to(targets[:, None], keep.shape)
+    return jax.lax.map(one_target, (scores, keep, targets, r_in, r_out), batch_size=batch_size)
 
 
 # --------------------------------------------------------- LiRA (reference)
@@ -507,8 +560,14 @@ def _rank_against_population(ratio_x, ratio_z, gamma):
 
     ratio_x float[targets, examples], ratio_z float[targets, population] -> float[targets, examples].
     """
-    ordered = jnp.sort(ratio_z, axis=-1)
-    below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(ordered, ratio_x / gamma)
+    # Ratios are >= 0 and never nan; there (abs turns -0.0 into +0.0) the IEEE bit
+    # patterns read as signed integers keep the order, and XLA's CPU sort is
+    # several times faster on integers than on floats.
+    key = jnp.dtype(f"int{8 * ratio_z.dtype.itemsize}")
+    ordered = jax.lax.sort(jax.lax.bitcast_convert_type(jnp.abs(ratio_z), key),
+                           dimension=ratio_z.ndim - 1)
+    queries = jax.lax.bitcast_convert_type(jnp.abs(ratio_x / gamma).astype(ratio_z.dtype), key)
+    below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(ordered, queries)
     return below.astype(ratio_x.dtype) / ratio_z.shape[-1]
 
 
@@ -630,7 +689,7 @@ def rmia(shadow_conf, shadow_keep, target_conf, *, a=0.3, gamma=2.0, population_
 
 
 def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, variant="miajax",
-                  a=0.3, gamma=2.0, population=None):
+                  balanced=True, a=0.3, gamma=2.0, population=None):
     """Every model in turn is the target, all the other models its shadows.
 
     Args:
@@ -642,6 +701,13 @@ def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, var
       fix_variance: LiRA only (see `lira_online`).
       variant: "miajax" or "reference" (LiRA; global_threshold is the same in both;
         RMIA has only "miajax").
+      balanced: LiRA with variant="miajax" only. True (default): for target t each
+        example's other group (OUT if t trained on it, else IN) also leaves out one
+        model (`leave_one_out_partners`), so the IN and OUT fits lose one model each
+        and a design with equal IN counts stays balanced. False: all other
+        models are shadows, and the fit of the target's own group always has one
+        model fewer, which biases the test against members under the null (module
+        docstring).
       a, gamma: RMIA parameters (see `rmia`).
       population: RMIA only: None (the examples stand in for the population) or
         float[models, population, queries], every model's probabilities on samples
@@ -687,7 +753,8 @@ def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, var
                 _lira_reference_loo, x, k, offline=offline, fix_variance=bool(fix_variance))
         return _lira_miajax_loo(
             jnp.asarray(x, dtype=float), jnp.asarray(k), offline=offline,
-            fix_variance=bool(fix_variance), batch_size=_batch_size(*x.shape),
+            fix_variance=bool(fix_variance), balanced=bool(balanced),
+            batch_size=_batch_size(*x.shape),
         )
 
     if variant != "miajax":

@@ -50,8 +50,9 @@ Conventions worth knowing:
   KL by ``batch * C``, and subtracts ``alpha_released * mean_batch H(q)``.
   Its loss is therefore ``(1/C) [KL_batchmean - C alpha_released H]``: the
   same objective as ours with ``alpha = C * alpha_released``, scaled by
-  ``1/C`` (with SGD, also divide the released learning rate by ``C`` to get
-  identical updates; Adam is scale-invariant). Released CIFAR-10 settings
+  ``1/C``. For identical SGD updates also use learning rate
+  ``lr_released / C`` and weight decay ``C * wd_released`` (Adam is
+  invariant to the scale, so only ``alpha`` changes). Released CIFAR-10 settings
   (gamma 0.95, alpha 0.001) are ``hamp(0.95, 0.01)`` here; Purchase100
   (gamma 0.8, alpha 0.01, C = 100) is ``hamp(0.8, 1.0)``.
 * ``l2(w)`` penalises ``0.5 w ||theta||^2``, whose gradient ``w theta`` is

@@ -5,8 +5,10 @@ Conventions (see DESIGN.md): ``scores`` are higher = more likely member and
 ``float[targets, examples]`` scores with ``bool[targets, examples]`` labels
 work as they are. A "threshold" ``t`` predicts member where ``score >= t``.
 
-Everything is numpy, sorts the scores once, and is vectorised over the
-bootstrap/Monte Carlo replicates, so 2 million scores take about a second.
+Everything is numpy and vectorised over the bootstrap/Monte Carlo replicates.
+On 2 million scores (2 loaded CPU cores) a point metric takes 0.2-0.4 s, a
+TPR@FPR interval 0.2 s, the AUC or balanced-accuracy interval (1000
+replicates) about 2.5 s, the epsilon bound 0.7 s.
 
 Resampling unit. The intervals treat every (score, label) pair as an
 independent draw: members and non-members are resampled separately, each
@@ -175,7 +177,7 @@ def _tp_within(split: _Split, max_fp):
 
 
 def roc_curve(scores, is_member):
-    """ROC curve over every distinct score, as ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
+    """ROC over every distinct score, like ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
 
     Args:
       scores: ``float[...]`` finite, higher = member.
@@ -278,7 +280,7 @@ def threshold_at_fpr(scores, is_member, fpr: float) -> float:
 
 
 def precision_recall_f1(scores, is_member, threshold: float) -> dict:
-    """Per-class precision, recall, F1 and support when predicting member where ``score >= threshold``.
+    """Per-class precision, recall, F1 and support, predicting member where ``score >= threshold``.
 
     Matches ``sklearn.metrics.precision_recall_fscore_support(..., zero_division=0)``.
 
@@ -286,7 +288,8 @@ def precision_recall_f1(scores, is_member, threshold: float) -> dict:
       ``{"member": {"precision", "recall", "f1", "support"},
       "non_member": {...}, "accuracy": float}``.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or math.isnan(threshold)):
         raise TypeError(f"threshold must be a real number (inf allowed), got {threshold!r}")
     split = _split(scores, is_member)
     n_pos, n_neg = split.pos.size, split.neg.size
@@ -363,7 +366,8 @@ def tpr_at_fpr_interval(scores, is_member, fpr: float, *, confidence: float = 0.
     quantiles are Clopper-Pearson bounds (the lower end uses the stricter
     threshold and Beta(tp, n - tp + 1), the upper end the looser one and
     Beta(tp + 1, n - tp)). The interval is the (a/2, 1 - a/2) quantiles,
-    a = 1 - confidence. It is slightly conservative by construction.
+    a = 1 - confidence. It is slightly conservative by construction. The
+    binomial law of K assumes continuous scores (no ties at the threshold).
 
     ``method="bootstrap"``: plain stratified percentile bootstrap (members and
     non-members resampled separately, threshold re-estimated per replicate),
@@ -372,12 +376,13 @@ def tpr_at_fpr_interval(scores, is_member, fpr: float, *, confidence: float = 0.
     variate, and the member count above it is binomial.
 
     Measured coverage of the nominal 95 % interval (400 repetitions, Gaussian
-    scores, separations 1-4, see tests/test_metrics.py): fiducial 0.94-0.98 at
-    FPR 1 % with 2,000-5,000 scores per class and at FPR 0.1 % with 20,000
-    non-members; bootstrap 0.92-0.96 there, and 0.87-0.89 at FPR 0.1 % with
-    2,000 non-members, where the fiducial interval (0.99) is up to 3x wider
-    because so few non-members lie beyond the level. With >= 20 non-members
-    beyond the level the fiducial interval is 1.03-1.10x the bootstrap's width.
+    scores N(mu, 1) vs N(0, 1), mu = 1, 2, 3; tests/test_metrics.py):
+    5,000 + 5,000 scores at FPR 1 %: fiducial 0.963-0.968, bootstrap
+    0.953-0.958; 5,000 + 20,000 at FPR 0.1 %: fiducial 0.963-0.970, bootstrap
+    0.940-0.955; the fiducial interval is 1.04-1.09x as wide. Where only a few
+    non-members lie beyond the level (2,000 + 2,000 at FPR 0.1 %: 2 of them)
+    the bootstrap under-covers (0.88-0.91) and the fiducial interval covers
+    0.99 at 1.05-2.0x the width: there is little information at that level.
 
     Args:
       scores: ``float[...]``, higher = member.
@@ -403,7 +408,11 @@ def tpr_at_fpr_interval(scores, is_member, fpr: float, *, confidence: float = 0.
 def tnr_at_fnr_interval(scores, is_member, fnr: float, *, confidence: float = 0.95,
                         seed: int = 0, num_bootstrap: int = 2000,
                         method: str = "fiducial"):
-    """Interval for the true TNR at FNR level ``fnr``: :func:`tpr_at_fpr_interval` with roles swapped."""
+    """Interval for the true TNR at FNR level ``fnr``.
+
+    :func:`tpr_at_fpr_interval` with members and non-members swapped (same
+    methods and arguments); ``(nan, nan)`` with fewer than ``1 / fnr`` members.
+    """
     fnr = _check_level("fnr", fnr)
     confidence, num_bootstrap = _check_interval_args(confidence, num_bootstrap)
     _check_method(method)
@@ -516,7 +525,8 @@ def _percentile(reps, confidence):
 
 def _basic(reps, estimate, confidence):
     low, high = _percentile(reps, confidence)
-    return (float(np.clip(2 * estimate - high, 0.5, 1.0)), float(np.clip(2 * estimate - low, 0.5, 1.0)))
+    return (float(np.clip(2 * estimate - high, 0.5, 1.0)),
+            float(np.clip(2 * estimate - low, 0.5, 1.0)))
 
 
 def auc_interval(scores, is_member, *, confidence: float = 0.95, num_bootstrap: int = 1000,
@@ -529,7 +539,12 @@ def auc_interval(scores, is_member, *, confidence: float = 0.95, num_bootstrap: 
     (4096) distinct scores, runs of consecutive scores are merged into 4096
     groups of equal size and the replicates shifted by the exact-minus-grouped
     AUC (only within-group pairs, ~1/4096 of all, are approximated); 2 million
-    scores with 1000 replicates take about 1 s.
+    scores with 1000 replicates take about 2.5 s on 2 loaded cores.
+
+    Measured coverage at 95 % (400 repetitions, N(mu, 1) vs N(0, 1), true AUC
+    Phi(mu / sqrt 2)): 300 + 300 and 500 + 500 scores, 1000 replicates,
+    mu = 0.5, 1.5, 2.5: 0.948-0.958; with 500 replicates 0.943-0.955; with
+    200 replicates about 0.94 (Monte Carlo noise in the tail quantiles).
 
     Args:
       scores: ``float[...]``; is_member: ``bool[...]`` same shape.

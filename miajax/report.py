@@ -164,10 +164,12 @@ def format_table(attacks: dict, *, fpr_levels=FPR_LEVELS, fnr_levels=FNR_LEVELS)
               + [f"TPR@{_percent(x)}FPR" for x in fpr_levels]
               + [f"TNR@{_percent(x)}FNR" for x in fnr_levels]
               + (["eps lower bound"] if with_eps else []))
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    rule = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     for name, summary in attacks.items():
         if not isinstance(summary, dict):
-            raise TypeError(f"attacks[{name!r}] must be a summary dict, got {type(summary).__name__}")
+            raise TypeError(f"attacks[{name!r}] must be a summary dict, "
+                            f"got {type(summary).__name__}")
         row = [str(name),
                _fmt(summary.get("auc"), summary.get("auc_ci")),
                _fmt(summary.get("balanced_accuracy"), summary.get("balanced_accuracy_ci"))]

@@ -80,31 +80,28 @@ class RunResult:
   predict_seconds: float
 
 
-def save_npy_atomic(path, array) -> None:
+def _write_atomic(path, write) -> None:
+  """Calls ``write(file)`` on a temporary file beside ``path``, then renames it into place."""
   path = pathlib.Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
-      np.save(f, array)
+      write(f)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def save_npy_atomic(path, array) -> None:
+  _write_atomic(path, lambda f: np.save(f, array))
 
 
 def _save_npz_atomic(path: pathlib.Path, **arrays) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  _write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _prepare_dir(output_dir, spec_json: dict) -> pathlib.Path:

@@ -245,12 +245,19 @@ def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, i
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, xb, yb, key)
       return loss, new_state, grads
     clip, noise = dp
-    def one_example(p, xi, yi):
-      return loss_fn(p, state, xi[None], yi[None], key)[0]
-    losses, per_grads = jax.vmap(jax.value_and_grad(one_example), in_axes=(None, 0, 0))(params, xb, yb)
+    def one_example(p, xi, yi, i):
+      # Each example its own dropout mask; the parameter penalty is added after clipping (it is
+      # data-independent, so it costs no privacy and must not be clipped with the data term).
+      variables = {"params": p, **state}
+      logits = model.apply(variables, xi[None], train=True, rngs={"dropout": jax.random.fold_in(key, i)})
+      return defenses_lib.per_example_loss(defense, logits.astype(jnp.float32), yi[None]).sum()
+    losses, per_grads = jax.vmap(jax.value_and_grad(one_example), in_axes=(None, 0, 0, 0))(
+        params, xb, yb, jnp.arange(xb.shape[0]))
     grads = defenses_lib.clip_and_noise(per_grads, jax.random.fold_in(key, 7),
                                         l2_norm_clip=clip, noise_multiplier=noise)
-    return losses.mean(), state, grads
+    penalty, penalty_grads = jax.value_and_grad(lambda p: defenses_lib.param_penalty(defense, p))(params)
+    grads = jax.tree_util.tree_map(jnp.add, grads, penalty_grads)
+    return losses.mean() + penalty, state, grads
 
   def step_one(params, state, opt_state, alive, lr, key, order, x, y, step):
     """One SGD step of one model; ``order: int32[steps, batch]``."""

@@ -84,17 +84,23 @@ def test_reference_leave_one_out_matches_numpy(offline):
 # ---------------------------------------------- miajax semantics in numpy
 
 
-def miajax_numpy(shadow, keep, target, offline, fix_variance):
-    """The documented miajax variant, per example in float64."""
+def miajax_numpy(shadow, keep, target, offline, fix_variance, use=None):
+    """The documented miajax variant, per example in float64.
+
+    use: optional bool[models, examples], which shadow models count at each example.
+    """
     examples, queries = shadow.shape[1:]
+    use = np.ones(keep.shape, bool) if use is None else use
     fits = {}
-    for group, mask in (("in", keep), ("out", ~keep)):
+    for group, mask in (("in", keep & use), ("out", ~keep & use)):
         loc = np.zeros((examples, queries))
         var = np.zeros((examples, queries))
         ss = np.zeros(queries)
         dof = 0
         for j in range(examples):
             v = shadow[mask[:, j], j, :]
+            if len(v) == 0:
+                continue
             loc[j] = v.mean(0)
             var[j] = v.var(0, ddof=1) if len(v) > 1 else 0.0
             ss += ((v - loc[j]) ** 2).sum(0)
@@ -110,6 +116,21 @@ def miajax_numpy(shadow, keep, target, offline, fix_variance):
     lp_in = scipy.stats.norm.logpdf(target, loc_in, sd_in)
     lp_out = scipy.stats.norm.logpdf(target, loc_out, sd_out)
     return (lp_in - lp_out).mean(-1)
+
+
+def loo_numpy(scores, keep, offline, fix_variance, balanced):
+    """Leave-one-out by refitting per target; balanced also drops, per example, the
+    partner model (from the group the target is not in)."""
+    models, examples = keep.shape
+    partners = np.asarray(attacks.leave_one_out_partners(keep))
+    rows = []
+    for t in range(models):
+        use = np.ones(keep.shape, bool)
+        use[t] = False
+        if balanced:
+            use[partners[t], np.arange(examples)] = False
+        rows.append(miajax_numpy(scores, keep, scores[t:t + 1], offline, fix_variance, use)[0])
+    return np.stack(rows)
 
 
 @pytest.mark.parametrize("offline", [False, True])
@@ -145,7 +166,8 @@ def test_leave_one_out_equals_per_target_runs(attack, fix_variance):
     models = 10
     scores, keep = ragged(models, 45, 2, seed=11, min_count=3)
     scores = scores.astype(np.float32)
-    loo = np.asarray(attacks.leave_one_out(scores, keep, attack=attack, fix_variance=fix_variance))
+    loo = np.asarray(attacks.leave_one_out(scores, keep, attack=attack, fix_variance=fix_variance,
+                                           balanced=False))
     fn = getattr(attacks, attack)
     direct = np.stack([
         np.asarray(fn(scores[np.arange(models) != t], keep[np.arange(models) != t],
@@ -155,21 +177,45 @@ def test_leave_one_out_equals_per_target_runs(attack, fix_variance):
     np.testing.assert_allclose(loo, direct, rtol=1e-4, atol=1e-4 * np.abs(direct).max())
 
 
-def test_leave_one_out_is_stable_for_offset_scores():
-    # Scores ~300 with spread 0.01: sums of squares of raw float32 scores would
-    # cancel to noise; centred sums and the Welford down-date must not.
-    models = 10
-    scores, keep = ragged(models, 45, 2, seed=12, min_count=3)
+@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize("fix_variance", [False, True])
+def test_balanced_leave_one_out_matches_numpy(offline, fix_variance):
+    scores, keep = ragged(10, 45, 2, seed=13, min_count=3)
+    scores = scores.astype(np.float32)
+    attack = "lira_offline" if offline else "lira_online"
+    got = np.asarray(attacks.leave_one_out(scores, keep, attack=attack, fix_variance=fix_variance))
+    want = loo_numpy(scores.astype(np.float64), keep, offline, fix_variance, balanced=True)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_leave_one_out_is_stable_for_offset_scores(balanced):
+    # Scores ~300 with spread 0.01 and a few outliers: sums of squares of raw
+    # float32 scores would cancel to noise; centring, the Welford down-date and
+    # the direct fit without the dominant outlier must not.
+    scores, keep = ragged(10, 45, 2, seed=12, min_count=3)
+    rng = np.random.default_rng(12)
+    scores[rng.integers(0, 10, 15), rng.integers(0, 45, 15)] += rng.normal(0, 50, size=(15, 2))
     scores = (300 + 0.01 * (scores - scores.mean())).astype(np.float32)
-    loo = np.asarray(attacks.leave_one_out(scores, keep, attack="lira_online"))
-    s64 = scores.astype(np.float64)
-    want = np.stack([
-        miajax_numpy(s64[np.arange(models) != t], keep[np.arange(models) != t],
-                     s64[t:t + 1], False, False)[0]
-        for t in range(models)
-    ])
+    loo = np.asarray(attacks.leave_one_out(scores, keep, attack="lira_online", balanced=balanced))
+    want = loo_numpy(scores.astype(np.float64), keep, False, False, balanced)
     assert np.all(np.isfinite(loo))
-    np.testing.assert_allclose(loo, want, atol=0.02 * np.abs(want).max())
+    np.testing.assert_allclose(loo, want, rtol=2e-3, atol=2e-3 * np.median(np.abs(want)))
+
+
+def test_partners_are_uniform_over_the_other_group():
+    rng = np.random.default_rng(4)
+    keep = rng.random((8, 20000)).argsort(0) < 4
+    keep[:, :5000] = rng.random((8, 5000)) < 0.5  # some ragged examples too
+    keep[0, :5000], keep[1, :5000] = True, False
+    partners = np.asarray(attacks.leave_one_out_partners(keep))
+    cols = np.arange(keep.shape[1])
+    assert np.all(keep[partners, cols] != keep)
+    # Uniform: in the balanced part, t's neighbour t^1 is the partner with
+    # probability P(t^1 in the other group) / 4 = (4/7) / 4.
+    t = np.arange(8)[:, None]
+    assert abs(np.mean(partners[:, 5000:] == (t ^ 1)) - 1 / 7) < 0.01
+    assert np.array_equal(partners, np.asarray(attacks.leave_one_out_partners(keep)))
 
 
 def test_numpy_baseline_matches_leave_one_out():
@@ -178,7 +224,7 @@ def test_numpy_baseline_matches_leave_one_out():
     spec.loader.exec_module(lira_numpy)
     scores, keep = ragged(10, 45, 2, seed=11, min_count=3)
     scores = scores.astype(np.float32)
-    online, offline = lira_numpy.lira_loo_numpy(scores, keep)
+    online, offline = lira_numpy.lira_loo_numpy(scores, keep, attacks.leave_one_out_partners(keep))
     for attack, want in (("lira_online", online), ("lira_offline", offline)):
         got = np.asarray(attacks.leave_one_out(scores, keep, attack=attack))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -240,6 +286,27 @@ def test_null_calibration(null_setting, attack, fix_variance, variant):
 def test_leak_is_detected(leaky_setting, attack, fix_variance, variant):
     auc, _ = pooled_metrics(leaky_setting, attack, fix_variance, variant)
     assert auc > 0.7, auc
+
+
+def test_balanced_leave_one_out_is_calibrated_with_few_models():
+    # 8 models, every example IN for 4: leaving only the target out fits its own
+    # group on 3 models and the other on 4, which scores members lower under the
+    # null. The scores come from a paired design (model 2i+1 trains on the
+    # complement of model 2i), attacked with an independent keep: dropping the
+    # adjacent model instead of a random one would pick the complement too often.
+    rng = np.random.default_rng(2)
+    pairs = rng.random((4, 3000)) < 0.5
+    true_keep = np.stack([pairs, ~pairs], axis=1).reshape(8, 3000)
+    scores, _, _ = population(shift=0.0, seed=2, models=8, examples=3000)
+    scores = scores + 4.0 * true_keep[..., None]
+    keep = rng.random((8, 3000)).argsort(0) < 4
+    y = keep.ravel()
+    for attack in ("lira_online", "lira_offline"):
+        s = np.asarray(attacks.leave_one_out(scores, keep, attack=attack)).ravel()
+        fpr, tpr, _ = roc_curve(y, s)
+        assert abs(roc_auc_score(y, s) - 0.5) <= 0.02 and 0.005 <= tpr[fpr <= 0.01].max() <= 0.02
+    s = np.asarray(attacks.leave_one_out(scores, keep, attack="lira_online", balanced=False)).ravel()
+    assert roc_auc_score(y, s) < 0.46
 
 
 def test_lira_online_beats_global_threshold_on_heterogeneous_examples(leaky_setting):
