@@ -70,6 +70,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
+  if not FLAGS.run_dir and FLAGS.num_models < 6:
+    # Balanced leave-one-out drops two models per example; per-example variances then need
+    # >= 2 IN and >= 2 OUT shadows, i.e. M/2 - 1 >= 2.  Refuse before training anything.
+    raise app.UsageError(f"--num_models must be >= 6 for leave-one-out LiRA, got {FLAGS.num_models}")
   import pathlib
   out = pathlib.Path(FLAGS.output_dir)
   t_start = time.perf_counter()
