@@ -184,14 +184,15 @@ def _check_shadow_target(shadow_scores, shadow_keep, target_scores, names=None):
     return shadow, keep, target
 
 
-def _check_counts(counts: np.ndarray, need: int, what: str, context: str, hint: str) -> None:
+def _check_counts(counts: np.ndarray, need: int, what: str, context: str, hint: str,
+                  keep_name: str = "shadow_keep") -> None:
     """Raise if any example has fewer than `need` shadow scores of one kind."""
     bad = np.flatnonzero(counts < need)
     if bad.size:
         i = int(bad[0])
         raise ValueError(
             f"{context} needs at least {need} {what} shadow score(s) per example; {bad.size} of "
-            f"{counts.size} examples have fewer (first: example {i} has {int(counts[i])}). {hint}"
+            f"{counts.size} examples have fewer in {keep_name} (first: example {i} has {int(counts[i])}). {hint}"
         )
 
 
@@ -199,7 +200,7 @@ def _lira_need(fix_variance: bool) -> int:
     return 1 if fix_variance else 2
 
 
-def _check_lira_counts(n_in, n_out, *, offline, fix_variance, context):
+def _check_lira_counts(n_in, n_out, *, offline, fix_variance, context, keep_name="shadow_keep"):
     need = _lira_need(fix_variance)
     hint = (
         "Train more shadow models (or use a design where every example is IN for half of them)"
@@ -207,15 +208,15 @@ def _check_lira_counts(n_in, n_out, *, offline, fix_variance, context):
         + "."
     )
     if not offline:
-        _check_counts(n_in, need, "IN", context, hint)
-    _check_counts(n_out, need, "OUT", context, hint)
+        _check_counts(n_in, need, "IN", context, hint, keep_name)
+    _check_counts(n_out, need, "OUT", context, hint, keep_name)
     if fix_variance:
         # The pooled variance needs at least one degree of freedom overall.
         for counts, what in ([(n_out, "OUT")] if offline else [(n_in, "IN"), (n_out, "OUT")]):
             if np.sum(np.maximum(counts - 1, 0)) < 1:
                 raise ValueError(
                     f"{context} with fix_variance=True needs some example with at least 2 {what} "
-                    "shadow scores to estimate the pooled variance."
+                    f"shadow scores in {keep_name} to estimate the pooled variance."
                 )
 
 
@@ -747,6 +748,7 @@ def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, var
             loo_in, loo_out, offline=offline, fix_variance=fix_variance,
             context=f"leave_one_out({attack!r}, variant={variant!r}, fix_variance={fix_variance}) "
                     "after removing the target,",
+            keep_name="keep",
         )
         if variant == "reference":
             return _run_reference(
@@ -764,7 +766,7 @@ def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, var
     offline = attack == "rmia_offline"
     if offline:
         _check_counts(loo_out, 1, "OUT", f"leave_one_out({attack!r}) after removing the target,",
-                      "Train more models.")
+                      "Train more models.", keep_name="keep")
     pz = None
     if population is not None:
         z = _as_prob(population, "population")

@@ -119,6 +119,8 @@ class TrainResult:
 
 def _check_inputs(x, y, keep, config: TrainConfig, num_classes: int):
   config.validate()
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+    raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
   if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_:
     raise ValueError(f"keep must be a numpy bool array [models, examples], got "
                      f"{type(keep).__name__} of dtype {getattr(keep, 'dtype', None)}")
@@ -139,7 +141,12 @@ def _check_inputs(x, y, keep, config: TrainConfig, num_classes: int):
     raise ValueError(f"x must be floating point, got dtype {x.dtype}")
   if not np.all(np.isfinite(x)):
     raise ValueError("x contains non-finite values (nan or inf)")
+  if keep.shape[0] == 0:
+    raise ValueError(f"keep must hold at least one model row [models, examples], got shape {keep.shape}")
   members = keep.sum(1)
+  if members.min() == 0:
+    raise ValueError(f"keep: model {int(members.argmin())} has no members (an all-False row); "
+                     "every model needs training examples")
   if members.min() < config.batch_size:
     m = int(members.argmin())
     raise ValueError(f"batch_size={config.batch_size} is larger than model {m}'s member count "
@@ -481,6 +488,8 @@ def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str
     x: ``float[examples, ...]`` inputs.
     queries: one of ``QUERY_SETS``; query 0 is the un-augmented input.
   """
+  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
   x = np.asarray(x, np.float32)
   if x.shape[0] == 0:
     raise ValueError("x must contain at least one example")

@@ -1,0 +1,549 @@
+"""The defense tables: training, model and output defenses against LiRA and threshold attacks.
+
+  python experiments/defenses.py --output_dir=runs/defenses_digits
+
+Rows (``--rows`` picks a subset, comma separated):
+
+* the eight ML-Leaks-style combinations of dropout (0 or ``--dropout``),
+  label smoothing (0 or ``--label_smoothing``) and top-k masking of the
+  released probabilities (none or ``top_k(--top_k)``): ``none``, ``topk``,
+  ``ls``, ``ls+topk``, ``dropout``, ``dropout+topk``, ``dropout+ls``,
+  ``dropout+ls+topk``. The default k = 1 is the strongest masking (only the
+  predicted class's probability is released); k = 3 would keep all the
+  features of ML-Leaks' attack, so it could not change that attack at all.
+  With the residual view of :func:`miajax.outputs.apply_output`, top-k keeps
+  ``p_y`` and ``1 - p_y`` of every example whose label is among the k largest,
+  so LiRA only loses information on misclassified examples.
+* ``hamp``: HAMP training (``hamp(--hamp_gamma, --hamp_alpha)``; alpha in
+  miajax's per-example convention, ``C`` times the released code's: the
+  released CIFAR-10 setting 0.001 is 0.01 here) plus HAMP's output
+  modification at query time, with one fresh uniform random input per
+  example and query (range of the training inputs), the same inputs for
+  every model.
+* ``dp_eps<e>`` for every ``e`` in ``--dp_epsilons``: DP-SGD, clip
+  ``--dp_clip``, noise multiplier from :func:`miajax.defenses.
+  dp_noise_multiplier` for ``sample_rate = batch_size / (fewest members of
+  any model)`` and ``steps = dp_epochs * ceil(most members / batch_size)``
+  (the engine's steps per epoch), ``delta = --dp_delta``. The engine draws
+  shuffled fixed-size batches; the accountant treats them as Poisson sampled
+  at that rate (see :mod:`miajax.privacy`), the usual convention.
+  ``--dp_epochs`` (default 15) is smaller than ``--epochs``: per-example
+  gradients make DP-SGD about 25x slower here, and at fixed epsilon fewer
+  steps also mean less noise per step. ``--dp_learning_rate`` (default 0.03)
+  replaces the common learning rate: the noisy gradient's norm is many times
+  the clipped signal's (sigma 5.3 x clip / batch 64 on ~50k parameters), and
+  0.1 gave about 0.46 test accuracy at epsilon 1 where 0.02-0.03 gave about
+  0.62-0.66 (4-model probe on digits over learning rates 0.01-0.5 and batch
+  sizes 64-512, all worse at larger batches; a choice made on test accuracy,
+  so mildly optimistic for utility).
+* ``l2``: an extra ``l2(--l2)`` penalty on top of the common weight decay.
+
+Rows that differ only in their output transform share one training run:
+each distinct run lives in ``<output_dir>/runs/<short_name>`` and is reused by
+reruns (a changed recipe in the same directory is refused, not mixed).
+
+Attacker. ``--shadow_defense=same`` (default, defense-aware): the shadows are
+trained with the target's recipe and see the same output transform, so
+every model is attacked in turn with all the others as its shadows
+(:func:`miajax.attacks.leave_one_out`). ``--shadow_defense=none``: the
+attacker trains undefended shadows (one run with seed ``--seed + 1``, so its
+models share neither design nor initialisation with the targets) and reads
+their raw outputs; every defended model is attacked by
+``attacks.lira_online/lira_offline(shadow_scores, shadow_keep, target_scores)``.
+
+Attacks per row: ``lira_online``, ``lira_offline`` (on logit-scaled
+confidences of the attacker's view), ``global_threshold`` (the logit-scaled
+score itself) and ``max_confidence`` (threshold on the top released
+probability, ML-Leaks' adversary 3). All targets' scores are pooled into one
+ROC per attack.
+
+Empirical epsilon. Each attack's ``epsilon_lower_bound`` (delta =
+``--dp_delta``, 95 %) is in its summary; the row's ``empirical_epsilon`` is
+the largest over the four attacks, each computed at confidence
+``1 - 0.05 / 4`` so that the maximum holds at 95 % (Bonferroni), and is
+printed beside the accountant's epsilon for DP rows. The pooled scores of
+leave-one-out are not independent trials of one training run, so this is an
+empirical indication, not a formal audit (see
+:func:`miajax.metrics.epsilon_lower_bound`).
+
+Outputs: ``report.json`` (``rows``, ``dropout_sweep``, and the undefended row
+as the top-level ``target``/``attacks`` of the common schema), ``table.md``
+(also printed), ``privacy_utility.png`` (test accuracy vs lira_online
+TPR@1%FPR) and ``dropout_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as py_logging
+import math
+import os
+import pathlib
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+import common
+from miajax import attacks, metrics, report, runs, scores, train
+from miajax import defenses as D
+
+FLAGS = flags.FLAGS
+common.define_training_flags(default_num_models=16)
+flags.DEFINE_string("rows", None, "Comma-separated subset of rows to run (default: all; see module docstring).")
+flags.DEFINE_enum("shadow_defense", "same", ["same", "none"],
+                  "same: shadows trained and queried like the targets (defense-aware attacker); "
+                  "none: undefended shadows.")
+flags.DEFINE_float("dropout", 0.5, "Dropout rate of the dropout rows.")
+flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the ls rows.")
+flags.DEFINE_integer("top_k", 1, "k of the top-k masking rows.")
+flags.DEFINE_float("hamp_gamma", 0.95, "HAMP entropy threshold (fraction of ln C).")
+flags.DEFINE_float("hamp_alpha", 0.01, "HAMP entropy weight, per-example convention (C x the released code's).")
+flags.DEFINE_list("dp_epsilons", ["1", "8"], "Target epsilons of the DP-SGD rows.")
+flags.DEFINE_float("dp_delta", 1e-5, "DP delta (also the delta of the empirical epsilon bounds).")
+flags.DEFINE_float("dp_clip", 1.0, "DP-SGD per-example L2 clipping norm.")
+flags.DEFINE_integer("dp_epochs", 15, "Epochs of the DP-SGD rows (their steps enter the accounting).")
+flags.DEFINE_float("dp_learning_rate", 0.03, "Peak learning rate of the DP-SGD rows.")
+flags.DEFINE_float("l2", 5e-3, "Weight of the l2 row's extra penalty 0.5 w ||params||^2.")
+flags.DEFINE_list("dropout_sweep", ["0", "0.25", "0.5", "0.75"],
+                  "Dropout rates of the sweep (empty to skip).")
+
+ATTACK_NAMES = ("lira_online", "lira_offline", "global_threshold", "max_confidence")
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One table row: a training recipe (``defense``, ``epochs``) and a query-time ``output`` transform."""
+
+  name: str
+  defense: Any
+  output: Any = None
+  epochs: int | None = None  # None: the common --epochs
+  learning_rate: float | None = None  # None: the common --learning_rate
+  dp_target_epsilon: float | None = None
+
+
+def _dp_schedule(keep: np.ndarray, batch_size: int, epochs: int) -> tuple[float, int]:
+  """(sample_rate, steps) of DP-SGD as the engine runs it.
+
+  The engine takes ``ceil(most members / batch)`` steps per epoch for every
+  model; the smallest training set has the largest sampling rate, hence the
+  largest epsilon.
+  """
+  members = keep.sum(1)
+  return batch_size / int(members.min()), epochs * int(math.ceil(int(members.max()) / batch_size))
+
+
+def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
+  """Every row of the table, in print order."""
+  rows = []
+  for use_dropout in (False, True):
+    for use_ls in (False, True):
+      for use_topk in (False, True):
+        tags = [t for t, on in (("dropout", use_dropout), ("ls", use_ls), ("topk", use_topk)) if on]
+        defense = D.chain(D.dropout(FLAGS.dropout) if use_dropout else None,
+                          D.label_smoothing(FLAGS.label_smoothing) if use_ls else None)
+        rows.append(Row("+".join(tags) or "none", defense, D.top_k(FLAGS.top_k) if use_topk else None))
+  rows.append(Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), D.hamp_output()))
+  for text in FLAGS.dp_epsilons:
+    eps = float(text)
+    rate, steps = _dp_schedule(keep, batch_size, FLAGS.dp_epochs)
+    sigma = D.dp_noise_multiplier(target_epsilon=eps, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta)
+    rows.append(Row(f"dp_eps{eps:g}", D.dp_sgd(FLAGS.dp_clip, sigma), None, epochs=FLAGS.dp_epochs,
+                    learning_rate=FLAGS.dp_learning_rate, dp_target_epsilon=eps))
+  rows.append(Row("l2", D.l2(FLAGS.l2)))
+  return rows
+
+
+def sweep_rows() -> list[Row]:
+  rates = [float(r) for r in FLAGS.dropout_sweep]
+  return [Row(f"dropout_{r:g}", D.dropout(r) if r else D.none()) for r in rates]
+
+
+def run_name(row: Row) -> str:
+  """Directory name of a row's training run (rows differing only in output share it)."""
+  name = D.short_name(row.defense).replace(" ", "")
+  if row.epochs is not None:
+    name += f"_e{row.epochs}"
+  if row.learning_rate is not None:
+    name += f"_lr{row.learning_rate:g}"
+  return name
+
+
+def _spec(defense, *, epochs=None, learning_rate=None, seed_offset=0) -> runs.RunSpec:
+  spec = common.run_spec(defense=None if isinstance(defense, D.NoDefense) else defense)
+  cfg = spec.train
+  if epochs is not None:
+    cfg = dataclasses.replace(cfg, epochs=int(epochs))
+  if learning_rate is not None:
+    cfg = dataclasses.replace(cfg, learning_rate=float(learning_rate))
+  if seed_offset:
+    cfg = dataclasses.replace(cfg, seed=cfg.seed + seed_offset)
+  return dataclasses.replace(spec, train=cfg)
+
+
+# ---------------------------------------------------------------------------
+# training with the logits on random inputs (HAMP's output defense needs the model itself)
+
+def _save_npz_atomic(path: pathlib.Path, **arrays) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def train_with_random_logits(spec: runs.RunSpec, run_dir, *, log=logging.info):
+  """Like :func:`miajax.runs.run_training`, also returning each model's logits on random inputs.
+
+  ``run_training`` keeps logits, not parameters, and HAMP's output
+  modification needs the model's outputs on fresh random inputs. One random
+  input per example and query (uniform over the training inputs' range),
+  shared by all models; they are drawn from ``--seed`` and recorded in
+  ``config.json``. Chunks are written atomically and reused on rerun.
+
+  Returns:
+    ``(RunResult, random_logits float32[models, examples, queries, classes])``.
+  """
+  ds = runs.load_dataset(spec)
+  x, y = ds.x_train, ds.y_train
+  keep = runs.make_keep(spec, x.shape[0])
+  cfg = spec.train
+  num_queries = int(train.query_views(x[:1], spec.queries).shape[0])
+  low, high = float(x.min()), float(x.max())
+  key = jax.random.PRNGKey(cfg.seed + 20_011)
+  rand = np.asarray(D.random_inputs(key, (num_queries * x.shape[0],) + x.shape[1:], low=low, high=high))
+  config = {**spec.to_json(), "random_inputs": {"distribution": "uniform", "low": low, "high": high,
+                                                 "seed": cfg.seed + 20_011, "per_query": True}}
+  out = pathlib.Path(run_dir)
+  (out / "chunks").mkdir(parents=True, exist_ok=True)
+  cfg_path = out / "config.json"
+  if cfg_path.exists():
+    if json.loads(cfg_path.read_text()) != json.loads(json.dumps(report.to_jsonable(config))):
+      raise ValueError(f"run directory {str(out)!r} holds a run with a different configuration; use a new "
+                       "--output_dir or delete the old run")
+  else:
+    report.write_json_atomic(cfg_path, config)
+
+  k = train.plan_models_per_step(cfg, ds.num_classes, x.shape[1:], spec.num_models)
+  chunks = [list(range(s, min(s + k, spec.num_models))) for s in range(0, spec.num_models, k)]
+  path = lambda c: out / "chunks" / f"chunk_{c[0]:05d}_{c[-1] + 1:05d}.npz"
+  todo = [c for c in chunks if not path(c).exists()]
+  if len(todo) < len(chunks):
+    log(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already on disk")
+  t0 = time.perf_counter()
+  for result in train.train_chunks(x, y, keep, cfg, num_classes=ds.num_classes, chunks=todo):
+    idx = result.model_indices
+    logits = train.predict(cfg, result.variables, x, num_classes=ds.num_classes, queries=spec.queries)
+    test_logits = train.predict(cfg, result.variables, ds.x_test, num_classes=ds.num_classes)
+    rl = train.predict(cfg, result.variables, rand, num_classes=ds.num_classes)[:, :, 0]
+    rl = rl.reshape(len(idx), num_queries, x.shape[0], -1).transpose(0, 2, 1, 3)
+    correct = logits[:, :, 0].argmax(-1) == y
+    _save_npz_atomic(path(list(idx)), model_indices=idx, logits=logits.astype(np.float32),
+                     random_logits=rl.astype(np.float32),
+                     train_accuracy=(correct & keep[idx]).sum(1) / keep[idx].sum(1),
+                     test_accuracy=(test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1),
+                     diverged=result.diverged)
+  elapsed = time.perf_counter() - t0
+  parts = [np.load(path(c)) for c in chunks]
+  cat = lambda key: np.concatenate([p[key] for p in parts])
+  run = runs.RunResult(keep=keep, logits=cat("logits"), labels=np.asarray(y, np.int32),
+                       train_accuracy=cat("train_accuracy"), test_accuracy=cat("test_accuracy"),
+                       diverged=cat("diverged"), chunks_trained=len(todo),
+                       chunks_reused=len(chunks) - len(todo), train_seconds=elapsed, predict_seconds=0.0)
+  return run, cat("random_logits")
+
+
+# ---------------------------------------------------------------------------
+# attacks
+
+def attacker_signals(logits, labels, output=None, random_logits=None):
+  """(logit-scaled, max-confidence) scores ``float[models, examples, queries]`` of the attacker's view."""
+  view = logits if output is None else D.apply_output(output, logits, random_logits=random_logits)
+  lab = np.asarray(labels)[None, :, None]
+  return np.asarray(scores.logit_scaled(view, lab)), np.asarray(scores.max_confidence(view))
+
+
+def attack_scores(target, keep, shadow=None) -> dict[str, np.ndarray]:
+  """Membership scores ``float[targets, examples]`` of every attack.
+
+  Args:
+    target: (logit-scaled, max-confidence) scores of the targets.
+    keep: ``bool[targets, examples]``, the targets' membership.
+    shadow: ``None`` (leave-one-out among the targets) or
+      ``(logit-scaled scores, keep)`` of a separate shadow run.
+  """
+  lira_t, maxc_t = target
+  out = {}
+  for name in ("lira_online", "lira_offline"):
+    if shadow is None:
+      out[name] = attacks.leave_one_out(lira_t, keep, attack=name)
+    else:
+      out[name] = getattr(attacks, name)(shadow[0], shadow[1], lira_t)
+  out["global_threshold"] = attacks.global_threshold(lira_t)
+  out["max_confidence"] = attacks.global_threshold(maxc_t)
+  return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def summarise(all_scores: dict, keep: np.ndarray, *, delta: float, seed: int) -> tuple[dict, dict]:
+  """(``{attack: attack_summary}``, the row's Bonferroni-combined empirical epsilon)."""
+  summaries, bounds = {}, {}
+  per_attack = 1.0 - (1.0 - CONFIDENCE) / len(all_scores)
+  for name, s in all_scores.items():
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=".*unresolvable.*")
+      summaries[name] = report.attack_summary(s, keep, confidence=CONFIDENCE, seed=seed, delta=delta)
+    bounds[name] = metrics.epsilon_lower_bound(s, keep, delta=delta, confidence=per_attack, seed=seed)
+  best = max(bounds, key=bounds.get)
+  return summaries, {"epsilon": bounds[best], "attack": best, "confidence": CONFIDENCE,
+                     "per_attack_confidence": per_attack, "delta": delta, "per_attack": bounds}
+
+
+# ---------------------------------------------------------------------------
+# tables and plots
+
+def _f(x, spec=".3f"):
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def summary_table(rows: list[dict]) -> str:
+  head = ["row", "training defense", "output", "epochs", "train acc", "test acc", "gap",
+          "lira_online AUC", "lira_online TPR@1%FPR", "lira_online TPR@0.1%FPR",
+          "max TPR@1%FPR (attack)", "DP eps (accountant)", "emp. eps (attack)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+  for r in rows:
+    lo = r["attacks"]["lira_online"]
+    ci = lo["tpr_at_fpr_ci"].get("0.01")
+    tpr1 = _f(lo["tpr_at_fpr"]["0.01"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+    best = max(r["attacks"], key=lambda a: r["attacks"][a]["tpr_at_fpr"]["0.01"] or 0.0)
+    dp = r["dp"]
+    emp = r["empirical_epsilon"]
+    lines.append("| " + " | ".join([
+        r["name"], r["defense_short"], r["output_short"], str(r["epochs"]),
+        _f(r["train_accuracy"]), _f(r["test_accuracy"]), _f(r["train_test_gap"]),
+        _f(lo["auc"]), tpr1, _f(lo["tpr_at_fpr"]["0.001"], ".4f"),
+        f"{_f(r['attacks'][best]['tpr_at_fpr']['0.01'])} ({best})",
+        "-" if dp is None else f"{dp['epsilon']:.2f} (sigma {dp['noise_multiplier']:.3f})",
+        f"{emp['epsilon']:.2f} ({emp['attack']})"]) + " |")
+  return "\n".join(lines)
+
+
+def detail_table(rows: list[dict]) -> str:
+  return report.format_table({f"{r['name']} / {a}": s for r in rows for a, s in r["attacks"].items()},
+                             fpr_levels=(0.01, 0.001))
+
+
+def _figure(size):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=size)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def plot_privacy_utility(rows: list[dict], path) -> None:
+  fig = _figure((6.5, 5.0))
+  ax = fig.add_subplot(1, 1, 1)
+  for r in rows:
+    lo = r["attacks"]["lira_online"]
+    y = lo["tpr_at_fpr"]["0.01"]
+    ci = lo["tpr_at_fpr_ci"].get("0.01")
+    if y is None:
+      continue
+    err = None if not ci else [[max(y - ci[0], 0.0)], [max(ci[1] - y, 0.0)]]
+    ax.errorbar([r["test_accuracy"]], [y], yerr=err, fmt="o", capsize=3)
+    ax.annotate(r["name"], (r["test_accuracy"], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+  ax.axhline(0.01, color="gray", linestyle="--", linewidth=1, label="chance (TPR = FPR)")
+  ax.set_xlabel("test accuracy")
+  ax.set_ylabel("lira_online TPR at 1% FPR (95% interval)")
+  ax.set_yscale("log")
+  ax.set_title(f"{FLAGS.dataset}: utility vs privacy ({FLAGS.shadow_defense} shadows)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc="upper left", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.fspath(path), dpi=150, format="png")
+
+
+def plot_dropout_sweep(sweep: list[dict], path) -> None:
+  fig = _figure((10.0, 4.0))
+  rates = [s["dropout_rate"] for s in sweep]
+  ax = fig.add_subplot(1, 2, 1)
+  ax.plot(rates, [s["test_accuracy"] for s in sweep], "o-", label="test accuracy")
+  ax.plot(rates, [s["train_accuracy"] for s in sweep], "s--", label="train accuracy")
+  ax.set_xlabel("dropout rate")
+  ax.set_ylabel("accuracy")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  ax = fig.add_subplot(1, 2, 2)
+  for name in ATTACK_NAMES:
+    ax.plot(rates, [s["attacks"][name]["tpr_at_fpr"]["0.01"] or np.nan for s in sweep], "o-", label=name)
+  ax.axhline(0.01, color="gray", linestyle="--", linewidth=1, label="chance")
+  ax.set_xlabel("dropout rate")
+  ax.set_ylabel("TPR at 1% FPR")
+  ax.set_yscale("log")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.suptitle(f"{FLAGS.dataset}: dropout sweep ({FLAGS.shadow_defense} shadows)")
+  fig.tight_layout()
+  fig.savefig(os.fspath(path), dpi=150, format="png")
+
+
+# ---------------------------------------------------------------------------
+
+class _DropRdpNoise(py_logging.Filter):
+  """dp_accounting logs one warning per RDP order it cannot evaluate (hundreds per bisection)."""
+
+  def filter(self, record):
+    return "failed to converge" not in record.getMessage()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.output_dir:
+    raise app.UsageError("--output_dir is required")
+  if FLAGS.dropout_rate:
+    raise app.UsageError("--dropout_rate does not apply here: the rows set dropout (--dropout, --dropout_sweep)")
+  py_logging.getLogger("absl").addFilter(_DropRdpNoise())
+  t_start = time.perf_counter()
+  out = pathlib.Path(FLAGS.output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+
+  base = _spec(None)
+  ds = runs.load_dataset(base)
+  keep_design = runs.make_keep(base, ds.x_train.shape[0])
+  batch = base.train.batch_size
+  all_rows = build_rows(keep_design, batch)
+  names = [r.name for r in all_rows]
+  if FLAGS.rows:
+    wanted = [w.strip() for w in FLAGS.rows.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+      raise app.UsageError(f"--rows: unknown {unknown}; choose from {names}")
+    rows = [r for r in all_rows if r.name in wanted]
+  else:
+    rows = all_rows
+  sweep = sweep_rows()
+
+  timing = {"train": {}, "attacks": {}}
+  trained: dict[str, tuple] = {}
+
+  def get_run(row: Row, *, seed_offset=0):
+    """(RunResult, random logits or None) of a row's training run, trained once per process."""
+    name = run_name(row) + (f"_seed{FLAGS.seed + seed_offset}" if seed_offset else "")
+    if name not in trained:
+      t0 = time.perf_counter()
+      spec = _spec(row.defense, epochs=row.epochs, learning_rate=row.learning_rate, seed_offset=seed_offset)
+      logging.info("run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"]))
+      if row.output is not None and D.needs_random_logits(row.output):
+        trained[name] = train_with_random_logits(spec, out / "runs" / name)
+      else:
+        trained[name] = (runs.run_training(spec, out / "runs" / name, log=logging.info), None)
+      timing["train"][name] = time.perf_counter() - t0
+      logging.info("run %s ready in %.1f s", name, timing["train"][name])
+    return name, trained[name]
+
+  shadow = None
+  if FLAGS.shadow_defense == "none":
+    _, (srun, _) = get_run(Row("shadows_none", D.none()), seed_offset=1)
+    ok = ~srun.diverged
+    shadow = (attacker_signals(srun.logits[ok], srun.labels)[0], srun.keep[ok])
+
+  def evaluate(row: Row) -> dict:
+    name, (run, random_logits) = get_run(row)
+    t0 = time.perf_counter()
+    ok = ~run.diverged
+    if not ok.all():
+      logging.warning("%s: excluding %d diverged models from the attacks", row.name, (~ok).sum())
+    keep = run.keep[ok]
+    target = attacker_signals(run.logits[ok], run.labels, row.output,
+                              None if random_logits is None else random_logits[ok])
+    all_scores = attack_scores(target, keep, shadow)
+    summaries, emp = summarise(all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed)
+    epochs = row.epochs if row.epochs is not None else base.train.epochs
+    dp = None
+    if D.dp_params(row.defense) is not None:
+      rate, steps = _dp_schedule(run.keep, batch, epochs)
+      dp = D.dp_summary(row.defense, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta)
+      dp["target_epsilon"] = row.dp_target_epsilon
+      dp["empirical_epsilon_below_accountant"] = bool(emp["epsilon"] <= dp["epsilon"])
+    timing["attacks"][row.name] = time.perf_counter() - t0
+    train_acc, test_acc = float(run.train_accuracy[ok].mean()), float(run.test_accuracy[ok].mean())
+    logging.info("%s: test acc %.3f, lira_online AUC %.3f TPR@1%%FPR %s (%.1f s)", row.name, test_acc,
+                 summaries["lira_online"]["auc"], summaries["lira_online"]["tpr_at_fpr"]["0.01"],
+                 timing["attacks"][row.name])
+    return {
+        "name": row.name, "run": name, "epochs": int(epochs),
+        "learning_rate": float(row.learning_rate if row.learning_rate is not None else base.train.learning_rate),
+        "defense": D.describe(row.defense), "defense_short": D.short_name(row.defense),
+        "output": None if row.output is None else D.describe(row.output),
+        "output_short": "-" if row.output is None else D.short_name(row.output),
+        "models": int(ok.sum()), "diverged_models": np.flatnonzero(run.diverged).tolist(),
+        "train_accuracy": train_acc, "test_accuracy": test_acc, "train_test_gap": train_acc - test_acc,
+        "attacks": summaries, "dp": dp, "empirical_epsilon": emp,
+    }
+
+  results = [evaluate(r) for r in rows]
+  sweep_results = []
+  for r in sweep:
+    res = evaluate(r)
+    res["dropout_rate"] = D.dropout_rate(r.defense)
+    sweep_results.append(res)
+
+  t_plots = time.perf_counter()
+  if results:
+    plot_privacy_utility(results, out / "privacy_utility.png")
+  if sweep_results:
+    plot_dropout_sweep(sweep_results, out / "dropout_sweep.png")
+  timing["plots"] = time.perf_counter() - t_plots
+
+  protocol = ("leave_one_out: every model attacked with the others (same recipe, same output transform) "
+              "as shadows" if shadow is None else
+              f"undefended shadows: {shadow[1].shape[0]} models trained without defense (seed {FLAGS.seed + 1}), "
+              "raw outputs; every defended model attacked with all of them")
+  text = [f"# Defenses on {FLAGS.dataset}: {FLAGS.num_models} models per run, {FLAGS.shadow_defense} shadows",
+          "", f"Protocol: {protocol}. Scores of all targets pooled into one ROC per attack; intervals 95 %.",
+          f"DP-SGD rows: {FLAGS.dp_epochs} epochs, learning rate {FLAGS.dp_learning_rate:g}, clip {FLAGS.dp_clip}, "
+          f"delta {FLAGS.dp_delta:g}, RDP "
+          "accountant; emp. eps = largest empirical lower bound over the four attacks (95 % jointly).", ""]
+  if results:
+    text += ["## Rows", "", summary_table(results), "", "## Every attack", "", detail_table(results), ""]
+  if sweep_results:
+    text += ["## Dropout sweep", "", summary_table(sweep_results), ""]
+  timing["total"] = time.perf_counter() - t_start
+  text += [f"Wall time {timing['total']:.1f} s."]
+  table = "\n".join(text) + "\n"
+  (out / "table.md").write_text(table)
+
+  baseline = next((r for r in results + sweep_results if r["defense"] == {"name": "none"}
+                   and r["output"] is None), None)
+  rep = {
+      "config": common.flag_values(),
+      "protocol": {"shadow_defense": FLAGS.shadow_defense, "description": protocol,
+                   "examples": int(keep_design.shape[1]), "attacks": list(ATTACK_NAMES)},
+      "baseline_row": None if baseline is None else baseline["name"],
+      "target": None if baseline is None else {"train_accuracy": baseline["train_accuracy"],
+                                              "test_accuracy": baseline["test_accuracy"]},
+      "attacks": None if baseline is None else baseline["attacks"],
+      "rows": results,
+      "dropout_sweep": sweep_results,
+      "timing_s": timing,
+  }
+  report.write_json_atomic(out / "report.json", rep)
+  print(table)
+  print(f"wrote {out / 'report.json'}, {out / 'table.md'}"
+        + (f", {out / 'privacy_utility.png'}" if results else "")
+        + (f", {out / 'dropout_sweep.png'}" if sweep_results else ""))
+
+
+if __name__ == "__main__":
+  app.run(main)
