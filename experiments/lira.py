@@ -24,6 +24,9 @@ common.define_training_flags()
 flags.DEFINE_string("run_dir", None, "Reuse a finished run of experiments/train_models.py (default: train "
                     "into <output_dir>/run).")
 flags.DEFINE_enum("variant", "miajax", ["miajax", "reference"], "LiRA variant (see README).")
+flags.DEFINE_integer("num_references", None, "Low-cost audit: models 0..R-1 are the only reference (shadow) "
+                     "models and every other model is attacked with them (R even, so that the paired design "
+                     "gives every example R/2 IN and R/2 OUT references).  Default: leave-one-out.")
 flags.DEFINE_bool("null_check", True, "Also attack with an independent random keep mask that the models were "
                   "not trained on (for shadows and evaluation): every AUC must be 0.5 up to noise.")
 
@@ -37,10 +40,24 @@ LIRA_ATTACKS = {
 RMIA_ATTACKS = {"rmia": dict(attack="rmia"), "rmia_offline": dict(attack="rmia_offline")}
 
 
-def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None):
-  """Leave-one-out attacks on a run; returns ({name: summary}, {name: scores}, kept rows).
+def _with_references(attack: str, values, keep, r: int, *, fix_variance=False, variant="miajax"):
+  """Models ``[0, r)`` are the references, the rest the targets; ``float[targets, examples]``."""
+  shadow, shadow_keep, target = values[:r], keep[:r], values[r:]
+  if attack == "lira_online":
+    return attacks.lira_online(shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant)
+  if attack == "lira_offline":
+    return attacks.lira_offline(shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant)
+  if attack == "global_threshold":
+    return attacks.global_threshold(target)
+  return attacks.rmia(shadow, shadow_keep, target, offline=attack == "rmia_offline")
 
-  ``keep`` replaces the run's own design (the null check).
+
+def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None, num_references=None):
+  """Attacks on a run; returns ({name: summary}, {name: scores}, evaluated keep rows).
+
+  Leave-one-out by default; with ``num_references`` R, models ``[0, R)`` are
+  the references and models ``[R, M)`` the targets.  ``keep`` replaces the
+  run's own design (the null check).
   """
   ok = ~run.diverged
   if not ok.all():
@@ -53,16 +70,21 @@ def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None
   for name, kw in {**LIRA_ATTACKS, **RMIA_ATTACKS}.items():
     t0 = time.perf_counter()
     is_rmia = name.startswith("rmia")
-    s = attacks.leave_one_out(probs if is_rmia else lira_scores, keep,
-                              variant="miajax" if is_rmia else variant, **kw)
+    values = probs if is_rmia else lira_scores
+    if num_references:
+      s = _with_references(kw["attack"], values, keep, num_references, fix_variance=kw.get("fix_variance", False),
+                           variant=variant)
+    else:
+      s = attacks.leave_one_out(values, keep, variant="miajax" if is_rmia else variant, **kw)
     s = np.asarray(s)
     all_scores[name] = s
+    evaluated = keep[num_references:] if num_references else keep
     with warnings.catch_warnings():
       # Levels finer than 1/non-members are reported as null ("n/a"), said once below.
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
-      summaries[name] = report.attack_summary(s, keep)
+      summaries[name] = report.attack_summary(s, evaluated)
     log(f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)")
-  return summaries, all_scores, keep
+  return summaries, all_scores, keep[num_references:] if num_references else keep
 
 
 def main(argv):
@@ -74,16 +96,28 @@ def main(argv):
     # Balanced leave-one-out drops two models per example; per-example variances then need
     # >= 2 IN and >= 2 OUT shadows, i.e. M/2 - 1 >= 2.  Refuse before training anything.
     raise app.UsageError(f"--num_models must be >= 6 for leave-one-out LiRA, got {FLAGS.num_models}")
+  r = FLAGS.num_references
+  if r is not None and (r < 2 or r % 2 or (not FLAGS.run_dir and r >= FLAGS.num_models)):
+    raise app.UsageError(f"--num_references must be even, >= 2 and below --num_models (the rest are the "
+                         f"targets), got {r}")
+  import os
   import pathlib
   out = pathlib.Path(FLAGS.output_dir)
+  run = runs.load_run(FLAGS.run_dir) if FLAGS.run_dir else None
+  try:  # before any training or attack: a bad --output_dir must not cost the user a run
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f"--output_dir {str(out)!r} cannot be created: {e}") from None
+  if not os.access(out, os.W_OK):
+    raise app.UsageError(f"--output_dir {str(out)!r} is not writable")
   t_start = time.perf_counter()
-  if FLAGS.run_dir:
-    run = runs.load_run(FLAGS.run_dir)
-  else:
+  if run is None:
     run = runs.run_training(common.run_spec(), out / "run", log=logging.info)
   t_trained = time.perf_counter()
 
-  summaries, all_scores, keep = attack_all(run, variant=FLAGS.variant)
+  if r is not None and r >= run.keep.shape[0]:
+    raise app.UsageError(f"--num_references={r} leaves no target among the run's {run.keep.shape[0]} models")
+  summaries, all_scores, keep = attack_all(run, variant=FLAGS.variant, num_references=r)
   t_attacked = time.perf_counter()
   null = None
   if FLAGS.null_check:
@@ -91,17 +125,23 @@ def main(argv):
     # Not a paired design: sharing the real design's model pairing would leak through each target's
     # partner (whose real membership is the complement of the target's).
     fake = miajax.lira_keep(run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007)
-    null_summaries, _, _ = attack_all(run, variant=FLAGS.variant, keep=fake, log=lambda s: None)
+    if r:  # targets are never references here, so a paired design cannot leak through a partner
+      fake = miajax.paired_keep(run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007)
+    null_summaries, _, _ = attack_all(run, variant=FLAGS.variant, keep=fake, log=lambda s: None,
+                                      num_references=r)
     null = {name: {"auc": v["auc"], "tpr_at_fpr": v["tpr_at_fpr"]} for name, v in null_summaries.items()}
   plots.plot_roc({name: (all_scores[name], keep) for name in
                   ("lira_online", "lira_online_fixed", "lira_offline", "global_threshold", "rmia")},
-                 out / "roc.png", title=f"{FLAGS.dataset}: {keep.shape[0]} models, leave-one-out")
+                 out / "roc.png", title=f"{FLAGS.dataset}: " + (
+                     f"{r} reference models, {keep.shape[0]} targets" if r else
+                     f"{keep.shape[0]} models, leave-one-out"))
   ok = ~run.diverged
   rep = {
       "config": common.flag_values(),
       "target": {"train_accuracy": float(run.train_accuracy[ok].mean()),
                  "test_accuracy": float(run.test_accuracy[ok].mean())},
-      "protocol": {"evaluation": "leave_one_out", "models": int(keep.shape[0]),
+      "protocol": {"evaluation": f"{r}_references" if r else "leave_one_out",
+                   "num_references": r, "models": int(run.keep.shape[0]),
                    "examples": int(keep.shape[1]), "pooled_scores": int(keep.size),
                    "diverged_models": np.flatnonzero(run.diverged).tolist()},
       "attacks": summaries,
@@ -111,8 +151,10 @@ def main(argv):
                    "total": time.perf_counter() - t_start},
   }
   report.write_json_atomic(out / "report.json", rep)
-  print(f"\n{FLAGS.dataset}: {keep.shape[0]} models, {keep.shape[1]} examples, leave-one-out "
-        f"(every model attacked with the others as shadows; {keep.size:,} pooled scores)")
+  how = (f"models {r}..{run.keep.shape[0] - 1} attacked with models 0..{r - 1} as references" if r else
+         "every model attacked with the others as shadows")
+  print(f"\n{FLAGS.dataset}: {run.keep.shape[0]} models, {keep.shape[1]} examples, "
+        f"{'fixed references' if r else 'leave-one-out'} ({how}; {keep.size:,} pooled scores)")
   print(f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
         f"test accuracy {rep['target']['test_accuracy']:.4f}\n")
   print(report.format_table(summaries))

@@ -30,7 +30,8 @@ from miajax import data as data_lib
 from miajax.report import write_json_atomic
 from miajax import train as train_lib
 
-__all__ = ["RunSpec", "RunResult", "run_training", "load_run", "merge_chunks", "write_json_atomic",
+__all__ = ["RunSpec", "RunResult", "run_training", "load_run", "merge_chunks", "wait_and_merge",
+           "process_slice", "write_json_atomic",
            "save_npy_atomic"]
 
 
@@ -137,6 +138,49 @@ def _chunk_path(out: pathlib.Path, chunk) -> pathlib.Path:
   return out / "chunks" / f"chunk_{chunk[0]:05d}_{chunk[-1] + 1:05d}.npz"
 
 
+def _chunk_files(out: pathlib.Path) -> dict[pathlib.Path, range]:
+  """Finished chunk files and the model range each holds (from the name)."""
+  found = {}
+  for path in sorted((out / "chunks").glob("chunk_*_*.npz")):
+    parts = path.stem.split("_")
+    try:
+      start, stop = int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+      continue
+    if stop > start:
+      found[path] = range(start, stop)
+  return found
+
+
+def process_slice(num_models: int, process_id: int, num_processes: int) -> list[int]:
+  """The contiguous block of model indices that process ``process_id`` of ``num_processes`` trains."""
+  for name, value in (("num_processes", num_processes), ("process_id", process_id)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f"{name} must be an integer, got {value!r}")
+  if num_processes < 1:
+    raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+  if num_processes > num_models:
+    raise ValueError(f"num_processes={num_processes} exceeds num_models={num_models}: a process would "
+                     "have nothing to train")
+  lo, hi = process_id * num_models // num_processes, (process_id + 1) * num_models // num_processes
+  return list(range(lo, hi))
+
+
+def _plan_chunks(models: list[int], k: int) -> list[list[int]]:
+  """Runs of consecutive model indices, each cut into chunks of at most ``k``."""
+  runs_, chunks = [], []
+  for m in models:
+    if runs_ and m == runs_[-1][-1] + 1:
+      runs_[-1].append(m)
+    else:
+      runs_.append([m])
+  for run in runs_:
+    chunks += [run[i:i + k] for i in range(0, len(run), k)]
+  return chunks
+
+
 def make_keep(spec: RunSpec, num_examples: int) -> np.ndarray:
   if spec.design == "paired":
     return data_lib.paired_keep(spec.num_models, num_examples, seed=spec.train.seed)
@@ -177,21 +221,27 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
   train_lib.query_views(x[:1], spec.queries)
   out = _prepare_dir(output_dir, spec.to_json())
   save_npy_atomic(out / "keep.npy", keep) if not (out / "keep.npy").exists() else None
+  save_npy_atomic(out / "labels.npy", y.astype(np.int32)) if not (out / "labels.npy").exists() else None
 
+  mine = list(range(spec.num_models)) if chunk_models is None else sorted(set(chunk_models))
+  if mine and (mine[0] < 0 or mine[-1] >= spec.num_models):
+    raise ValueError(f"chunk_models must lie in [0, {spec.num_models}), got {mine[0]}..{mine[-1]}")
+  # Chunk sizes may differ between runs (free memory changes), so what is done is read from the
+  # files' model ranges, not from a plan.
+  finished = _chunk_files(out)
+  done_models = set().union(*finished.values()) if finished else set()
+  reused = sum(1 for r in finished.values() if set(r) & set(mine))
   k = train_lib.plan_models_per_step(cfg, ds.num_classes, x.shape[1:], spec.num_models)
-  mine = list(range(spec.num_models)) if chunk_models is None else sorted(chunk_models)
-  all_chunks = [list(range(s, min(s + k, spec.num_models))) for s in range(0, spec.num_models, k)]
-  chunks = [c for c in all_chunks if c[0] in set(mine)]
-  todo = [c for c in chunks if not _chunk_path(out, c).exists()]
-  reused = len(chunks) - len(todo)
+  todo = _plan_chunks([m for m in mine if m not in done_models], k)
   if reused:
-    log(f"resuming: {reused} of {len(chunks)} chunks already on disk, {len(todo)} to train")
+    log(f"resuming: {reused} chunks already on disk, {len(todo)} to train")
   log(f"training {sum(map(len, todo))} models in {len(todo)} chunks of up to {k} "
-      f"({cfg.model}, {x.shape[0]} candidate examples, {cfg.epochs} epochs)")
+      f"({cfg.model}, {x.shape[0]} candidate examples, {cfg.epochs} epochs, "
+      f"{train_lib.models_mesh().size} devices)")
 
   train_s = predict_s = 0.0
   t_start = time.perf_counter()
-  state = {"done": sum(len(c) for c in chunks if c not in todo)}
+  state = {"done": len(set(mine) & done_models)}
 
   def progress(p):
     log(f"  models done {state['done'] + (p['chunk_models'] if p['epoch'] == p['epochs'] else 0)}"
@@ -222,7 +272,7 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
         f"examples/s; {n_trained / max(elapsed, 1e-9):.2f} models/s)")
   if not merge:
     return None
-  result = merge_chunks(out, spec.num_models, all_chunks, labels=y)
+  result = merge_chunks(out, spec.num_models)
   if result is None:
     return None
   result.chunks_trained, result.chunks_reused = len(todo), reused
@@ -230,30 +280,64 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
   return result
 
 
-def merge_chunks(out, num_models: int, all_chunks, *, labels) -> RunResult | None:
-  """Assembles ``logits.npy`` and ``models.json`` once every chunk is on disk."""
+def merge_chunks(out, num_models: int | None = None) -> RunResult | None:
+  """Assembles ``logits.npy`` and ``models.json`` once every model's chunk is on disk.
+
+  Reads whichever chunk files exist (their sizes may differ, e.g. written by
+  several processes); returns ``None`` while some model is still missing.
+  ``num_models`` defaults to the rows of the run's ``keep.npy``.
+  """
   out = pathlib.Path(out)
-  paths = [_chunk_path(out, c) for c in all_chunks]
-  if not all(p.exists() for p in paths):
-    return None
-  parts = [np.load(p) for p in paths]
-  cat = lambda key: np.concatenate([p[key] for p in parts])
-  order = np.argsort(cat("model_indices"))
-  logits = cat("logits")[order]
+  if not (out / "keep.npy").exists() or not (out / "labels.npy").exists():
+    raise ValueError(f"run directory {str(out)!r} has no keep.npy/labels.npy: it was never started "
+                     "with experiments/train_models.py --output_dir=<run_dir>")
   keep = np.load(out / "keep.npy")
-  if logits.shape[0] != num_models:
-    raise ValueError(f"run directory {str(out)!r} has {logits.shape[0]} models in its chunks, expected {num_models}")
+  num_models = keep.shape[0] if num_models is None else num_models
+  owner: dict[int, pathlib.Path] = {}
+  for path, models in _chunk_files(out).items():
+    for m in models:
+      owner.setdefault(m, path)  # overlapping chunks hold identical models: keep the first
+  if any(m not in owner for m in range(num_models)):
+    return None
+  paths = list(dict.fromkeys(owner[m] for m in range(num_models)))
+  parts = [dict(np.load(p)) for p in paths]
+  index = {}
+  for i, part in enumerate(parts):
+    for j, m in enumerate(part["model_indices"]):
+      if 0 <= m < num_models and owner[int(m)] == paths[i]:
+        index[int(m)] = (i, j)
+  if len(index) != num_models:
+    raise ValueError(f"run directory {str(out)!r}: chunk files do not hold the models their names promise")
+  take = lambda key: np.stack([parts[i][key][j] for i, j in (index[m] for m in range(num_models))])
+  labels = np.load(out / "labels.npy")
+  logits = take("logits")
   res = RunResult(keep=keep, logits=logits, labels=np.asarray(labels, np.int32),
-                  train_accuracy=cat("train_accuracy")[order], test_accuracy=cat("test_accuracy")[order],
-                  diverged=cat("diverged")[order], chunks_trained=0, chunks_reused=len(paths),
+                  train_accuracy=take("train_accuracy"), test_accuracy=take("test_accuracy"),
+                  diverged=take("diverged"), chunks_trained=0, chunks_reused=len(paths),
                   train_seconds=0.0, predict_seconds=0.0)
   save_npy_atomic(out / "logits.npy", logits)
-  save_npy_atomic(out / "labels.npy", res.labels)
   write_json_atomic(out / "models.json", {
       "train_accuracy": res.train_accuracy.tolist(), "test_accuracy": res.test_accuracy.tolist(),
       "diverged": res.diverged.tolist(),
-      "final_loss": [None if not np.isfinite(v) else float(v) for v in cat("loss")[order][:, -1]]})
+      "final_loss": [None if not np.isfinite(v) else float(v) for v in take("loss")[:, -1]]})
   return res
+
+
+def wait_and_merge(out, num_models: int, *, timeout_s: float = 3600.0, poll_s: float = 2.0,
+                   log: Callable[[str], None] = print) -> RunResult:
+  """Waits until every model's chunk is on disk (other processes' too), then merges."""
+  t0 = time.monotonic()
+  while True:
+    result = merge_chunks(out, num_models)
+    if result is not None:
+      return result
+    if time.monotonic() - t0 > timeout_s:
+      have = set().union(*_chunk_files(pathlib.Path(out)).values()) if _chunk_files(pathlib.Path(out)) else set()
+      missing = sorted(set(range(num_models)) - have)
+      raise TimeoutError(f"gave up merging {str(out)!r} after {timeout_s:.0f} s: models {missing[:10]}"
+                         f"{'...' if len(missing) > 10 else ''} are still missing; rerun the merge later with "
+                         "experiments/train_models.py --merge_only")
+    time.sleep(poll_s)
 
 
 def load_run(run_dir) -> RunResult:

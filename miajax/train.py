@@ -10,6 +10,12 @@ Determinism: model ``m`` draws every random number (initialisation, shuffling,
 augmentation, dropout, DP noise) from ``fold_in(PRNGKey(seed), m)``, so its
 result does not depend on the chunk it was trained in.
 
+Devices: the models of a chunk are sharded over every local device (a 1-D
+``jax.sharding.Mesh`` named ``"models"``); the data is replicated.  A chunk
+whose size does not divide the device count is padded with copies of its last
+model, whose results are dropped.  In a multi-process run each process uses
+only its own (local) devices and trains its own slice of models.
+
 Per-backend lowering: on CPU each step is one jitted call from a Python loop,
 because XLA:CPU runs a convolutional step much slower inside ``lax.scan``; on
 GPU/TPU ``steps_per_call`` steps run in one ``lax.scan`` to remove dispatch
@@ -28,12 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from miajax import defenses as defenses_lib
 from miajax import models as models_lib
 
 __all__ = ["TrainConfig", "TrainResult", "train_models", "predict", "train_chunks", "query_views",
-           "plan_models_per_step", "QUERY_SETS"]
+           "plan_models_per_step", "models_mesh", "QUERY_SETS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,19 +310,37 @@ def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, i
 
 
 def _bytes_available() -> int:
-  """Free memory of the default device (host RAM on CPU)."""
-  device = jax.devices()[0]
-  try:
-    stats = device.memory_stats()
-  except Exception:  # backends without memory stats
-    stats = None
-  if stats and "bytes_limit" in stats:
-    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  """Free memory for models: host RAM on CPU, the sum over local devices elsewhere."""
+  devices = jax.local_devices()
+  if devices[0].platform != "cpu":
+    total = 0
+    for device in devices:
+      try:
+        stats = device.memory_stats()
+      except Exception:  # backends without memory stats
+        stats = None
+      if not stats or "bytes_limit" not in stats:
+        total = 0
+        break
+      total += int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    if total:
+      return total
   try:
     import os
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
   except (ValueError, OSError, AttributeError):
     return 4 << 30
+
+
+def models_mesh() -> Mesh:
+  """A 1-D mesh ``("models",)`` over this process's devices."""
+  return Mesh(np.asarray(jax.local_devices()), ("models",))
+
+
+def _pad_to_devices(idx: np.ndarray, num_devices: int) -> np.ndarray:
+  """``idx`` padded with copies of its last entry to a multiple of ``num_devices``."""
+  pad = -len(idx) % num_devices
+  return np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
 
 
 def plan_models_per_step(config: TrainConfig, num_classes: int, input_shape: tuple, num_models: int,
@@ -335,7 +360,11 @@ def plan_models_per_step(config: TrainConfig, num_classes: int, input_shape: tup
   act = 4 * config.batch_size * int(np.prod(input_shape)) * 64  # generous activation estimate
   per_model += act
   budget = (bytes_available if bytes_available is not None else _bytes_available()) * memory_fraction
-  return int(max(1, min(num_models, budget // per_model)))
+  k = int(max(1, min(num_models, budget // per_model)))
+  n_dev = jax.local_device_count()
+  if k < num_models and k >= n_dev:
+    k -= k % n_dev  # whole models per device: padding would waste a slot on every chunk
+  return k
 
 
 def _default_steps_per_call(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -381,20 +410,26 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
   spc = _default_steps_per_call(config, steps_per_epoch)
   if steps_per_epoch % spc:
     spc = math.gcd(steps_per_epoch, spc)
-  xd, yd = jax.device_put(x), jax.device_put(y)
+  mesh = models_mesh()
+  by_model = NamedSharding(mesh, PartitionSpec("models"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  xd, yd = jax.device_put(x, replicated), jax.device_put(y, replicated)
   done = 0
   for chunk in chunks:
     idx = np.asarray(chunk, np.int64)
+    if idx.size == 0:
+      continue
     t0 = time.perf_counter()
-    keys = _model_keys(config.seed, idx)
-    params, state, opt_state = fns["init"](keys)
-    alive = jnp.ones(len(idx), bool)
-    lr = jnp.asarray(learning_rates[idx])
-    keep_d = jnp.asarray(keep[idx])
+    padded = _pad_to_devices(idx, mesh.size)
+    keys = jax.device_put(_model_keys(config.seed, padded), by_model)
+    params, state, opt_state = jax.device_put(fns["init"](keys), by_model)
+    alive = jax.device_put(np.ones(len(padded), bool), by_model)
+    lr = jax.device_put(learning_rates[padded], by_model)
+    keep_d = jax.device_put(keep[padded], by_model)
     losses = []
     for epoch in range(config.epochs):
       order = fns["order"](keep_d, keys, epoch, steps_per_epoch, config.batch_size)
-      carry = (params, state, opt_state, alive, jnp.zeros(len(idx), jnp.float32))
+      carry = (params, state, opt_state, alive, jax.device_put(np.zeros(len(padded), np.float32), by_model))
       for s in range(0, steps_per_epoch, spc):
         carry = fns["multi_step"](carry, lr, keys, order, xd, yd, epoch * steps_per_epoch + s, spc)
       params, state, opt_state, alive, loss_sum = carry
@@ -404,10 +439,13 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
         elapsed = time.perf_counter() - t0
         progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
                       examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
-    alive_np = np.asarray(alive)
-    loss = np.stack([np.asarray(l) for l in losses], 1)
+    n = len(idx)
+    alive_np = np.asarray(alive)[:n]
+    loss = np.stack([np.asarray(l)[:n] for l in losses], 1)
     loss[~alive_np] = np.nan
     variables = {"params": params, **state}
+    if len(padded) != n:
+      variables = jax.tree_util.tree_map(lambda a: a[:n], variables)
     jax.block_until_ready(variables)
     done += len(idx)
     yield TrainResult(idx, variables, loss, ~alive_np, time.perf_counter() - t0)
@@ -493,8 +531,21 @@ def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str
   x = np.asarray(x, np.float32)
   if x.shape[0] == 0:
     raise ValueError("x must contain at least one example")
+  query_views(x[:1], queries)  # validates queries against the input's shape
   model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
   fn = _predict_fn(model)
+  mesh = models_mesh()
+  leaves = jax.tree_util.tree_leaves(variables)
+  if not leaves or any(np.ndim(a) == 0 for a in leaves):
+    raise ValueError("variables must be Flax variables stacked on a leading [models] axis "
+                     "(e.g. TrainResult.variables), got "
+                     f"{type(variables).__name__} with {len(leaves)} array leaves")
+  num_models = leaves[0].shape[0]
+  padded = _pad_to_devices(np.arange(num_models), mesh.size)
+  if len(padded) != num_models:
+    variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[padded], variables)
+  variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec("models")))
+  replicated = NamedSharding(mesh, PartitionSpec())
   n = x.shape[0]
   bs = min(batch_size, n)
   out = []
@@ -503,7 +554,7 @@ def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str
     pad = bs - xb.shape[0]
     if pad:  # one compiled shape for every batch
       xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-    views = query_views(jnp.asarray(xb), queries)
+    views = query_views(jax.device_put(xb, replicated), queries)
     logits = jnp.stack([fn(variables, v) for v in views], 2)  # [models, batch, queries, classes]
-    out.append(np.asarray(logits[:, :bs - pad]))
+    out.append(np.asarray(logits[:num_models, :bs - pad]))
   return np.concatenate(out, 1)

@@ -340,7 +340,7 @@ def _script_case(kind, tmp):
   if kind == "lira_output_dir_under_file":
     (tmp / "afile").write_text("not a directory")
     return ("lira.py", [f"--output_dir={tmp / 'afile' / 'x'}", *FAST, "--num_models=6"],
-            r"output_dir '.*afile/x/run' cannot be created")
+            r"output_dir '.*afile/x' cannot be created")
   raise AssertionError(kind)
 
 

@@ -75,7 +75,7 @@ def test_defense_table_small(tmp_path):
   # A rerun trains nothing and reproduces the table's numbers.
   again = _run(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("resuming: 1 of 1 chunks already on disk") == 2
+  assert again.stderr.count("resuming: 1 chunks already on disk, 0 to train") == 2
   rep2 = json.loads((tmp_path / "report.json").read_text())
   for r1, r2 in zip(rep["rows"], rep2["rows"]):
     np.testing.assert_equal(r1["attacks"], r2["attacks"])

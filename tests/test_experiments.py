@@ -42,6 +42,17 @@ def test_lira_main_job_on_digits(tmp_path):
   assert "| lira_online |" in proc.stdout
   assert all(abs(v["auc"] - 0.5) < 0.05 for v in report["null_check"].values())
 
+  # Low-cost audit on the same run: models 0-3 are the only references, models 4-7 the targets.
+  refs = _run("lira.py", f"--output_dir={tmp_path / 'refs'}", f"--run_dir={tmp_path / 'run'}",
+              "--num_references=4")
+  assert refs.returncode == 0, refs.stderr[-3000:]
+  rep4 = json.loads((tmp_path / "refs" / "report.json").read_text())
+  _check_report(rep4)
+  assert rep4["protocol"]["num_references"] == 4 and rep4["protocol"]["pooled_scores"] == 4 * 1297
+  assert all(abs(v["auc"] - 0.5) < 0.05 for v in rep4["null_check"].values())
+  bad = _run("lira.py", f"--output_dir={tmp_path / 'bad'}", f"--run_dir={tmp_path / 'run'}", "--num_references=3")
+  assert bad.returncode != 0 and "--num_references must be even" in bad.stderr
+
 
 def test_train_models_resumes_after_sigkill_without_retraining(tmp_path):
   args = ["--num_models=6", "--models_per_step=2", *SMALL]
@@ -51,21 +62,23 @@ def test_train_models_resumes_after_sigkill_without_retraining(tmp_path):
 
   part = tmp_path / "part"
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  log = (tmp_path / "killed.log").open("w")
   p = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train_models.py"), f"--output_dir={part}",
-                        *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        *args], cwd=ROOT, env=env, stdout=log, stderr=log)
   deadline = time.time() + 300
-  while time.time() < deadline and not list((part / "chunks").glob("chunk_*.npz")):
+  while time.time() < deadline and p.poll() is None and not list((part / "chunks").glob("chunk_*.npz")):
     time.sleep(0.05)
   p.send_signal(signal.SIGKILL)
   p.wait()
+  log.close()
   finished = sorted(c.name for c in (part / "chunks").glob("chunk_*.npz"))
-  assert 1 <= len(finished) < 3, finished
+  assert 1 <= len(finished) < 3, (finished, (tmp_path / "killed.log").read_text()[-3000:])
   assert not (part / "logits.npy").exists()
   mtimes = {c: (part / "chunks" / c).stat().st_mtime_ns for c in finished}
 
   proc = _run("train_models.py", f"--output_dir={part}", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"resuming: {len(finished)} of 3 chunks already on disk" in proc.stderr
+  assert f"resuming: {len(finished)} chunks already on disk, {3 - len(finished)} to train" in proc.stderr
   print(f"chunks reused after SIGKILL: {len(finished)} of 3")
   for c, t in mtimes.items():  # finished chunks were not rewritten
     assert (part / "chunks" / c).stat().st_mtime_ns == t
