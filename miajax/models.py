@@ -10,16 +10,20 @@ each model keeps its own parameters *and* its own batch-norm statistics (the
 ``batch_stats`` collection is simply another stacked pytree), without
 ``nn.vmap``.
 
-Convolutions: ``conv_impl="auto"`` picks, per backend, the lowering that is
-fastest when many models are vmapped.  Under ``vmap`` with per-model weights an
-``nn.Conv`` becomes one grouped convolution; XLA:CPU runs those slowly, while an
-im2col formulation (``lax.conv_general_dilated_patches`` then a matmul) turns
-the model axis into a batched matmul, which XLA:CPU runs near its matmul peak.
-On GPU/TPU the native convolution is used.
+Convolutions: ``conv_impl="auto"`` picks, per backend, the fastest lowering.
+Under ``vmap`` with per-model weights an ``nn.Conv`` becomes one grouped
+convolution, which XLA:CPU runs slowly; an im2col formulation (``"patches"``:
+slices then a matmul) turns the model axis into a batched matmul instead.  On
+CPU the engine does not vmap convolutional models at all (it unrolls the
+models of a step, see ``miajax.train``), and ``"hybrid"`` (XLA's convolution
+forward and for the input gradient, patches @ dY for the weight gradient) is
+the fastest single-model form there.  On GPU/TPU the native convolution is
+used.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -31,12 +35,48 @@ from jax import lax
 __all__ = ["Conv", "MLP", "LeNet5", "MLLeaksCNN", "CNNSmall", "WideResNet", "get_model", "MODEL_NAMES"]
 
 
+CONV_IMPLS = ("auto", "hybrid", "patches", "xla_patches", "xla")
+
+
 def _resolve_conv_impl(impl: str) -> str:
   if impl == "auto":
-    return "patches" if jax.default_backend() == "cpu" else "xla"
-  if impl not in ("patches", "xla_patches", "xla"):
-    raise ValueError(f"conv_impl must be 'auto', 'patches', 'xla_patches' or 'xla', got {impl!r}")
+    return "hybrid" if jax.default_backend() == "cpu" else "xla"
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {list(CONV_IMPLS)}, got {impl!r}")
   return impl
+
+
+def _xla_conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _hybrid_conv(x, kernel, strides, padding):
+  """XLA's convolution, with the weight gradient computed as patches^T @ dY.
+
+  On XLA:CPU the forward convolution and its input gradient (itself a
+  convolution) are fast, but the weight gradient, a convolution that
+  contracts over the batch, is several times slower than the same
+  contraction written as a matmul over im2col patches.
+  """
+  return _xla_conv(x, kernel, strides, padding)
+
+
+def _hybrid_fwd(x, kernel, strides, padding):
+  return _xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _hybrid_bwd(strides, padding, residuals, g):
+  x, kernel = residuals
+  kh, kw, cin, cout = kernel.shape
+  patches = _patches(x, kh, kw, strides, padding)
+  dkernel = jnp.einsum("...k,...f->kf", patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
+                       preferred_element_type=jnp.float32).astype(kernel.dtype).reshape(kernel.shape)
+  dx = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)[1](g)[0]
+  return dx, dkernel
+
+
+_hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
 
 
 def _patches(x, kh: int, kw: int, strides, padding: str):
@@ -87,7 +127,9 @@ class Conv(nn.Module):
     kernel = kernel.astype(dtype)
     x = x.astype(dtype)
     impl = _resolve_conv_impl(self.impl)
-    if impl == "patches":
+    if impl == "hybrid":
+      y = _hybrid_conv(x, kernel, tuple(self.strides), self.padding)
+    elif impl == "patches":
       y = _patches(x, kh, kw, self.strides, self.padding) @ kernel.reshape(kh * kw * cin, self.features)
     elif impl == "xla_patches":
       patches = lax.conv_general_dilated_patches(

@@ -66,6 +66,7 @@ class TrainConfig:
   models_per_step: int | None = None  # None: the memory planner picks
   steps_per_call: int | None = None  # None: 1 on CPU, one epoch elsewhere
   compute_dtype: str = "float32"  # or "bfloat16" (float32 master weights)
+  model_axis: str | None = None  # "vmap", "unroll" or "loop"; None: picked per backend and model size
   seed: int = 0
   defense: Any = None  # a miajax.defenses value; None means no defense
 
@@ -98,6 +99,8 @@ class TrainConfig:
       raise ValueError(f"models_per_step must be >= 1 or None, got {self.models_per_step!r}")
     if self.steps_per_call is not None and self.steps_per_call < 1:
       raise ValueError(f"steps_per_call must be >= 1 or None, got {self.steps_per_call!r}")
+    if self.model_axis not in (None, "vmap", "unroll", "loop"):
+      raise ValueError(f"model_axis must be 'vmap', 'unroll', 'loop' or None, got {self.model_axis!r}")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
     if self.model not in models_lib.MODEL_NAMES:
@@ -225,7 +228,7 @@ def _epoch_order(keep, keys, epoch, steps: int, batch_size: int):
 @functools.lru_cache(maxsize=32)
 def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, input_shape: tuple):
   """Jitted init / epoch-order / step functions for one configuration."""
-  model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
+  model = _engine_model(config, input_shape, num_classes)
   defense = config._defense()
   tx = _make_optimizer(config, steps_per_epoch)
   dp = defenses_lib.dp_params(defense)
@@ -289,7 +292,17 @@ def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, i
     pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
     return pick(new_params, params), pick(new_state, state), pick(new_opt, opt_state), ok, loss
 
-  vstep = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))
+  if model_axis(config, input_shape, num_classes) == "vmap":
+    # (Not for "loop": a vmap over one model still lowers dots to batched dots, ~30 % slower on CPU.)
+    vstep = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))
+  else:
+    def vstep(params, state, opt_state, alive, lr, keys, order, x, y, step):
+      # Independent per-model programs in one call: plain dots and convolutions, which XLA:CPU
+      # runs faster than their batched (vmapped) forms once a model's step is large.
+      per_model = (params, state, opt_state, alive, lr, keys, order)
+      outs = [step_one(*jax.tree_util.tree_map(lambda a: a[i], per_model), x, y, step)
+              for i in range(alive.shape[0])]
+      return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
 
   def multi_step(carry, lr, keys, order, x, y, step0, num_steps):
     def body(c, i):
@@ -307,6 +320,56 @@ def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, i
       order=jax.jit(_epoch_order, static_argnums=(3, 4)),
       multi_step=jax.jit(multi_step, static_argnums=(7,), donate_argnums=(0,)),
   )
+
+
+UNROLL_MIN_FLOPS = 1e8  # one model's step; below it, vmapped (batched) ops win on CPU
+UNROLL_MAX_MODELS = 8  # compile time grows with the models unrolled into one step
+
+
+def _step_flops(config: TrainConfig, input_shape: tuple, num_classes: int) -> float:
+  """Rough training FLOPs of one model's step: 6 x MACs of the forward pass x batch."""
+  model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
+  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  variables = jax.eval_shape(lambda k: model.init({"params": k}, x, train=False), jax.random.PRNGKey(0))
+  try:
+    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).cost_analysis()
+    flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0.0))
+  except Exception:  # backends without cost analysis: 2 FLOPs per parameter and example
+    flops = 0.0
+  if not flops:
+    flops = 2.0 * models_lib.count_params(variables)
+  return 3.0 * flops * config.batch_size
+
+
+def _engine_model(config: TrainConfig, input_shape: tuple, num_classes: int):
+  """The Flax module the engine trains; vmapped convolutions on CPU use the patches form."""
+  kwargs = config.model_kwargs_dict()
+  if (config.model != "mlp" and "conv_impl" not in kwargs and jax.default_backend() == "cpu"
+      and model_axis(config, input_shape, num_classes) == "vmap"):
+    kwargs["conv_impl"] = "patches"  # a vmapped XLA convolution is a grouped one: slow on CPU
+  return models_lib.get_model(config.model, num_classes, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def model_axis(config: TrainConfig, input_shape: tuple, num_classes: int) -> str:
+  """How a step runs its models: ``"vmap"`` (batched ops), ``"unroll"`` (one
+  program per model in a single call) or ``"loop"`` (one model per device and step).
+
+  GPU/TPU: always vmap.  CPU: vmap while a model's step is small (batching
+  helps); above ``UNROLL_MIN_FLOPS`` XLA:CPU runs batched dots and grouped
+  convolutions well below plain ones, so MLPs loop and convolutional nets unroll
+  (measured in ``experiments/benchmark.py``).
+  """
+  if config.model_axis is not None:
+    return config.model_axis
+  if jax.default_backend() != "cpu":
+    return "vmap"
+  if _step_flops(config, input_shape, num_classes) < UNROLL_MIN_FLOPS:
+    return "vmap"
+  # Large dense layers already keep both cores busy and unrolling them only adds copies of the
+  # stacked parameters: one model per device and step.  Convolutional steps are full of small
+  # ops that leave cores idle, which independent models fill.
+  return "loop" if config.model == "mlp" else "unroll"
 
 
 def _bytes_available() -> int:
@@ -352,6 +415,11 @@ def plan_models_per_step(config: TrainConfig, num_classes: int, input_shape: tup
   """
   if config.models_per_step is not None:
     return int(min(config.models_per_step, num_models))
+  axis = model_axis(dataclasses.replace(config, seed=0, learning_rate=1.0), tuple(input_shape), num_classes)
+  if axis == "unroll":
+    num_models = min(num_models, UNROLL_MAX_MODELS * jax.local_device_count())
+  elif axis == "loop":
+    num_models = min(num_models, jax.local_device_count())
   model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
   shapes = jax.eval_shape(lambda k: model.init({"params": k}, jnp.zeros((1,) + input_shape), train=False),
                           jax.random.PRNGKey(0))
@@ -516,6 +584,11 @@ def _predict_fn(model):
   return jax.jit(jax.vmap(apply_one, in_axes=(0, None)))
 
 
+@functools.lru_cache(maxsize=16)
+def _predict_one_fn(model):
+  return jax.jit(lambda variables, xb: model.apply(variables, xb, train=False))
+
+
 def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str = "identity",
             batch_size: int = 1024) -> np.ndarray:
   """Logits ``float32[models, examples, queries, classes]`` of stacked models.
@@ -532,7 +605,8 @@ def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str
   if x.shape[0] == 0:
     raise ValueError("x must contain at least one example")
   query_views(x[:1], queries)  # validates queries against the input's shape
-  model = models_lib.get_model(config.model, num_classes, **config.model_kwargs_dict())
+  base = dataclasses.replace(config, seed=0, learning_rate=1.0, models_per_step=None)
+  model = _engine_model(base, tuple(x.shape[1:]), num_classes)
   fn = _predict_fn(model)
   mesh = models_mesh()
   leaves = jax.tree_util.tree_leaves(variables)
@@ -546,6 +620,11 @@ def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str
     variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[padded], variables)
   variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec("models")))
   replicated = NamedSharding(mesh, PartitionSpec())
+  per_model = fn_one = None
+  if model_axis(base, tuple(x.shape[1:]), num_classes) in ("unroll", "loop"):
+    # Same reason as in training: one plain program per model beats the vmapped (grouped) form.
+    fn_one = _predict_one_fn(model)
+    per_model = [jax.tree_util.tree_map(lambda a: a[m], variables) for m in range(num_models)]
   n = x.shape[0]
   bs = min(batch_size, n)
   out = []
@@ -555,6 +634,9 @@ def predict(config: TrainConfig, variables, x, *, num_classes: int, queries: str
     if pad:  # one compiled shape for every batch
       xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
     views = query_views(jax.device_put(xb, replicated), queries)
-    logits = jnp.stack([fn(variables, v) for v in views], 2)  # [models, batch, queries, classes]
+    if per_model is None:
+      logits = jnp.stack([fn(variables, v) for v in views], 2)  # [models, batch, queries, classes]
+    else:
+      logits = jnp.stack([jnp.stack([fn_one(vm, v) for vm in per_model]) for v in views], 2)
     out.append(np.asarray(logits[:num_models, :bs - pad]))
   return np.concatenate(out, 1)

@@ -145,9 +145,37 @@ def test_bad_inputs_fail_before_training(digits, mutate, match):
 
 
 def test_memory_planner_chunks_by_free_memory():
-  cfg = train.TrainConfig(model="mlp", batch_size=128)
+  cfg = train.TrainConfig(model="mlp", batch_size=128, model_axis="vmap")
   many = train.plan_models_per_step(cfg, 100, (600,), 256, bytes_available=64 << 30)
   few = train.plan_models_per_step(cfg, 100, (600,), 256, bytes_available=1 << 30)
   assert many == 256 and 1 <= few < 64
   override = train.TrainConfig(model="mlp", models_per_step=7)
   assert train.plan_models_per_step(override, 100, (600,), 256) == 7
+
+
+def test_model_axis_is_picked_per_backend_and_step_size():
+  big_mlp = train.TrainConfig(model="mlp", batch_size=128)  # Purchase-shaped: ~1e9 FLOPs per step
+  small_mlp = train.TrainConfig(model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64)
+  cnn = train.TrainConfig(model="cnn_small", batch_size=128)
+  assert train.model_axis(small_mlp, (8, 8, 1), 10) == "vmap"
+  if jax.default_backend() == "cpu":
+    assert train.model_axis(big_mlp, (600,), 100) == "loop"
+    assert train.plan_models_per_step(big_mlp, 100, (600,), 256) == jax.local_device_count()
+    assert train.model_axis(cnn, (32, 32, 3), 10) == "unroll"
+    assert train.plan_models_per_step(cnn, 10, (32, 32, 3), 256) <= train.UNROLL_MAX_MODELS
+  else:
+    assert train.model_axis(big_mlp, (600,), 100) == "vmap"
+  with pytest.raises(ValueError, match="model_axis must be"):
+    train.TrainConfig(model_axis="pmap").validate()
+
+
+@pytest.mark.parametrize("axis", ["unroll", "loop"])
+def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
+  x, y = digits.x_train[:256], digits.y_train[:256]
+  keep = data.paired_keep(4, 256, seed=3)
+  base = dict(model="lenet5", epochs=2, batch_size=32, models_per_step=4)
+  ref = train.train_models(x, y, keep, train.TrainConfig(**base, model_axis="vmap"), num_classes=10)
+  got = train.train_models(x, y, keep, train.TrainConfig(**base, model_axis=axis), num_classes=10)
+  np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(got.variables), jax.tree_util.tree_leaves(ref.variables)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
