@@ -160,7 +160,7 @@ def test_model_axis_is_picked_per_backend_and_step_size():
   assert train.model_axis(small_mlp, (8, 8, 1), 10) == "vmap"
   if jax.default_backend() == "cpu":
     assert train.model_axis(big_mlp, (600,), 100) == "loop"
-    assert train.plan_models_per_step(big_mlp, 100, (600,), 256) == jax.local_device_count()
+    assert train.plan_models_per_step(big_mlp, 100, (600,), 256) <= train.UNROLL_MAX_MODELS * jax.local_device_count()
     assert train.model_axis(cnn, (32, 32, 3), 10) == "unroll"
     assert train.plan_models_per_step(cnn, 10, (32, 32, 3), 256) <= train.UNROLL_MAX_MODELS
   else:
