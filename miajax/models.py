@@ -224,6 +224,15 @@ class MLLeaksCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+def _avg_pool2(x):
+  """2x2 mean pooling, stride 2; a reshape + mean where the size is even (XLA:CPU runs the
+  reduce_window form and its gradient slower), else ``nn.avg_pool`` (SAME on tiny inputs)."""
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    return nn.avg_pool(x, (2, 2), (2, 2), padding=_pool_padding(x, 2))
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
 class CNNSmall(nn.Module):
   """The LiRA reference's small CNN: 3 blocks of conv3x3 + leaky ReLU + mean pooling.
 
@@ -241,7 +250,7 @@ class CNNSmall(nn.Module):
   def __call__(self, x, train: bool = False):
     for block in range(3):
       x = nn.leaky_relu(Conv(self.width * 2**block, (3, 3), impl=self.conv_impl, dtype=self.dtype)(x))
-      x = nn.avg_pool(x, (2, 2), (2, 2), padding=_pool_padding(x, 2))
+      x = _avg_pool2(x)
     x = x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

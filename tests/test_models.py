@@ -82,3 +82,27 @@ def test_unknown_model_and_bad_arguments_are_rejected():
     models.get_model("mlp", 1)
   with pytest.raises(ValueError, match="bad keyword arguments"):
     models.get_model("mlp", 10, kernel_size=3)
+
+
+def test_reshape_pooling_equals_avg_pool():
+  import flax.linen as nn
+  from miajax.models import _avg_pool2
+  rng = np.random.default_rng(0)
+  for shape in [(2, 8, 8, 3), (2, 4, 6, 1), (1, 2, 2, 5)]:
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    np.testing.assert_allclose(_avg_pool2(x), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6, atol=1e-6)
+  x = jnp.asarray(rng.normal(size=(2, 1, 1, 3)), jnp.float32)  # odd size: SAME pooling as before
+  np.testing.assert_allclose(_avg_pool2(x), nn.avg_pool(x, (2, 2), (2, 2), padding="SAME"), rtol=1e-6)
+
+
+def test_hybrid_conv_gradients_equal_xla_conv():
+  from miajax.models import _hybrid_conv, _xla_conv
+  rng = np.random.default_rng(1)
+  for strides, padding, shape in [((1, 1), "SAME", (2, 9, 9, 3)), ((2, 2), "SAME", (2, 8, 8, 4)),
+                                  ((1, 1), "VALID", (1, 7, 7, 2))]:
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 5)), jnp.float32)
+    f = lambda conv: lambda x, w: (conv(x, w, strides, padding) ** 2).sum()
+    np.testing.assert_allclose(_hybrid_conv(x, w, strides, padding), _xla_conv(x, w, strides, padding), rtol=1e-5)
+    for a, b in zip(jax.grad(f(_hybrid_conv), (0, 1))(x, w), jax.grad(f(_xla_conv), (0, 1))(x, w)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
