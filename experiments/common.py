@@ -21,28 +21,33 @@ GENERIC_DEFAULTS = dict(model="mlp", widths="1024,512,256,128", activation="tanh
                         batch_size=128, learning_rate=0.1)
 
 
-def define_training_flags(default_num_models: int = 64) -> None:
+def define_recipe_flags() -> None:
+  """The dataset and the one-model training recipe (used by every script that trains)."""
   flags.DEFINE_string("dataset", "digits", "Dataset name (miajax.data.DATASETS).")
   flags.DEFINE_string("data_dir", None, "Where dataset files live (see README).")
-  flags.DEFINE_integer("num_examples", None, "Use only the first N training examples (default: all).")
   flags.DEFINE_string("model", None, "Model name (miajax.models.MODEL_NAMES); default per dataset.")
   flags.DEFINE_string("widths", None, "MLP hidden widths, comma separated; default per dataset.")
   flags.DEFINE_string("activation", None, "MLP activation (relu, tanh, ...); default per dataset.")
-  flags.DEFINE_integer("num_models", default_num_models, "Number of shadow models.")
-  flags.DEFINE_float("pkeep", 0.5, "Fraction of models each example is IN for (design=lira).")
-  flags.DEFINE_enum("design", "paired", ["paired", "lira"], "Membership design.")
   flags.DEFINE_integer("epochs", None, "Training epochs; default per dataset.")
   flags.DEFINE_integer("batch_size", None, "Batch size; default per dataset.")
   flags.DEFINE_float("learning_rate", None, "Peak learning rate; default per dataset.")
   flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
   flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
   flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
+  flags.DEFINE_integer("seed", 0, "Seed of the design, initialisation, shuffling, dropout.")
+  flags.DEFINE_string("output_dir", None, "Where outputs go.")
+
+
+def define_training_flags(default_num_models: int = 64) -> None:
+  define_recipe_flags()
+  flags.DEFINE_integer("num_examples", None, "Use only the first N training examples (default: all).")
+  flags.DEFINE_integer("num_models", default_num_models, "Number of shadow models.")
+  flags.DEFINE_float("pkeep", 0.5, "Fraction of models each example is IN for (design=lira).")
+  flags.DEFINE_enum("design", "paired", ["paired", "lira"], "Membership design.")
   flags.DEFINE_float("dropout_rate", 0.0, "Dropout rate of every model.")
   flags.DEFINE_bool("augment", False, "Random flip + reflect-pad-4 crop (images).")
   flags.DEFINE_integer("models_per_step", None, "Models trained at once (default: memory planner).")
   flags.DEFINE_enum("queries", "identity", list(train.QUERY_SETS), "Query augmentations at inference.")
-  flags.DEFINE_integer("seed", 0, "Seed of the design, initialisation, shuffling, dropout.")
-  flags.DEFINE_string("output_dir", None, "Where outputs go.")
 
 
 def _default(name: str):
@@ -52,20 +57,24 @@ def _default(name: str):
   return DATASET_DEFAULTS.get(FLAGS.dataset, GENERIC_DEFAULTS)[name]
 
 
-def run_spec(defense=None) -> runs.RunSpec:
-  """The RunSpec described by the flags (dataset defaults filled in)."""
+def train_config(**extra) -> train.TrainConfig:
+  """The TrainConfig described by the recipe flags (dataset defaults filled in); ``extra`` adds fields."""
   model = _default("model")
   kwargs = {}
   if model == "mlp":
     kwargs["widths"] = tuple(int(w) for w in _default("widths").split(","))
     kwargs["activation"] = _default("activation")
-  if FLAGS.dropout_rate:
+  if getattr(FLAGS, "dropout_rate", 0.0):
     kwargs["dropout_rate"] = FLAGS.dropout_rate
-  cfg = train.TrainConfig(
+  return train.TrainConfig(
       model=model, model_kwargs=tuple(sorted(kwargs.items())), optimizer=FLAGS.optimizer,
       learning_rate=_default("learning_rate"), momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
-      epochs=_default("epochs"), batch_size=_default("batch_size"), augment=FLAGS.augment,
-      models_per_step=FLAGS.models_per_step, seed=FLAGS.seed, defense=defense)
+      epochs=_default("epochs"), batch_size=_default("batch_size"), seed=FLAGS.seed, **extra)
+
+
+def run_spec(defense=None) -> runs.RunSpec:
+  """The RunSpec described by the flags (dataset defaults filled in)."""
+  cfg = train_config(augment=FLAGS.augment, models_per_step=FLAGS.models_per_step, defense=defense)
   return runs.RunSpec(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, num_examples=FLAGS.num_examples,
                       design=FLAGS.design, num_models=FLAGS.num_models, pkeep=FLAGS.pkeep,
                       queries=FLAGS.queries, train=cfg)

@@ -40,45 +40,19 @@ import common
 from miajax import data, metrics, report, shokri, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "digits", "Dataset name (miajax.data.DATASETS).")
-flags.DEFINE_string("data_dir", None, "Where dataset files live (see README).")
+common.define_recipe_flags()
 flags.DEFINE_list("sizes", None, "Training-set sizes n (members per model); default: 1/24, 1/12, 1/6, 1/4 "
                   "of the pool (74,149,299,449 for digits).")
 flags.DEFINE_integer("num_shadows", 10, "Shadow models per size.")
 flags.DEFINE_enum("attack_model", "mlp", list(shokri.MODELS), "Attack model (miajax.shokri).")
 flags.DEFINE_bool("per_class", True, "One attack model per true class (else a single one).")
-flags.DEFINE_string("model", None, "Target/shadow model (miajax.models.MODEL_NAMES); default per dataset.")
-flags.DEFINE_string("widths", None, "MLP hidden widths, comma separated; default per dataset.")
-flags.DEFINE_string("activation", None, "MLP activation; default per dataset.")
-flags.DEFINE_integer("epochs", None, "Training epochs; default per dataset.")
-flags.DEFINE_integer("batch_size", None, "Batch size; default per dataset.")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate; default per dataset.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
-flags.DEFINE_integer("seed", 0, "Seed of the data split, shadow sets, training and attack models.")
-flags.DEFINE_string("output_dir", None, "Where report.json goes.")
 
 POOL_FRACTIONS = (1 / 24, 1 / 12, 1 / 6, 1 / 4)
 
 
-def _default(name):
-  value = getattr(FLAGS, name)
-  if value is not None:
-    return value
-  return common.DATASET_DEFAULTS.get(FLAGS.dataset, common.GENERIC_DEFAULTS)[name]
-
-
 def train_config() -> train.TrainConfig:
-  model = _default("model")
-  kwargs = {}
-  if model == "mlp":
-    kwargs = {"widths": tuple(int(w) for w in _default("widths").split(",")),
-              "activation": _default("activation")}
-  return train.TrainConfig(
-      model=model, model_kwargs=tuple(sorted(kwargs.items())), optimizer=FLAGS.optimizer,
-      learning_rate=_default("learning_rate"), momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
-      epochs=_default("epochs"), batch_size=_default("batch_size"), seed=FLAGS.seed)
+  """Target and shadow recipe: the shared recipe flags (experiments/common.py)."""
+  return common.train_config()
 
 
 def parse_sizes(pool: int, batch_size: int) -> list[int]:
