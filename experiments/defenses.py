@@ -90,7 +90,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import attacks, metrics, report, runs, scores, train
+from miajax import attacks, cpu, metrics, report, runs, scores, train
 from miajax import defenses as D
 
 FLAGS = flags.FLAGS
@@ -409,6 +409,7 @@ class _DropRdpNoise(py_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.dropout_rate:

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 
 import common
 import miajax
-from miajax import attacks, plots, report, runs, scores
+from miajax import attacks, cpu, plots, report, runs, scores
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
@@ -90,6 +90,7 @@ def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if not FLAGS.run_dir and FLAGS.num_models < 6:

@@ -58,7 +58,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import data, designs, mlleaks, outputs, report, train
+from miajax import cpu, data, designs, mlleaks, outputs, report, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "digits", "The target's dataset.")
@@ -256,6 +256,7 @@ def _load_adv2():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.num_random < 1:

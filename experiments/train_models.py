@@ -24,7 +24,7 @@ import time
 from absl import app, flags, logging
 
 import common
-from miajax import runs
+from miajax import cpu, runs
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
@@ -46,6 +46,7 @@ def _print_result(result, spec):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   spec = common.run_spec()

@@ -7,7 +7,9 @@ and ``metrics`` are pure array functions that work on logits from any
 framework.
 """
 
-from miajax import attacks, data, defenses, designs, metrics, mlleaks, models, report, runs, scores, shokri, train
+from miajax import (attacks, cpu, data, defenses, designs, metrics, mlleaks, models, report, runs, scores, shokri,
+                    train, winograd)
+from miajax.cpu import use_all_cores
 from miajax.attacks import global_threshold, leave_one_out, lira_offline, lira_online, rmia
 from miajax.data import Dataset, disjoint_split, lira_keep, load, paired_keep
 from miajax.defenses import chain, dp_epsilon, dp_noise_multiplier

@@ -17,7 +17,10 @@ slices then a matmul) turns the model axis into a batched matmul instead.  On
 CPU the engine does not vmap convolutional models at all (it unrolls the
 models of a step, see ``miajax.train``), and ``"hybrid"`` (XLA's convolution
 forward and for the input gradient, patches @ dY for the weight gradient) is
-the fastest single-model form there.  On GPU/TPU the native convolution is
+the fastest single-model form there for shapes that ``"winograd"`` (3x3,
+stride 1, SAME, at least 16 input channels, float32: F(4x4, 3x3) minimal
+filtering, :mod:`miajax.winograd`) does not take; ``"auto"`` on CPU means
+winograd where it applies, else hybrid.  On GPU/TPU the native convolution is
 used.
 """
 
@@ -32,15 +35,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from miajax import winograd
+
 __all__ = ["Conv", "MLP", "LeNet5", "MLLeaksCNN", "CNNSmall", "WideResNet", "get_model", "MODEL_NAMES"]
 
 
-CONV_IMPLS = ("auto", "hybrid", "patches", "xla_patches", "xla")
+CONV_IMPLS = ("auto", "winograd", "hybrid", "patches", "xla_patches", "xla")
 
 
 def _resolve_conv_impl(impl: str) -> str:
   if impl == "auto":
-    return "hybrid" if jax.default_backend() == "cpu" else "xla"
+    return "winograd" if jax.default_backend() == "cpu" else "xla"
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {list(CONV_IMPLS)}, got {impl!r}")
   return impl
@@ -127,7 +132,11 @@ class Conv(nn.Module):
     kernel = kernel.astype(dtype)
     x = x.astype(dtype)
     impl = _resolve_conv_impl(self.impl)
-    if impl == "hybrid":
+    if impl == "winograd" and not winograd.supported(x.shape, kernel.shape, self.strides, self.padding, dtype):
+      impl = "hybrid"  # other shapes and strides, thin inputs, bfloat16
+    if impl == "winograd":
+      y = winograd.conv3x3(x, kernel)
+    elif impl == "hybrid":
       y = _hybrid_conv(x, kernel, tuple(self.strides), self.padding)
     elif impl == "patches":
       y = _patches(x, kh, kw, self.strides, self.padding) @ kernel.reshape(kh * kw * cin, self.features)

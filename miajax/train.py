@@ -11,7 +11,9 @@ augmentation, dropout, DP noise) from ``fold_in(PRNGKey(seed), m)``, so its
 result does not depend on the chunk it was trained in.
 
 Devices: the models of a chunk are sharded over every local device (a 1-D
-``jax.sharding.Mesh`` named ``"models"``); the data is replicated.  A chunk
+``jax.sharding.Mesh`` named ``"models"``; each device steps its own block of
+models inside ``jax.shard_map``); the data is replicated.  On CPU,
+:func:`miajax.cpu.use_all_cores` makes one device per core.  A chunk
 whose size does not divide the device count is padded with copies of its last
 model, whose results are dropped.  In a multi-process run each process uses
 only its own (local) devices and trains its own slice of models.
@@ -316,11 +318,27 @@ def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, i
       return body(carry, 0)[0]
     return jax.lax.scan(body, carry, jnp.arange(num_steps))[0]
 
+  mesh = models_mesh()
+  by_model, replicated = PartitionSpec("models"), PartitionSpec()
+
+  def sharded_multi_step(carry, lr, keys, order, x, y, step0, num_steps):
+    # Each device steps only its own block of models: an unrolled step indexes single models,
+    # which on a models-sharded array would otherwise make XLA gather across devices.
+    local = jax.shard_map(functools.partial(multi_step, num_steps=num_steps), mesh=mesh,
+                          in_specs=(by_model,) * 4 + (replicated,) * 3, out_specs=by_model)
+    return local(carry, lr, keys, order, x, y, step0)
+
+  def init_single(key):
+    # One model with a leading axis of 1, for the per-model (loop) path.
+    return jax.tree_util.tree_map(lambda a: a[None], init_one(key[0]))
+
   return dict(
       model=model,
       init=jax.jit(jax.vmap(init_one)),
+      init_single=jax.jit(init_single),
       order=jax.jit(_epoch_order, static_argnums=(3, 4)),
-      multi_step=jax.jit(multi_step, static_argnums=(7,), donate_argnums=(0,)),
+      multi_step=jax.jit(sharded_multi_step, static_argnums=(7,), donate_argnums=(0,)),
+      single_step=jax.jit(multi_step, static_argnums=(7,), donate_argnums=(0,)),
   )
 
 
@@ -487,7 +505,12 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
   mesh = models_mesh()
   by_model = NamedSharding(mesh, PartitionSpec("models"))
   replicated = NamedSharding(mesh, PartitionSpec())
-  xd, yd = jax.device_put(x, replicated), jax.device_put(y, replicated)
+  devices = list(mesh.devices.flat)
+  if looped:  # per-device copies: each model's step runs on its own device with plain arrays
+    xs = [jax.device_put(x, d) for d in devices]
+    ys = [jax.device_put(y, d) for d in devices]
+  else:
+    xd, yd = jax.device_put(x, replicated), jax.device_put(y, replicated)
   done = 0
   for chunk in chunks:
     idx = np.asarray(chunk, np.int64)
@@ -495,34 +518,54 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
       continue
     t0 = time.perf_counter()
     padded = _pad_to_devices(idx, mesh.size)
-    keys = jax.device_put(_model_keys(config.seed, padded), by_model)
-    params, state, opt_state = jax.device_put(fns["init"](keys), by_model)
-    alive = jax.device_put(np.ones(len(padded), bool), by_model)
-    lr = jax.device_put(learning_rates[padded], by_model)
-    keep_d = jax.device_put(keep[padded], by_model)
+    keys_host = np.asarray(_model_keys(config.seed, padded))
     losses = []
-    for epoch in range(config.epochs):
-      order = fns["order"](keep_d, keys, epoch, steps_per_epoch, config.batch_size)
-      carry = (params, state, opt_state, alive, jax.device_put(np.zeros(len(padded), np.float32), by_model))
-      if looped:
-        # One model per call, each with its own arrays: no batched dots, no copies of stacked state.
-        one = lambda tree, m: jax.tree_util.tree_map(lambda a: a[m:m + 1], tree)
-        parts = [[one(t, m) for t in (carry, lr, keys, order)] for m in range(len(padded))]
+    if looped:
+      # One model per call, each with its own arrays on device m % devices: no batched dots, no
+      # stacking or slicing of the chunk's state between epochs.
+      on = [devices[m % len(devices)] for m in range(len(padded))]
+      keys = [jax.device_put(keys_host[m:m + 1], d) for m, d in enumerate(on)]
+      carries = [fns["init_single"](k) + (jax.device_put(np.ones(1, bool), d),) for k, d in zip(keys, on)]
+      lrs = [jax.device_put(learning_rates[padded[m]:padded[m] + 1], d) for m, d in enumerate(on)]
+      keeps = [jax.device_put(keep[padded[m]:padded[m] + 1], d) for m, d in enumerate(on)]
+      for epoch in range(config.epochs):
+        zero = [jax.device_put(np.zeros(1, np.float32), d) for d in on]
+        carries = [c + (z,) for c, z in zip(carries, zero)]
+        orders = [fns["order"](kp, k, epoch, steps_per_epoch, config.batch_size) for kp, k in zip(keeps, keys)]
         for s in range(0, steps_per_epoch, spc):
-          for part in parts:
-            part[0] = fns["multi_step"](part[0], *part[1:], xd, yd, epoch * steps_per_epoch + s, spc)
-        carry = jax.device_put(jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *[p[0] for p in parts]),
-                               by_model)
-      else:
+          for m, d in enumerate(on):
+            j = devices.index(d)
+            carries[m] = fns["single_step"](carries[m], lrs[m], keys[m], orders[m], xs[j], ys[j],
+                                             epoch * steps_per_epoch + s, spc)
+        losses.append([c[4] for c in carries])
+        carries = [c[:4] for c in carries]
+        if progress is not None:
+          jax.block_until_ready(losses[-1])
+          elapsed = time.perf_counter() - t0
+          progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
+                        examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
+      gather = lambda *a: jax.device_put(np.concatenate([np.asarray(b) for b in a]), by_model)
+      params, state = (jax.tree_util.tree_map(gather, *[c[i] for c in carries]) for i in (0, 1))
+      alive = np.concatenate([np.asarray(c[3]) for c in carries])
+      losses = [np.concatenate([np.asarray(l) for l in epoch_sums]) / steps_per_epoch for epoch_sums in losses]
+    else:
+      keys = jax.device_put(keys_host, by_model)
+      params, state, opt_state = jax.device_put(fns["init"](keys), by_model)
+      alive = jax.device_put(np.ones(len(padded), bool), by_model)
+      lr = jax.device_put(learning_rates[padded], by_model)
+      keep_d = jax.device_put(keep[padded], by_model)
+      for epoch in range(config.epochs):
+        order = fns["order"](keep_d, keys, epoch, steps_per_epoch, config.batch_size)
+        carry = (params, state, opt_state, alive, jax.device_put(np.zeros(len(padded), np.float32), by_model))
         for s in range(0, steps_per_epoch, spc):
           carry = fns["multi_step"](carry, lr, keys, order, xd, yd, epoch * steps_per_epoch + s, spc)
-      params, state, opt_state, alive, loss_sum = carry
-      losses.append(loss_sum / steps_per_epoch)
-      if progress is not None:
-        jax.block_until_ready(loss_sum)
-        elapsed = time.perf_counter() - t0
-        progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
-                      examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
+        params, state, opt_state, alive, loss_sum = carry
+        losses.append(loss_sum / steps_per_epoch)
+        if progress is not None:
+          jax.block_until_ready(loss_sum)
+          elapsed = time.perf_counter() - t0
+          progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
+                        examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
     n = len(idx)
     alive_np = np.asarray(alive)[:n]
     loss = np.stack([np.asarray(l)[:n] for l in losses], 1)

@@ -26,7 +26,7 @@ from miajax import data, train
 ds = data.load("digits")
 keep = data.paired_keep(6, 300, seed=1)
 cfg = train.TrainConfig(model="mlp", model_kwargs=(("widths", (32,)),), epochs=2, batch_size=32,
-                        models_per_step=int(sys.argv[2]))
+                        models_per_step=int(sys.argv[2]), model_axis=sys.argv[3])
 chunks = list(train.train_chunks(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10))
 devices = sorted({d.id for c in chunks for d in jax.tree_util.tree_leaves(c.variables)[0].sharding.device_set})
 res = train.train_models(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10)
@@ -49,11 +49,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("models_per_step", [6, 3])
-def test_models_sharded_over_four_devices_match_one_device(tmp_path, models_per_step):
+@pytest.mark.parametrize("models_per_step,model_axis", [(6, "vmap"), (3, "vmap"), (6, "unroll"), (6, "loop")])
+def test_models_sharded_over_four_devices_match_one_device(tmp_path, models_per_step, model_axis):
+  # Every way of combining a device's models (batched, unrolled in one program, one call per
+  # model on its own device) must spread the models over all devices and not change them.
   script = tmp_path / "shard.py"
   script.write_text(SHARD_SCRIPT)
-  four = _python([str(script), str(tmp_path / "four.npy"), str(models_per_step)],
+  four = _python([str(script), str(tmp_path / "four.npy"), str(models_per_step), model_axis],
                  env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert four.returncode == 0, four.stderr[-3000:]
   info = json.loads(four.stdout.strip().splitlines()[-1])
@@ -64,7 +66,7 @@ def test_models_sharded_over_four_devices_match_one_device(tmp_path, models_per_
   ds = data.load("digits")
   keep = data.paired_keep(6, 300, seed=1)
   cfg = train.TrainConfig(model="mlp", model_kwargs=(("widths", (32,)),), epochs=2, batch_size=32,
-                          models_per_step=models_per_step)
+                          models_per_step=models_per_step, model_axis=model_axis)
   res = train.train_models(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10)
   one = train.predict(cfg, res.variables, ds.x_test[:40], num_classes=10)
   np.testing.assert_allclose(np.load(tmp_path / "four.npy"), one, rtol=1e-5, atol=1e-5)

@@ -55,7 +55,8 @@ def test_lira_main_job_on_digits(tmp_path):
 
 
 def test_train_models_resumes_after_sigkill_without_retraining(tmp_path):
-  args = ["--num_models=6", "--models_per_step=2", *SMALL]
+  # Enough epochs that a chunk takes ~1 s: the kill must land between chunks on a fast machine too.
+  args = ["--num_models=6", "--models_per_step=2", *SMALL, "--epochs=200"]
   full = tmp_path / "full"
   proc = _run("train_models.py", f"--output_dir={full}", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
