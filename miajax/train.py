@@ -20,8 +20,9 @@ only its own (local) devices and trains its own slice of models.
 
 Per-backend lowering: one epoch of steps runs in one ``lax.scan`` (no per-step
 dispatch); ``TrainConfig.steps_per_call`` overrides it.  On CPU, 3x3
-convolutions use Winograd's algorithm (:mod:`miajax.winograd`).  How the models of a step are combined (``model_axis``: vmap, unroll,
-loop) is also picked per backend and model size, see :func:`model_axis`.
+convolutions use Winograd's algorithm (:mod:`miajax.winograd`).  How the
+models of a step are combined (``model_axis``: vmap, unroll, loop) is picked
+per backend and model size, see :func:`model_axis`.
 """
 
 from __future__ import annotations
@@ -517,6 +518,14 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
     padded = _pad_to_devices(idx, mesh.size)
     keys_host = np.asarray(_model_keys(config.seed, padded))
     losses = []
+
+    def report_epoch(epoch, loss_sums):
+      if progress is not None:  # the only host sync of an epoch, and only when someone listens
+        jax.block_until_ready(loss_sums)
+        elapsed = time.perf_counter() - t0
+        progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
+                      examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
+
     if looped:
       # One model per call, each with its own arrays on device m % devices: no batched dots, no
       # stacking or slicing of the chunk's state between epochs.
@@ -530,17 +539,13 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
         carries = [c + (z,) for c, z in zip(carries, zero)]
         orders = [fns["order"](kp, k, epoch, steps_per_epoch, config.batch_size) for kp, k in zip(keeps, keys)]
         for s in range(0, steps_per_epoch, spc):
-          for m, d in enumerate(on):
-            j = devices.index(d)
+          for m in range(len(on)):
+            j = m % len(devices)
             carries[m] = fns["single_step"](carries[m], lrs[m], keys[m], orders[m], xs[j], ys[j],
                                              epoch * steps_per_epoch + s, spc)
         losses.append([c[4] for c in carries])
         carries = [c[:4] for c in carries]
-        if progress is not None:
-          jax.block_until_ready(losses[-1])
-          elapsed = time.perf_counter() - t0
-          progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
-                        examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
+        report_epoch(epoch, losses[-1])
       gather = lambda *a: jax.device_put(np.concatenate([np.asarray(b) for b in a]), by_model)
       params, state = (jax.tree_util.tree_map(gather, *[c[i] for c in carries]) for i in (0, 1))
       alive = np.concatenate([np.asarray(c[3]) for c in carries])
@@ -558,11 +563,7 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
           carry = fns["multi_step"](carry, lr, keys, order, xd, yd, epoch * steps_per_epoch + s, spc)
         params, state, opt_state, alive, loss_sum = carry
         losses.append(loss_sum / steps_per_epoch)
-        if progress is not None:
-          jax.block_until_ready(loss_sum)
-          elapsed = time.perf_counter() - t0
-          progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
-                        examples_per_s=len(idx) * (epoch + 1) * steps_per_epoch * config.batch_size / elapsed))
+        report_epoch(epoch, loss_sum)
     n = len(idx)
     alive_np = np.asarray(alive)[:n]
     loss = np.stack([np.asarray(l)[:n] for l in losses], 1)
