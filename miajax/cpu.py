@@ -16,6 +16,7 @@ accelerator JAX uses by default.
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 from absl import logging
@@ -43,8 +44,9 @@ def use_all_cores(max_devices: int = 8) -> int:
   """
   if isinstance(max_devices, bool) or not isinstance(max_devices, int) or max_devices < 1:
     raise ValueError(f"max_devices must be a positive integer, got {max_devices!r}")
-  if _FORCE_FLAG in os.environ.get("XLA_FLAGS", ""):
-    return int(os.environ["XLA_FLAGS"].split(_FORCE_FLAG + "=")[1].split()[0])
+  forced = re.search(_FORCE_FLAG + r"=(\d+)", os.environ.get("XLA_FLAGS", ""))
+  if forced:
+    return int(forced.group(1))
   current = jax.config.jax_num_cpu_devices
   if current not in (None, -1, 0):
     return int(current)

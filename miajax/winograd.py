@@ -136,13 +136,19 @@ def conv3x3(x, kernel):
   Returns:
     ``float32[batch, H, W, C_out]``.
   """
-  if x.ndim != 4 or x.shape[1] % TILE or x.shape[2] % TILE or kernel.shape[:2] != (3, 3):
-    raise ValueError(f"conv3x3 needs x [N, H, W, C] with H, W multiples of {TILE} and a 3x3 kernel, "
-                     f"got x {x.shape} and kernel {kernel.shape}")
+  _check(x, kernel)
   return _forward(x, kernel)[0]
 
 
+def _check(x, kernel):
+  # Also called from the VJP's forward rule, which is what runs under jax.grad.
+  if x.ndim != 4 or x.shape[1] % TILE or x.shape[2] % TILE or kernel.shape[:2] != (3, 3):
+    raise ValueError(f"conv3x3 needs x [N, H, W, C] with H, W multiples of {TILE} and a 3x3 kernel, "
+                     f"got x {x.shape} and kernel {kernel.shape}")
+
+
 def _conv3x3_fwd(x, kernel):
+  _check(x, kernel)
   y, v = _forward(x, kernel)
   return y, (v, kernel)
 
