@@ -56,6 +56,7 @@ class RunSpec:
     # Chunking changes float reassociation only, not the experiment.
     tc.pop("models_per_step")
     tc.pop("steps_per_call")
+    tc.pop("microbatch_size")
     tc.pop("model_axis")
     d["train"] = tc
     return d

@@ -135,6 +135,10 @@ def test_epoch_order_uses_only_members_and_covers_them():
     (lambda k, x, y, c: (k, x, y, train.TrainConfig(epochs=0)), "epochs must be a positive integer"),
     (lambda k, x, y, c: (k, x, y, train.TrainConfig(optimizer="lbfgs")), "optimizer"),
     (lambda k, x, y, c: (k[0], x, y, c), "keep must be 2-D"),
+    (lambda k, x, y, c: (k, x, y, train.TrainConfig(batch_size=32, microbatch_size=5)),
+     r"microbatch_size must be a positive divisor of batch_size \(32\)"),
+    (lambda k, x, y, c: (k, x, y, train.TrainConfig(model="wrn16-4", batch_size=32, microbatch_size=8)),
+     "batch norm"),
 ])
 def test_bad_inputs_fail_before_training(digits, mutate, match):
   x, y = digits.x_train[:200], digits.y_train[:200]
@@ -179,3 +183,57 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
   np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(got.variables), jax.tree_util.tree_leaves(ref.variables)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("defense", [None, "smoothing+l2"])
+def test_microbatched_steps_equal_the_whole_batch(defense):
+  # Gradient accumulation over micro-batches is the same SGD step: cnn_small (Winograd layers
+  # on CPU) with and without a per-example loss transform and a parameter penalty.
+  from miajax import defenses
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((96, 16, 16, 3)).astype(np.float32)
+  y = rng.integers(0, 10, 96)
+  keep = data.paired_keep(2, 96, seed=1)
+  d = None if defense is None else defenses.chain(defenses.label_smoothing(0.1), defenses.l2(1e-3))
+  base = dict(model="cnn_small", model_kwargs=(("width", 16),), epochs=2, batch_size=16,
+              learning_rate=0.05, models_per_step=2, model_axis="unroll", defense=d)
+  whole = train.train_models(x, y, keep, train.TrainConfig(**base, microbatch_size=16), num_classes=10)
+  micro = train.train_models(x, y, keep, train.TrainConfig(**base, microbatch_size=4), num_classes=10)
+  assert not np.allclose(whole.loss[:, 0], whole.loss[:, 1])  # it trained
+  np.testing.assert_allclose(micro.loss, whole.loss, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(micro.variables), jax.tree_util.tree_leaves(whole.variables)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_microbatch_keeps_a_micro_batch_within_the_cache(monkeypatch):
+  cnn = train.TrainConfig(model="cnn_small", batch_size=128)
+  shape = (32, 32, 3)
+  per_example = train._residual_bytes_per_example(cnn, shape, 10)
+  assert 32 * 32 * 32 * 4 <= per_example < 1 << 20  # at least the first conv's output is saved
+  for cache, expect in ((1 << 20, 8), (64 << 20, None)):
+    monkeypatch.setattr(train, "_cache_bytes_per_device", lambda: cache)
+    train.microbatch_size.cache_clear()
+    m = train.microbatch_size(cnn, shape, 10)
+    if jax.default_backend() != "cpu":
+      assert m == 128  # GPU/TPU: whole batches
+      continue
+    if expect is not None:
+      assert m == expect  # nothing fits: the smallest micro-batch allowed
+    else:
+      assert 128 % m == 0 and m * per_example <= train.CACHE_FRACTION * cache < 2 * m * per_example
+    # Never with dropout, batch norm, vmapped small models or an explicit size.
+    dropout = train.TrainConfig(model="cnn_small", batch_size=128, model_kwargs=(("dropout_rate", 0.1),))
+    assert train.microbatch_size(dropout, shape, 10) == 128
+    assert train.microbatch_size(train.TrainConfig(model="wrn16-4", batch_size=128), shape, 10) == 128
+    small = train.TrainConfig(model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64)
+    assert train.microbatch_size(small, (8, 8, 1), 10) == 64
+    assert train.microbatch_size(train.TrainConfig(model="cnn_small", microbatch_size=32), shape, 10) == 32
+  train.microbatch_size.cache_clear()
+
+
+def test_cache_size_parsing():
+  assert train._parse_size("32768K\n") == 32 << 20
+  assert train._parse_size("1M") == 1 << 20 and train._parse_size("512") == 512
+  assert train._count_cpus("0-3,8-11\n") == 8 and train._count_cpus("5") == 1
+  share = train._cache_bytes_per_device()
+  assert share is None or share > 0
