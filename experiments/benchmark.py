@@ -396,7 +396,8 @@ def run_engine(wl: Workload, data: dict, seed: int, *, learning_rates=None, warm
   res = r.pop("out")
   m = data["keep"].shape[0]
   return dict(r, loss=np.asarray(res.loss, np.float64), variables=res.variables,
-              models_per_step=train.plan_models_per_step(cfg, wl.num_classes, wl.input_shape, m))
+              models_per_step=train.plan_models_per_step(cfg, wl.num_classes, wl.input_shape, m),
+              microbatch_size=train.microbatch_size(cfg, wl.input_shape, wl.num_classes))
 
 
 def _epoch_orders(keep_row: np.ndarray, epochs: int, steps_per_epoch: int, batch: int, rng) -> list:
@@ -702,6 +703,7 @@ def run_workload(wl: Workload, cfg: BenchConfig, peak_gflops: float, torch=None,
     if method == "engine":
       r = run_engine(wl, data, cfg.seed, repeats=cfg.repeats)
       out["setup"]["models_per_step"] = r["models_per_step"]
+      out["setup"]["microbatch_size"] = r["microbatch_size"]
     elif method == "jax_loop":
       r = run_jax_loop(wl, data, cfg.seed, compiled_step=(init, compiled), repeats=cfg.repeats)
     elif method == "torch_loop":
@@ -858,12 +860,12 @@ def markdown(rep: dict) -> str:
                      f"{_f(100 * r['fraction_of_peak'])} | {_f(r['seconds'], 2)} | "
                      f"{', '.join(f'{t:.2f}' for t in r['all_seconds'])} | "
                      f"{r['mean_first_epoch_loss']:.3f} -> {r['mean_final_epoch_loss']:.3f} |")
-    lines += ["", "| workload | ratios (examples/s) | engine models/step | FLOPs/example (source) | recipe |",
-              "|---|---|---:|---|---|"]
+    lines += ["", "| workload | ratios (examples/s) | engine models/step | engine micro-batch "
+              "| FLOPs/example (source) | recipe |", "|---|---|---:|---:|---|---|"]
     for name, w in rep["workloads"].items():
       s = w["setup"]
       ratios = ", ".join(f"{k} {v:.2f}x" for k, v in w["ratios"].items()) or "n/a"
-      lines.append(f"| {name} | {ratios} | {s.get('models_per_step', 'n/a')} | "
+      lines.append(f"| {name} | {ratios} | {s.get('models_per_step', 'n/a')} | {s.get('microbatch_size', 'n/a')} | "
                    f"{s['flops_per_example'] / 1e6:.2f} M ({s['flops_source']}; analytic "
                    f"{s['flops_per_example_analytic'] / 1e6:.2f} M) | {s['recipe']} |")
     notes = sorted({n for w in rep["workloads"].values() for n in w["setup"]["notes"]})

@@ -43,7 +43,7 @@ from miajax import defenses as defenses_lib
 from miajax import models as models_lib
 
 __all__ = ["TrainConfig", "TrainResult", "train_models", "predict", "train_chunks", "query_views",
-           "plan_models_per_step", "models_mesh", "QUERY_SETS"]
+           "plan_models_per_step", "microbatch_size", "models_mesh", "QUERY_SETS"]
 
 
 @dataclasses.dataclass(frozen=True)
