@@ -20,9 +20,11 @@ only its own (local) devices and trains its own slice of models.
 
 Per-backend lowering: one epoch of steps runs in one ``lax.scan`` (no per-step
 dispatch); ``TrainConfig.steps_per_call`` overrides it.  On CPU, 3x3
-convolutions use Winograd's algorithm (:mod:`miajax.winograd`).  How the
-models of a step are combined (``model_axis``: vmap, unroll, loop) is picked
-per backend and model size, see :func:`model_axis`.
+convolutions use Winograd's algorithm (:mod:`miajax.winograd`), and a large
+model's step sums its gradient over micro-batches that fit the CPU's cache
+(:func:`microbatch_size`).  How the models of a step are combined
+(``model_axis``: vmap, unroll, loop) is picked per backend and model size, see
+:func:`model_axis`.
 """
 
 from __future__ import annotations
