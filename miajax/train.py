@@ -278,7 +278,7 @@ def _compiled_fns(config: TrainConfig, num_classes: int, steps_per_epoch: int, i
 
   def accumulated_grads(params, state, xb, yb, key):
     # The batch's gradient as a sum over micro-batches run one after another: each micro-batch's
-    # activations stay in cache (a whole conv-net batch does not fit, and this CPU's memory
+    # activations stay in cache (a whole conv-net batch does not fit, and a CPU's memory
     # bandwidth is a fraction of its cache's).  Same gradient up to float rounding.
     k = xb.shape[0] // micro
     xs, ys = xb.reshape(k, micro, *xb.shape[1:]), yb.reshape(k, micro)
