@@ -47,6 +47,8 @@ def define_training_flags(default_num_models: int = 64) -> None:
   flags.DEFINE_float("dropout_rate", 0.0, "Dropout rate of every model.")
   flags.DEFINE_bool("augment", False, "Random flip + reflect-pad-4 crop (images).")
   flags.DEFINE_integer("models_per_step", None, "Models trained at once (default: memory planner).")
+  flags.DEFINE_integer("microbatch_size", None, "Examples per gradient micro-batch within a step; must divide "
+                       "the batch size (default: sized to the CPU cache, whole batches on GPU/TPU).")
   flags.DEFINE_enum("queries", "identity", list(train.QUERY_SETS), "Query augmentations at inference.")
 
 
@@ -74,7 +76,8 @@ def train_config(**extra) -> train.TrainConfig:
 
 def run_spec(defense=None) -> runs.RunSpec:
   """The RunSpec described by the flags (dataset defaults filled in)."""
-  cfg = train_config(augment=FLAGS.augment, models_per_step=FLAGS.models_per_step, defense=defense)
+  cfg = train_config(augment=FLAGS.augment, models_per_step=FLAGS.models_per_step,
+                     microbatch_size=FLAGS.microbatch_size, defense=defense)
   return runs.RunSpec(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, num_examples=FLAGS.num_examples,
                       design=FLAGS.design, num_models=FLAGS.num_models, pkeep=FLAGS.pkeep,
                       queries=FLAGS.queries, train=cfg)

@@ -331,6 +331,9 @@ def _script_case(kind, tmp):
     return "train_models.py", [out, *FAST, "--num_examples=0"], r"num_examples must be in \[1, "
   if kind == "batch_above_members":
     return "train_models.py", [out, *FAST, "--batch_size=64"], r"batch_size=64 is larger"
+  if kind == "microbatch_not_a_divisor":
+    return ("train_models.py", [out, *FAST, "--microbatch_size=3"],
+            r"microbatch_size must be a positive divisor of batch_size \(8\)")
   if kind == "unknown_queries":
     return "train_models.py", [out, *FAST, "--queries=rot90"], r"--queries"
   if kind == "lira_too_few_models":
@@ -345,7 +348,7 @@ def _script_case(kind, tmp):
 
 
 SCRIPT_CASES = ["unknown_dataset", "output_dir_under_file", "corrupt_idx", "missing_npz", "odd_models_paired",
-                "zero_examples", "batch_above_members", "unknown_queries", "lira_too_few_models",
+                "zero_examples", "batch_above_members", "microbatch_not_a_divisor", "unknown_queries", "lira_too_few_models",
                 "lira_missing_run_dir", "lira_output_dir_under_file"]
 
 

@@ -185,18 +185,20 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("defense", [None, "smoothing+l2"])
-def test_microbatched_steps_equal_the_whole_batch(defense):
-  # Gradient accumulation over micro-batches is the same SGD step: cnn_small (Winograd layers
-  # on CPU) with and without a per-example loss transform and a parameter penalty.
+@pytest.mark.parametrize("model,axis,defense", [("cnn_small", "unroll", None), ("cnn_small", "unroll", "smoothing+l2"),
+                                                 ("mlp", "vmap", "smoothing+l2")])
+def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
+  # Gradient accumulation over micro-batches is the same SGD step: cnn_small (Winograd layers on
+  # CPU) and vmapped MLPs, with and without a per-example loss transform and a parameter penalty.
   from miajax import defenses
   rng = np.random.default_rng(0)
   x = rng.standard_normal((96, 16, 16, 3)).astype(np.float32)
   y = rng.integers(0, 10, 96)
   keep = data.paired_keep(2, 96, seed=1)
   d = None if defense is None else defenses.chain(defenses.label_smoothing(0.1), defenses.l2(1e-3))
-  base = dict(model="cnn_small", model_kwargs=(("width", 16),), epochs=2, batch_size=16,
-              learning_rate=0.05, models_per_step=2, model_axis="unroll", defense=d)
+  kwargs = (("width", 16),) if model == "cnn_small" else (("widths", (32,)),)
+  base = dict(model=model, model_kwargs=kwargs, epochs=2, batch_size=16,
+              learning_rate=0.05, models_per_step=2, model_axis=axis, defense=d)
   whole = train.train_models(x, y, keep, train.TrainConfig(**base, microbatch_size=16), num_classes=10)
   micro = train.train_models(x, y, keep, train.TrainConfig(**base, microbatch_size=4), num_classes=10)
   assert not np.allclose(whole.loss[:, 0], whole.loss[:, 1])  # it trained
