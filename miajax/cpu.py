@@ -26,7 +26,8 @@ __all__ = ["use_all_cores"]
 _FORCE_FLAG = "--xla_force_host_platform_device_count"
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+  """CPUs this process may run on (its affinity mask), else the machine's count."""
   try:
     return len(os.sched_getaffinity(0))
   except (AttributeError, OSError):  # not on Linux
@@ -50,7 +51,7 @@ def use_all_cores(max_devices: int = 8) -> int:
   current = jax.config.jax_num_cpu_devices
   if current not in (None, -1, 0):
     return int(current)
-  n = min(_cores(), max_devices)
+  n = min(usable_cores(), max_devices)
   try:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError:

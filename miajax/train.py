@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import math
+import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -41,6 +43,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from miajax import cpu as cpu_lib
 from miajax import defenses as defenses_lib
 from miajax import models as models_lib
 
@@ -458,9 +461,9 @@ def microbatch_size(config: TrainConfig, input_shape: tuple, num_classes: int) -
   if not cache:
     return b
   per_example = _residual_bytes_per_example(config, input_shape, num_classes)
-  fitting = [m for m in range(b, 0, -1)
-             if b % m == 0 and m >= min(b, MIN_MICROBATCH) and m * per_example <= CACHE_FRACTION * cache]
-  return fitting[0] if fitting else min(m for m in range(1, b + 1) if b % m == 0 and m >= min(b, MIN_MICROBATCH))
+  sizes = [m for m in range(min(b, MIN_MICROBATCH), b + 1) if b % m == 0]
+  fitting = [m for m in sizes if m * per_example <= CACHE_FRACTION * cache]
+  return max(fitting) if fitting else sizes[0]  # nothing fits: the smallest allowed
 
 
 def _residual_bytes_per_example(config: TrainConfig, input_shape: tuple, num_classes: int) -> float:
@@ -481,8 +484,6 @@ def _residual_bytes_per_example(config: TrainConfig, input_shape: tuple, num_cla
 
 def _cache_bytes_per_device() -> int | None:
   """This process's share of the last-level CPU cache per local device (Linux sysfs), or None."""
-  import glob
-  import os
   best = None
   for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
     try:
@@ -501,11 +502,7 @@ def _cache_bytes_per_device() -> int | None:
   if best is None:
     return None
   _, size, sharing = best
-  try:
-    cpus = len(os.sched_getaffinity(0))
-  except (AttributeError, OSError):
-    cpus = os.cpu_count() or 1
-  cpus_per_device = max(1, cpus // jax.local_device_count())
+  cpus_per_device = max(1, cpu_lib.usable_cores() // jax.local_device_count())
   return int(size * min(1.0, cpus_per_device / max(1, sharing)))
 
 
@@ -547,7 +544,6 @@ def _bytes_available() -> int:
     if total:
       return total
   try:
-    import os
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
   except (ValueError, OSError, AttributeError):
     return 4 << 30
