@@ -68,7 +68,8 @@ def lira_loo_numpy(scores: np.ndarray, keep: np.ndarray, partners: np.ndarray, e
             mu_out, sd_out = _fit(x_j[others & ~k_j])
             x = x_j[t]
             online[t, col] = np.mean(_logpdf(x, mu_in, sd_in) - _logpdf(x, mu_out, sd_out))
-            offline[t, col] = np.mean(log_ndtr((x - mu_out) / sd_out))
+            z = (x - mu_out) / sd_out
+            offline[t, col] = np.mean(log_ndtr(z) - log_ndtr(-z))
     return online, offline
 
 

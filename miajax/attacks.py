@@ -32,10 +32,17 @@ trained on the example) and one to the OUT scores. The differences:
    spread around each example's own mean. The reference uses one number for
    both fits, the std of all IN scores around their global mean, which mixes
    in the spread of the per-example means and ignores the OUT scores.
-4. **One-sided offline test**, as in the LiRA paper:
-   `log Phi((x - mean_out) / std_out)`. A score far *below* the OUT
-   distribution is evidence against membership; the reference's negated
-   two-sided log density ranks it as a likely member.
+4. **One-sided offline test**, as in the LiRA paper, on the log-odds of the
+   OUT fit's CDF: `log Phi(z) - log Phi(-z)` with `z = (x - mean_out) /
+   std_out`, averaged over queries. It is a monotone function of the paper's
+   `log Phi(z)` (equal to it up to `log(1 - Phi(z))`, below 1e-3 once
+   z < -3), but `log Phi(z)` itself rounds to -0.0 in float32 once z is
+   above ~13 (and in float64 above ~38), so strong members tied at 0; the
+   log-odds, computed as two `log_ndtr` calls that are each accurate on
+   their own side, keeps resolution in both tails (z = 40 gives 804.6). A
+   score far *below* the OUT distribution is evidence against membership;
+   the reference's negated two-sided log density ranks it as a likely
+   member.
 5. **Scale floor.** The std is floored at `1e-6 * (1 + |mean|)` (around float32
    resolution) so constant shadow scores give large finite log-likelihoods,
    never inf or nan. The reference adds 1e-30 to the std.
@@ -120,7 +127,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.stats import norm
+from jax.scipy.special import log_ndtr
 
 VARIANTS = ("miajax", "reference")
 ATTACKS = ("lira_online", "lira_offline", "global_threshold", "rmia", "rmia_offline")
@@ -320,6 +327,22 @@ def leave_one_out_partners(keep):
     return _partners(jnp.asarray(_as_keep(keep, "keep", np.shape(keep))))
 
 
+def offline_log_odds(z):
+    """One-sided offline LiRA score `log Phi(z) - log Phi(-z)` of standardised scores `z`.
+
+    Carlini et al., "Membership Inference Attacks From First Principles"
+    (S&P 2022), offline test: a monotone function of `log Phi(z)` that keeps
+    float32 resolution in both tails (`log Phi(z)` rounds to -0.0 above z ~ 13).
+
+    Args:
+      z: float[...], `(score - mean_out) / std_out`.
+
+    Returns:
+      float[...], same shape; higher = member.
+    """
+    return log_ndtr(z) - log_ndtr(-z)
+
+
 def _floored_std(var, mean):
     return jnp.maximum(jnp.sqrt(jnp.maximum(var, 0)), _STD_FLOOR * (1 + jnp.abs(mean)))
 
@@ -342,7 +365,7 @@ def _lira_score(y, center, fit_in, fit_out, offline, fix_variance):
     s_out = _scale(*fit_out, center, fix_variance)
     z_out = (y - fit_out[1]) / s_out
     if offline:
-        return jnp.mean(norm.logcdf(z_out), axis=-1)
+        return jnp.mean(offline_log_odds(z_out), axis=-1)
     s_in = _scale(*fit_in, center, fix_variance)
     z_in = (y - fit_in[1]) / s_in
     llr = 0.5 * (jnp.square(z_out) - jnp.square(z_in)) + jnp.log(s_out) - jnp.log(s_in)

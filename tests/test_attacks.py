@@ -3,13 +3,16 @@
 import importlib.util
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import jax.scipy.stats
 import numpy as np
 import pytest
 import scipy.stats
 from scipy.special import log_ndtr
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from miajax import attacks
+from miajax import attacks, metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -111,7 +114,8 @@ def miajax_numpy(shadow, keep, target, offline, fix_variance, use=None):
         fits[group] = (loc, sd)
     loc_out, sd_out = fits["out"]
     if offline:
-        return log_ndtr((target - loc_out) / sd_out).mean(-1)
+        z = (target - loc_out) / sd_out
+        return (log_ndtr(z) - log_ndtr(-z)).mean(-1)
     loc_in, sd_in = fits["in"]
     lp_in = scipy.stats.norm.logpdf(target, loc_in, sd_in)
     lp_out = scipy.stats.norm.logpdf(target, loc_out, sd_out)
@@ -155,6 +159,38 @@ def test_variants_differ_where_documented():
     ref = attacks.lira_offline(shadow, keep, target, variant="reference")[0]
     assert sound[0] == sound.min()
     assert ref[0] > np.quantile(ref, 0.9)
+
+
+@pytest.mark.parametrize("z", [-40.0, -15.0, -5.0, 5.0, 15.0, 40.0])
+def test_offline_score_tails_match_float64_scipy(z):
+    # float32 log Phi(z) is -0.0 above z ~ 13: the log-odds keeps both tails.
+    got = float(np.asarray(attacks.offline_log_odds(jnp.float32(z))))
+    want = scipy.stats.norm.logcdf(z) - scipy.stats.norm.logsf(z)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert (got > 0) == (z > 0)
+    if z == 15.0:  # why: the paper's log Phi(z) has no float32 value to tell members apart here
+        assert float(jax.scipy.stats.norm.logcdf(jnp.float32(z))) == 0.0
+
+
+def test_offline_has_no_ties_beyond_float64_and_resolves_low_fpr():
+    # Six models (3 IN / 3 OUT shadows): members sit 14-40 OUT standard deviations
+    # above the OUT fit, where float32 log Phi(z) ties at -0.0 for all of them.
+    rng = np.random.default_rng(3)
+    models, examples = 6, 4000
+    keep = np.zeros((models, examples), bool)
+    for j in range(examples):
+        keep[rng.permutation(models)[:3], j] = True
+    out_scores = rng.normal(0, 1, size=(models, examples, 1))
+    shift = rng.uniform(14, 40, size=(1, examples, 1))
+    shadow = np.where(keep[..., None], out_scores + shift, out_scores)
+    is_member = rng.random(examples) < 0.5
+    target = is_member[None, :, None] * shift + rng.normal(0, 1, size=(1, examples, 1))
+    got = np.asarray(attacks.lira_offline(shadow[1:], keep[1:], target))[0]
+    want = miajax_numpy(shadow[1:], keep[1:], target, True, False)[0]
+    assert np.unique(got).size == np.unique(want).size == examples
+    tpr = metrics.tpr_at_fpr(got, is_member, 0.01)
+    assert tpr > 0.5
+    assert tpr == metrics.tpr_at_fpr(want, is_member, 0.01)
 
 
 # --------------------------------------------------------- leave-one-out
