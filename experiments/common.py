@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from absl import flags
+from absl import app, flags
 
-from miajax import runs, train
+from miajax import label_only, runs, train
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +50,13 @@ def define_training_flags(default_num_models: int = 64) -> None:
   flags.DEFINE_integer("microbatch_size", None, "Examples per gradient micro-batch within a step; must divide "
                        "the batch size (default: sized to the CPU cache, whole batches on GPU/TPU).")
   flags.DEFINE_enum("queries", "identity", list(train.QUERY_SETS), "Query augmentations at inference.")
+  flags.DEFINE_bool("label_only", True, "Also keep every model's predicted labels on perturbed copies of the "
+                    "candidates, for the label-only attacks (augmentation and noise robustness).")
+  flags.DEFINE_integer("label_only_shift", 1, "Pixel shift of the label-only augmentation views (0: none; "
+                       "inputs that are not images get none).")
+  flags.DEFINE_list("label_only_sigmas", ["0.1", "0.25", "0.5"], "Gaussian noise levels (input units) of the "
+                    "label-only noise-robustness views (empty: none).")
+  flags.DEFINE_integer("label_only_copies", 8, "Noisy copies per noise level.")
 
 
 def _default(name: str):
@@ -74,13 +81,30 @@ def train_config(**extra) -> train.TrainConfig:
       epochs=_default("epochs"), batch_size=_default("batch_size"), seed=FLAGS.seed, **extra)
 
 
+def label_only_queries() -> label_only.LabelOnlyQueries | None:
+  """The label-only views the flags ask for (None with --label_only=false); a bad value is a usage error."""
+  if not FLAGS.label_only:
+    return None
+  if FLAGS.label_only_shift < 0:
+    raise app.UsageError(f"--label_only_shift must be >= 0, got {FLAGS.label_only_shift}")
+  try:
+    sigmas = tuple(float(s) for s in FLAGS.label_only_sigmas)
+  except ValueError:
+    raise app.UsageError(f"--label_only_sigmas must be comma-separated numbers, got {FLAGS.label_only_sigmas}") from None
+  try:
+    return label_only.LabelOnlyQueries(shift=FLAGS.label_only_shift or None, sigmas=sigmas,
+                                       copies=FLAGS.label_only_copies, seed=FLAGS.seed)
+  except ValueError as e:
+    raise app.UsageError(f"--label_only_*: {e}") from None
+
+
 def run_spec(defense=None) -> runs.RunSpec:
   """The RunSpec described by the flags (dataset defaults filled in)."""
   cfg = train_config(augment=FLAGS.augment, models_per_step=FLAGS.models_per_step,
                      microbatch_size=FLAGS.microbatch_size, defense=defense)
   return runs.RunSpec(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, num_examples=FLAGS.num_examples,
                       design=FLAGS.design, num_models=FLAGS.num_models, pkeep=FLAGS.pkeep,
-                      queries=FLAGS.queries, train=cfg)
+                      queries=FLAGS.queries, train=cfg, label_only=label_only_queries())
 
 
 def flag_values() -> dict:

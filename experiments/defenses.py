@@ -14,6 +14,13 @@ Rows (``--rows`` picks a subset, comma separated):
   With the residual view of :func:`miajax.outputs.apply_output`, top-k keeps
   ``p_y`` and ``1 - p_y`` of every example whose label is among the k largest,
   so LiRA only loses information on misclassified examples.
+* ``rounding``, ``temperature``, ``label_only``: output transforms on the
+  undefended models (same training run as ``none``): probabilities rounded to
+  ``--rounding_decimals`` decimals, the softmax at temperature
+  ``--temperature``, or only the predicted label (a one-hot vector). None of
+  them changes the top-1 label, so the label-only attacks score the same on
+  them as on ``none``: the table shows which attacks each one stops and which
+  it leaves untouched.
 * ``hamp``: HAMP training (``hamp(--hamp_gamma, --hamp_alpha)``; alpha in
   miajax's per-example convention, ``C`` times the released code's: the
   released CIFAR-10 setting 0.001 is 0.01 here) plus HAMP's output
@@ -53,14 +60,17 @@ their raw outputs; every defended model is attacked by
 
 Attacks per row: ``lira_online``, ``lira_offline`` (on logit-scaled
 confidences of the attacker's view), ``global_threshold`` (the logit-scaled
-score itself) and ``max_confidence`` (threshold on the top released
-probability, ML-Leaks' adversary 3). All targets' scores are pooled into one
-ROC per attack.
+score itself), ``max_confidence`` (threshold on the top released
+probability, ML-Leaks' adversary 3) and, with ``--label_only`` (default), the
+label-only attacks of :mod:`miajax.label_only` (augmentation and noise
+robustness, thresholded and with the binomial shadow test; computed from the
+top-1 labels of perturbed queries, which the output rows all keep). All
+targets' scores are pooled into one ROC per attack.
 
 Empirical epsilon. Each attack's ``epsilon_lower_bound`` (delta =
 ``--dp_delta``, 95 %) is in its summary; the row's ``empirical_epsilon`` is
-the largest over the four attacks, each computed at confidence
-``1 - 0.05 / 4`` so that the maximum holds at 95 % (Bonferroni), and is
+the largest over the row's k attacks, each computed at confidence
+``1 - 0.05 / k`` so that the maximum holds at 95 % (Bonferroni), and is
 printed beside the accountant's epsilon for DP rows. The pooled scores of
 leave-one-out are not independent trials of one training run, so this is an
 empirical indication, not a formal audit (see
@@ -68,8 +78,9 @@ empirical indication, not a formal audit (see
 
 Outputs: ``report.json`` (``rows``, ``dropout_sweep``, and the undefended row
 as the top-level ``target``/``attacks`` of the common schema), ``table.md``
-(also printed), ``privacy_utility.png`` (test accuracy vs lira_online
-TPR@1%FPR) and ``dropout_sweep.png``.
+(also printed), ``privacy_utility.png`` (test accuracy vs TPR@1%FPR of
+lira_online and of the best label-only attack, one legend entry per row, TPRs
+of 0 drawn on a marked floor) and ``dropout_sweep.png``.
 """
 
 from __future__ import annotations
@@ -80,7 +91,6 @@ import logging as py_logging
 import math
 import os
 import pathlib
-import tempfile
 import time
 import warnings
 from typing import Any
@@ -90,7 +100,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import attacks, cpu, metrics, report, runs, scores, train
+from miajax import attacks, cpu, label_only, metrics, report, runs, scores, train
 from miajax import defenses as D
 
 FLAGS = flags.FLAGS
@@ -102,6 +112,8 @@ flags.DEFINE_enum("shadow_defense", "same", ["same", "none"],
 flags.DEFINE_float("dropout", 0.5, "Dropout rate of the dropout rows.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the ls rows.")
 flags.DEFINE_integer("top_k", 1, "k of the top-k masking rows.")
+flags.DEFINE_integer("rounding_decimals", 1, "Decimals of the rounding row's released probabilities.")
+flags.DEFINE_float("temperature", 4.0, "Temperature of the temperature row's released softmax.")
 flags.DEFINE_float("hamp_gamma", 0.95, "HAMP entropy threshold (fraction of ln C).")
 flags.DEFINE_float("hamp_alpha", 0.01, "HAMP entropy weight, per-example convention (C x the released code's).")
 flags.DEFINE_list("dp_epsilons", ["1", "8"], "Target epsilons of the DP-SGD rows.")
@@ -114,6 +126,9 @@ flags.DEFINE_list("dropout_sweep", ["0", "0.25", "0.5", "0.75"],
                   "Dropout rates of the sweep (empty to skip).")
 
 ATTACK_NAMES = ("lira_online", "lira_offline", "global_threshold", "max_confidence")
+# The label-only attacks read only the top-1 label, which every output row keeps (rounding: ties aside),
+# so they are scored on the run's raw view labels.
+LABEL_ATTACKS = ("label_aug", "label_aug_lira", "label_noise", "label_noise_lira")
 CONFIDENCE = 0.95
 
 
@@ -150,6 +165,9 @@ def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
         defense = D.chain(D.dropout(FLAGS.dropout) if use_dropout else None,
                           D.label_smoothing(FLAGS.label_smoothing) if use_ls else None)
         rows.append(Row("+".join(tags) or "none", defense, D.top_k(FLAGS.top_k) if use_topk else None))
+  rows.append(Row("rounding", D.none(), D.rounding(FLAGS.rounding_decimals)))
+  rows.append(Row("temperature", D.none(), D.temperature(FLAGS.temperature)))
+  rows.append(Row("label_only", D.none(), D.label_only()))
   rows.append(Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), D.hamp_output()))
   for text in FLAGS.dp_epsilons:
     eps = float(text)
@@ -189,78 +207,30 @@ def _spec(defense, *, epochs=None, learning_rate=None, seed_offset=0) -> runs.Ru
 
 
 # ---------------------------------------------------------------------------
-# training with the logits on random inputs (HAMP's output defense needs the model itself)
+# HAMP's output modification needs the model's logits on random inputs
 
-def _save_npz_atomic(path: pathlib.Path, **arrays) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+def random_queries(spec: runs.RunSpec) -> dict:
+  """``run_training``'s extra queries for HAMP: one random input per example and query.
 
-
-def train_with_random_logits(spec: runs.RunSpec, run_dir, *, log=logging.info):
-  """Like :func:`miajax.runs.run_training`, also returning each model's logits on random inputs.
-
-  ``run_training`` keeps logits, not parameters, and HAMP's output
-  modification needs the model's outputs on fresh random inputs. One random
-  input per example and query (uniform over the training inputs' range),
-  shared by all models; they are drawn from ``--seed`` and recorded in
-  ``config.json``. Chunks are written atomically and reused on rerun.
-
-  Returns:
-    ``(RunResult, random_logits float32[models, examples, queries, classes])``.
+  Uniform over the training inputs' range, shared by all models, drawn from
+  the run's seed; the description enters the run's ``config.json``.
   """
   ds = runs.load_dataset(spec)
-  x, y = ds.x_train, ds.y_train
-  keep = runs.make_keep(spec, x.shape[0])
-  cfg = spec.train
+  x = ds.x_train
   num_queries = int(train.query_views(x[:1], spec.queries).shape[0])
   low, high = float(x.min()), float(x.max())
-  key = jax.random.PRNGKey(cfg.seed + 20_011)
-  rand = np.asarray(D.random_inputs(key, (num_queries * x.shape[0],) + x.shape[1:], low=low, high=high))
-  config = {**spec.to_json(), "random_inputs": {"distribution": "uniform", "low": low, "high": high,
-                                                 "seed": cfg.seed + 20_011, "per_query": True}}
-  out = pathlib.Path(run_dir)
-  (out / "chunks").mkdir(parents=True, exist_ok=True)
-  cfg_path = out / "config.json"
-  if cfg_path.exists():
-    if json.loads(cfg_path.read_text()) != json.loads(json.dumps(report.to_jsonable(config))):
-      raise ValueError(f"run directory {str(out)!r} holds a run with a different configuration; use a new "
-                       "--output_dir or delete the old run")
-  else:
-    report.write_json_atomic(cfg_path, config)
+  seed = spec.train.seed + 20_011
+  rand = np.asarray(D.random_inputs(jax.random.PRNGKey(seed), (num_queries * x.shape[0],) + x.shape[1:],
+                                    low=low, high=high))
+  return {"random": (rand, {"distribution": "uniform", "low": low, "high": high, "seed": seed,
+                            "per_query": True, "queries": num_queries})}
 
-  k = train.plan_models_per_step(cfg, ds.num_classes, x.shape[1:], spec.num_models)
-  chunks = [list(range(s, min(s + k, spec.num_models))) for s in range(0, spec.num_models, k)]
-  path = lambda c: out / "chunks" / f"chunk_{c[0]:05d}_{c[-1] + 1:05d}.npz"
-  todo = [c for c in chunks if not path(c).exists()]
-  if len(todo) < len(chunks):
-    log(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks already on disk")
-  t0 = time.perf_counter()
-  for result in train.train_chunks(x, y, keep, cfg, num_classes=ds.num_classes, chunks=todo):
-    idx = result.model_indices
-    logits = train.predict(cfg, result.variables, x, num_classes=ds.num_classes, queries=spec.queries)
-    test_logits = train.predict(cfg, result.variables, ds.x_test, num_classes=ds.num_classes)
-    rl = train.predict(cfg, result.variables, rand, num_classes=ds.num_classes)[:, :, 0]
-    rl = rl.reshape(len(idx), num_queries, x.shape[0], -1).transpose(0, 2, 1, 3)
-    correct = logits[:, :, 0].argmax(-1) == y
-    _save_npz_atomic(path(list(idx)), model_indices=idx, logits=logits.astype(np.float32),
-                     random_logits=rl.astype(np.float32),
-                     train_accuracy=(correct & keep[idx]).sum(1) / keep[idx].sum(1),
-                     test_accuracy=(test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1),
-                     diverged=result.diverged)
-  elapsed = time.perf_counter() - t0
-  parts = [np.load(path(c)) for c in chunks]
-  cat = lambda key: np.concatenate([p[key] for p in parts])
-  run = runs.RunResult(keep=keep, logits=cat("logits"), labels=np.asarray(y, np.int32),
-                       train_accuracy=cat("train_accuracy"), test_accuracy=cat("test_accuracy"),
-                       diverged=cat("diverged"), chunks_trained=len(todo),
-                       chunks_reused=len(chunks) - len(todo), train_seconds=elapsed, predict_seconds=0.0)
-  return run, cat("random_logits")
+
+def random_logits(run: runs.RunResult) -> np.ndarray:
+  """``float32[models, examples, queries, classes]`` from the run's ``extra_logits["random"]``."""
+  models, examples, queries, _ = run.logits.shape
+  rl = run.extra_logits["random"]
+  return rl.reshape(models, queries, examples, -1).transpose(0, 2, 1, 3)
 
 
 # ---------------------------------------------------------------------------
@@ -294,6 +264,26 @@ def attack_scores(target, keep, shadow=None) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
+def label_scores(run: runs.RunResult, ok: np.ndarray, shadow_views=None) -> dict[str, np.ndarray]:
+  """The label-only attacks (``LABEL_ATTACKS``) on a run's view labels; ``{}`` if the run has none.
+
+  Args:
+    run: the targets' run; ``ok`` selects its non-diverged models.
+    shadow_views: ``None`` (leave-one-out among the targets) or
+      ``(view labels int[shadows, examples, views], keep)`` of a separate shadow run.
+  """
+  if run.label_views is None or run.label_only is None:
+    return {}
+  views, keep = run.label_views[ok], run.keep[ok]
+  if shadow_views is None:
+    out = label_only.attack_scores(views, run.labels, keep, run.label_only)
+  else:
+    sv, sk = shadow_views
+    out = label_only.attack_scores(np.concatenate([sv, views]), run.labels, np.concatenate([sk, keep]),
+                                   run.label_only, num_references=sv.shape[0])
+  return {name: np.asarray(out[name], np.float64) for name in LABEL_ATTACKS if name in out}
+
+
 def summarise(all_scores: dict, keep: np.ndarray, *, delta: float, seed: int) -> tuple[dict, dict]:
   """(``{attack: attack_summary}``, the row's Bonferroni-combined empirical epsilon)."""
   summaries, bounds = {}, {}
@@ -315,22 +305,35 @@ def _f(x, spec=".3f"):
   return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _best(attacks_: dict, names) -> str | None:
+  """The attack among ``names`` with the highest TPR at 1 % FPR (None if none is in the row)."""
+  present = [n for n in names if n in attacks_]
+  return max(present, key=lambda a: attacks_[a]["tpr_at_fpr"]["0.01"] or 0.0) if present else None
+
+
 def summary_table(rows: list[dict]) -> str:
   head = ["row", "training defense", "output", "epochs", "train acc", "test acc", "gap",
           "lira_online AUC", "lira_online TPR@1%FPR", "lira_online TPR@0.1%FPR",
+          "label-only AUC (best)", "label-only TPR@1%FPR",
           "max TPR@1%FPR (attack)", "DP eps (accountant)", "emp. eps (attack)"]
   lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
   for r in rows:
     lo = r["attacks"]["lira_online"]
     ci = lo["tpr_at_fpr_ci"].get("0.01")
     tpr1 = _f(lo["tpr_at_fpr"]["0.01"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
-    best = max(r["attacks"], key=lambda a: r["attacks"][a]["tpr_at_fpr"]["0.01"] or 0.0)
+    best = _best(r["attacks"], list(r["attacks"]))
+    lbest = _best(r["attacks"], LABEL_ATTACKS)
+    if lbest is None:
+      label_cells = ["n/a", "n/a"]
+    else:
+      la = r["attacks"][lbest]
+      label_cells = [f"{_f(la['auc'])} ({lbest})", _f(la["tpr_at_fpr"]["0.01"])]
     dp = r["dp"]
     emp = r["empirical_epsilon"]
     lines.append("| " + " | ".join([
         r["name"], r["defense_short"], r["output_short"], str(r["epochs"]),
         _f(r["train_accuracy"]), _f(r["test_accuracy"]), _f(r["train_test_gap"]),
-        _f(lo["auc"]), tpr1, _f(lo["tpr_at_fpr"]["0.001"], ".4f"),
+        _f(lo["auc"]), tpr1, _f(lo["tpr_at_fpr"]["0.001"], ".4f"), *label_cells,
         f"{_f(r['attacks'][best]['tpr_at_fpr']['0.01'])} ({best})",
         "-" if dp is None else f"{dp['epsilon']:.2f} (sigma {dp['noise_multiplier']:.3f})",
         f"{emp['epsilon']:.2f} ({emp['attack']})"]) + " |")
@@ -350,31 +353,66 @@ def _figure(size):
   return fig
 
 
+# Where a TPR of 0 is drawn on the log axes (said in the legend): below every resolvable rate here.
+PLOT_FLOOR = 1e-4
+_MARKERS = "osD^v<>pPX*hH8d"
+
+
+def _on_log_axis(value) -> tuple[float, bool]:
+  """(y to draw, whether it is a 0 or unresolvable value moved to ``PLOT_FLOOR``)."""
+  if value is None or not value > 0:
+    return PLOT_FLOOR, True
+  return float(value), False
+
+
 def plot_privacy_utility(rows: list[dict], path) -> None:
-  fig = _figure((6.5, 5.0))
-  ax = fig.add_subplot(1, 1, 1)
-  for r in rows:
-    lo = r["attacks"]["lira_online"]
-    y = lo["tpr_at_fpr"]["0.01"]
-    ci = lo["tpr_at_fpr_ci"].get("0.01")
-    if y is None:
-      continue
-    err = None if not ci else [[max(y - ci[0], 0.0)], [max(ci[1] - y, 0.0)]]
-    ax.errorbar([r["test_accuracy"]], [y], yerr=err, fmt="o", capsize=3)
-    ax.annotate(r["name"], (r["test_accuracy"], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-  ax.axhline(0.01, color="gray", linestyle="--", linewidth=1, label="chance (TPR = FPR)")
-  ax.set_xlabel("test accuracy")
-  ax.set_ylabel("lira_online TPR at 1% FPR (95% interval)")
-  ax.set_yscale("log")
-  ax.set_title(f"{FLAGS.dataset}: utility vs privacy ({FLAGS.shadow_defense} shadows)")
-  ax.grid(True, alpha=0.3)
-  ax.legend(loc="upper left", fontsize=8)
-  fig.tight_layout()
+  """Test accuracy vs TPR at 1 % FPR: LiRA online (left) and the best label-only attack (right).
+
+  Every row is its own series (colour + marker, same in both panels) named in
+  one legend, so no text is drawn over points; a TPR of 0 sits on the floor
+  line with a hollow marker and the legend says so.
+  """
+  fig = _figure((12.0, 5.5))
+  panels = [("lira_online", fig.add_subplot(1, 2, 1)), ("label-only (best)", fig.add_subplot(1, 2, 2))]
+  cmap = __import__("matplotlib").colormaps["tab20"]
+  handles = []
+  for i, r in enumerate(rows):
+    color, marker = cmap(i % 20), _MARKERS[i % len(_MARKERS)]
+    zero_any = False
+    for title, ax in panels:
+      attack = "lira_online" if title == "lira_online" else _best(r["attacks"], LABEL_ATTACKS)
+      if attack is None:
+        continue
+      a = r["attacks"][attack]
+      y, floored = _on_log_axis(a["tpr_at_fpr"]["0.01"])
+      zero_any |= floored
+      ci = a["tpr_at_fpr_ci"].get("0.01")
+      err = None if (floored or not ci) else [[max(y - max(ci[0], PLOT_FLOOR), 0.0)], [max(ci[1] - y, 0.0)]]
+      h = ax.errorbar([r["test_accuracy"]], [y], yerr=err, fmt=marker, color=color, capsize=3, markersize=7,
+                      markerfacecolor="none" if floored else color)
+    label = r["name"] + (" (TPR 0 in a panel: drawn on the floor, hollow)" if zero_any else "")
+    handles.append((h, label))
+  for title, ax in panels:
+    ax.axhline(0.01, color="gray", linestyle="--", linewidth=1)
+    ax.axhline(PLOT_FLOOR, color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel("test accuracy")
+    ax.set_ylabel(f"{title} TPR at 1% FPR (95% interval)")
+    ax.set_yscale("log")
+    ax.set_ylim(PLOT_FLOOR / 2, 1.0)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+  from matplotlib.lines import Line2D
+  extra = [(Line2D([], [], color="gray", linestyle="--"), "chance (TPR = FPR = 1%)"),
+           (Line2D([], [], color="black", linestyle=":"), f"floor: TPR 0 drawn at {PLOT_FLOOR:g}")]
+  fig.legend([h for h, _ in handles + extra], [t for _, t in handles + extra], loc="center right", fontsize=8,
+             frameon=False)
+  fig.suptitle(f"{FLAGS.dataset}: utility vs privacy ({FLAGS.shadow_defense} shadows)")
+  fig.tight_layout(rect=(0, 0, 0.72, 0.95))
   fig.savefig(os.fspath(path), dpi=150, format="png")
 
 
 def plot_dropout_sweep(sweep: list[dict], path) -> None:
-  fig = _figure((10.0, 4.0))
+  fig = _figure((11.0, 4.5))
   rates = [s["dropout_rate"] for s in sweep]
   ax = fig.add_subplot(1, 2, 1)
   ax.plot(rates, [s["test_accuracy"] for s in sweep], "o-", label="test accuracy")
@@ -384,14 +422,20 @@ def plot_dropout_sweep(sweep: list[dict], path) -> None:
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
   ax = fig.add_subplot(1, 2, 2)
-  for name in ATTACK_NAMES:
-    ax.plot(rates, [s["attacks"][name]["tpr_at_fpr"]["0.01"] or np.nan for s in sweep], "o-", label=name)
-  ax.axhline(0.01, color="gray", linestyle="--", linewidth=1, label="chance")
+  names = [n for n in ATTACK_NAMES + LABEL_ATTACKS if all(n in s["attacks"] for s in sweep)]
+  for i, name in enumerate(names):
+    drawn = [_on_log_axis(s["attacks"][name]["tpr_at_fpr"]["0.01"]) for s in sweep]
+    floored = [f for _, f in drawn]
+    label = name + (" (all 0: on the floor)" if all(floored) else " (some 0: on the floor)" if any(floored) else "")
+    ax.plot(rates, [y for y, _ in drawn], marker=_MARKERS[i % len(_MARKERS)], linestyle="-", label=label)
+  ax.axhline(0.01, color="gray", linestyle="--", linewidth=1, label="chance (TPR = FPR = 1%)")
+  ax.axhline(PLOT_FLOOR, color="black", linestyle=":", linewidth=1, label=f"floor: TPR 0 drawn at {PLOT_FLOOR:g}")
   ax.set_xlabel("dropout rate")
   ax.set_ylabel("TPR at 1% FPR")
   ax.set_yscale("log")
+  ax.set_ylim(PLOT_FLOOR / 2, 1.0)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
   fig.suptitle(f"{FLAGS.dataset}: dropout sweep ({FLAGS.shadow_defense} shadows)")
   fig.tight_layout()
   fig.savefig(os.fspath(path), dpi=150, format="png")
@@ -446,18 +490,21 @@ def main(argv):
       spec = _spec(row.defense, epochs=row.epochs, learning_rate=row.learning_rate, seed_offset=seed_offset)
       logging.info("run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"]))
       if row.output is not None and D.needs_random_logits(row.output):
-        trained[name] = train_with_random_logits(spec, out / "runs" / name)
+        run = runs.run_training(spec, out / "runs" / name, log=logging.info, extra_queries=random_queries(spec))
+        trained[name] = (run, random_logits(run))
       else:
         trained[name] = (runs.run_training(spec, out / "runs" / name, log=logging.info), None)
       timing["train"][name] = time.perf_counter() - t0
       logging.info("run %s ready in %.1f s", name, timing["train"][name])
     return name, trained[name]
 
-  shadow = None
+  shadow = shadow_views = None
   if FLAGS.shadow_defense == "none":
     _, (srun, _) = get_run(Row("shadows_none", D.none()), seed_offset=1)
     ok = ~srun.diverged
     shadow = (attacker_signals(srun.logits[ok], srun.labels)[0], srun.keep[ok])
+    if srun.label_views is not None:
+      shadow_views = (srun.label_views[ok], srun.keep[ok])
 
   def evaluate(row: Row) -> dict:
     name, (run, random_logits) = get_run(row)
@@ -468,7 +515,7 @@ def main(argv):
     keep = run.keep[ok]
     target = attacker_signals(run.logits[ok], run.labels, row.output,
                               None if random_logits is None else random_logits[ok])
-    all_scores = attack_scores(target, keep, shadow)
+    all_scores = {**attack_scores(target, keep, shadow), **label_scores(run, ok, shadow_views)}
     summaries, emp = summarise(all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed)
     epochs = row.epochs if row.epochs is not None else base.train.epochs
     dp = None
@@ -515,7 +562,7 @@ def main(argv):
           "", f"Protocol: {protocol}. Scores of all targets pooled into one ROC per attack; intervals 95 %.",
           f"DP-SGD rows: {FLAGS.dp_epochs} epochs, learning rate {FLAGS.dp_learning_rate:g}, clip {FLAGS.dp_clip}, "
           f"delta {FLAGS.dp_delta:g}, RDP "
-          "accountant; emp. eps = largest empirical lower bound over the four attacks (95 % jointly).", ""]
+          "accountant; emp. eps = largest empirical lower bound over the row's attacks (95 % jointly).", ""]
   if results:
     text += ["## Rows", "", summary_table(results), "", "## Every attack", "", detail_table(results), ""]
   if sweep_results:
@@ -530,7 +577,8 @@ def main(argv):
   rep = {
       "config": common.flag_values(),
       "protocol": {"shadow_defense": FLAGS.shadow_defense, "description": protocol,
-                   "examples": int(keep_design.shape[1]), "attacks": list(ATTACK_NAMES)},
+                   "examples": int(keep_design.shape[1]),
+                   "attacks": list(ATTACK_NAMES) + list(LABEL_ATTACKS)},
       "baseline_row": None if baseline is None else baseline["name"],
       "target": None if baseline is None else {"train_accuracy": baseline["train_accuracy"],
                                               "test_accuracy": baseline["test_accuracy"]},

@@ -6,7 +6,14 @@ Trains --num_models models (paired design: each on a random half of the
 training set) or reuses --run_dir from experiments/train_models.py, scores
 every model's outputs, and attacks every model in turn with all the others as
 its shadows.  All targets' scores are pooled into one ROC per attack.  Writes
-report.json (schema: ../shared/DESIGN.md), roc.png and prints the table.
+report.json (schema in the README), roc.png and prints the table.
+
+Attacks: LiRA online/offline (+ fixed variance), the global threshold on
+LiRA's logit-scaled score, RMIA online/offline, the global-threshold attacks
+on loss, confidence, entropy and modified entropy, and (with --label_only,
+the default) the label-only attacks of miajax.label_only: the gap attack,
+augmentation and noise-robustness attacks, each thresholded and with the
+binomial shadow-model test.
 """
 
 import time
@@ -17,7 +24,7 @@ from absl import app, flags, logging
 
 import common
 import miajax
-from miajax import attacks, cpu, plots, report, runs, scores
+from miajax import attacks, cpu, label_only, plots, report, runs, scores
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
@@ -38,6 +45,9 @@ LIRA_ATTACKS = {
     "global_threshold": dict(attack="global_threshold"),
 }
 RMIA_ATTACKS = {"rmia": dict(attack="rmia"), "rmia_offline": dict(attack="rmia_offline")}
+# Global-threshold attacks on the classic signals (Yeom et al. 2018; Song & Mittal 2021), sign: higher = member.
+THRESHOLD_ATTACKS = {"loss_threshold": "cross_entropy", "confidence_threshold": "confidence",
+                     "entropy_threshold": "entropy", "modified_entropy_threshold": "modified_entropy"}
 
 
 def _with_references(attack: str, values, keep, r: int, *, fix_variance=False, variant="miajax"):
@@ -66,25 +76,36 @@ def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None
   logits = run.logits[ok]
   lira_scores = np.asarray(scores.logit_scaled(logits, run.labels[None, :, None]))
   probs = np.asarray(scores.confidence(logits, run.labels[None, :, None]))
-  summaries, all_scores = {}, {}
+  r = num_references or 0
+  computed = {}
   for name, kw in {**LIRA_ATTACKS, **RMIA_ATTACKS}.items():
-    t0 = time.perf_counter()
     is_rmia = name.startswith("rmia")
     values = probs if is_rmia else lira_scores
     if num_references:
-      s = _with_references(kw["attack"], values, keep, num_references, fix_variance=kw.get("fix_variance", False),
-                           variant=variant)
+      computed[name] = lambda kw=kw, values=values: _with_references(
+          kw["attack"], values, keep, num_references, fix_variance=kw.get("fix_variance", False), variant=variant)
     else:
-      s = attacks.leave_one_out(values, keep, variant="miajax" if is_rmia else variant, **kw)
-    s = np.asarray(s)
+      computed[name] = lambda kw=kw, values=values, is_rmia=is_rmia: attacks.leave_one_out(
+          values, keep, variant="miajax" if is_rmia else variant, **kw)
+  for name, signal in THRESHOLD_ATTACKS.items():
+    computed[name] = lambda signal=signal: attacks.global_threshold(
+        np.asarray(scores.membership_signal(signal, logits[r:], run.labels[None, :, None])))
+  if run.label_views is not None and run.label_only is not None:
+    label = label_only.attack_scores(run.label_views[ok], run.labels, keep, run.label_only,
+                                     num_references=num_references)
+    computed.update({name: (lambda v=v: v) for name, v in label.items()})
+  summaries, all_scores = {}, {}
+  evaluated = keep[r:]
+  for name, fn in computed.items():
+    t0 = time.perf_counter()
+    s = np.asarray(fn())
     all_scores[name] = s
-    evaluated = keep[num_references:] if num_references else keep
     with warnings.catch_warnings():
       # Levels finer than 1/non-members are reported as null ("n/a"), said once below.
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
       summaries[name] = report.attack_summary(s, evaluated)
     log(f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)")
-  return summaries, all_scores, keep[num_references:] if num_references else keep
+  return summaries, all_scores, evaluated
 
 
 def main(argv):
@@ -132,7 +153,8 @@ def main(argv):
                                       num_references=r)
     null = {name: {"auc": v["auc"], "tpr_at_fpr": v["tpr_at_fpr"]} for name, v in null_summaries.items()}
   plots.plot_roc({name: (all_scores[name], keep) for name in
-                  ("lira_online", "lira_online_fixed", "lira_offline", "global_threshold", "rmia")},
+                  ("lira_online", "lira_online_fixed", "lira_offline", "global_threshold", "rmia",
+                   "loss_threshold", "label_aug_lira", "label_noise_lira") if name in all_scores},
                  out / "roc.png", title=f"{FLAGS.dataset}: " + (
                      f"{r} reference models, {keep.shape[0]} targets" if r else
                      f"{keep.shape[0]} models, leave-one-out"))

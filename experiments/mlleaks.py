@@ -18,8 +18,8 @@ target of --dataset:
   inputs), see :func:`miajax.mlleaks.threshold_from_random_inputs`.
 
 With --reverse (default) the same three adversaries also attack the target
-trained on --adv2_dataset; its Adversary 2 uses the --dataset shadow (issue 9
-item 4: Fashion-MNIST -> digits and digits -> Fashion-MNIST).
+trained on --adv2_dataset; its Adversary 2 uses the --dataset shadow
+(Fashion-MNIST -> digits and digits -> Fashion-MNIST).
 
 Every adversary is reported twice: ``none`` (raw posteriors) and ``top_k``
 (ML-Leaks' masking defense: only the --top_k largest posteriors are released,

@@ -7,10 +7,11 @@ and ``metrics`` are pure array functions that work on logits from any
 framework.
 """
 
-from miajax import (attacks, cpu, data, defenses, designs, metrics, mlleaks, models, report, runs, scores, shokri,
-                    train, winograd)
+from miajax import (attacks, cpu, data, defenses, designs, label_only, metrics, mlleaks, models, report, runs, scores,
+                    shokri, train, winograd)
 from miajax.cpu import use_all_cores
 from miajax.attacks import global_threshold, leave_one_out, lira_offline, lira_online, rmia
+from miajax.label_only import LabelOnlyQueries
 from miajax.data import Dataset, disjoint_split, lira_keep, load, paired_keep
 from miajax.defenses import chain, dp_epsilon, dp_noise_multiplier
 from miajax.metrics import (auc, auc_interval, balanced_accuracy, epsilon_lower_bound, precision_recall_f1,

@@ -1,6 +1,6 @@
 """ROC metrics, confidence intervals and an empirical epsilon for membership scores.
 
-Conventions (see DESIGN.md): ``scores`` are higher = more likely member and
+Conventions: ``scores`` are higher = more likely member and
 ``is_member`` is a boolean label of the same shape; both are flattened, so
 ``float[targets, examples]`` scores with ``bool[targets, examples]`` labels
 work as they are. A "threshold" ``t`` predicts member where ``score >= t``.

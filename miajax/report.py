@@ -1,9 +1,9 @@
 """Per-attack summaries for ``report.json``, a Markdown table, and atomic JSON writes.
 
-The summary follows DESIGN.md's report schema for one attack,
+The summary follows the report schema of every script for one attack,
 ``{"auc", "balanced_accuracy", "tpr_at_fpr": {"0.01", "0.001", "1e-05"},
-"tnr_at_fnr": {"0.001"}}``, extended with the intervals and empirical epsilon
-of issue 10. Values that cannot be resolved (too few non-members for a level)
+"tnr_at_fnr": {"0.001"}}``, extended with 95 % intervals and the empirical
+epsilon lower bound. Values that cannot be resolved (too few non-members for a level)
 are ``None``, because ``NaN`` is not valid JSON.
 """
 
@@ -152,7 +152,7 @@ def format_table(attacks: dict, *, fpr_levels=FPR_LEVELS, fnr_levels=FNR_LEVELS)
 
     Args:
       attacks: ``{name: summary}`` with summaries as from :func:`attack_summary`
-        (the plain DESIGN.md schema without intervals works too).
+        (the plain schema without intervals works too).
 
     Returns:
       str, the table without a trailing newline.

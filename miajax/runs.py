@@ -7,6 +7,10 @@ A run directory holds::
     keep.npy             bool[models, examples]
     logits.npy           float32[models, examples, queries, classes] on the training set
     labels.npy           int32[examples]
+    label_views.npy      int16[models, examples, views] predicted labels of the
+                         label-only views (only with RunSpec.label_only)
+    extra_<name>.npy     float32[models, inputs, classes] logits on extra query
+                         inputs (run_training's extra_queries)
     models.json          per-model train/test accuracy, final loss, divergence
 
 Rerunning the same command skips chunks already on disk, so a killed run loses
@@ -27,10 +31,12 @@ from typing import Any, Callable
 import numpy as np
 
 from miajax import data as data_lib
+from miajax import label_only as label_only_lib
 from miajax.report import write_json_atomic
 from miajax import train as train_lib
 
 __all__ = ["RunSpec", "RunResult", "run_training", "load_run", "merge_chunks", "wait_and_merge",
+           "label_view_predictions",
            "process_slice", "write_json_atomic",
            "save_npy_atomic"]
 
@@ -47,6 +53,8 @@ class RunSpec:
   pkeep: float = 0.5
   queries: str = "identity"
   train: train_lib.TrainConfig = train_lib.TrainConfig()
+  # Perturbed copies of every candidate whose predicted labels the run keeps (label-only attacks).
+  label_only: label_only_lib.LabelOnlyQueries | None = None
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -59,6 +67,10 @@ class RunSpec:
     tc.pop("microbatch_size")
     tc.pop("model_axis")
     d["train"] = tc
+    if self.label_only is None:
+      d.pop("label_only")  # runs written before label-only views existed keep their fingerprint
+    else:
+      d["label_only"] = self.label_only.to_json()
     return d
 
 
@@ -81,6 +93,18 @@ class RunResult:
   chunks_reused: int
   train_seconds: float
   predict_seconds: float
+  label_views: np.ndarray | None = None  # int16[models, examples, views], with RunSpec.label_only
+  label_only: label_only_lib.LabelOnlyQueries | None = None  # what made label_views
+  extra_logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> [models, inputs, classes]
+
+
+def _label_queries(out: pathlib.Path) -> label_only_lib.LabelOnlyQueries | None:
+  """The label-only queries recorded in a run directory's config.json, if any."""
+  path = out / "config.json"
+  spec = json.loads(path.read_text()).get("label_only") if path.exists() else None
+  return None if spec is None else label_only_lib.LabelOnlyQueries(
+      shift=spec["shift"], sigmas=tuple(spec["sigmas"]), copies=spec["copies"], seed=spec["seed"])
+
 
 
 def _write_atomic(path, write) -> None:
@@ -199,7 +223,8 @@ def load_dataset(spec: RunSpec) -> data_lib.Dataset:
 
 
 def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = print,
-                 chunk_models: list[int] | None = None, merge: bool = True) -> RunResult | None:
+                 chunk_models: list[int] | None = None, merge: bool = True,
+                 extra_queries: dict[str, tuple[Any, dict]] | None = None) -> RunResult | None:
   """Trains (or resumes) every model of ``spec`` into ``output_dir``.
 
   Args:
@@ -209,6 +234,12 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
     chunk_models: train only these model indices (a process's slice in a
       multi-process run); ``None`` trains all.
     merge: assemble ``keep.npy`` / ``logits.npy`` when every chunk is done.
+    extra_queries: ``{name: (inputs float[n, ...], description)}``: more
+      inputs every model is queried on once trained (e.g. HAMP's random
+      inputs); their logits ``float32[models, n, classes]`` are kept beside the
+      chunk's and returned in ``RunResult.extra_logits[name]``. ``description``
+      (JSON) says how the inputs were made; it enters ``config.json``, so a
+      rerun with other inputs is refused rather than mixed.
 
   Returns:
     The merged :class:`RunResult`, or ``None`` if ``merge`` is false or other
@@ -221,7 +252,19 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
   cfg = spec.train
   train_lib._check_inputs(x, y, keep, cfg, ds.num_classes)
   train_lib.query_views(x[:1], spec.queries)
-  out = _prepare_dir(output_dir, spec.to_json())
+  if spec.label_only is not None:
+    spec.label_only.check(x.shape[1:])
+  extra_queries = dict(extra_queries or {})
+  for name, (inputs, _) in extra_queries.items():
+    if not name.isidentifier():
+      raise ValueError(f"extra_queries names must be identifiers, got {name!r}")
+    if np.shape(inputs)[1:] != x.shape[1:] or np.shape(inputs)[0] < 1:
+      raise ValueError(f"extra_queries[{name!r}] must be inputs [n, {', '.join(map(str, x.shape[1:]))}], got "
+                       f"shape {np.shape(inputs)}")
+  spec_json = spec.to_json()
+  if extra_queries:
+    spec_json["extra_queries"] = {name: desc for name, (_, desc) in sorted(extra_queries.items())}
+  out = _prepare_dir(output_dir, json.loads(json.dumps(spec_json)))
   save_npy_atomic(out / "keep.npy", keep) if not (out / "keep.npy").exists() else None
   save_npy_atomic(out / "labels.npy", y.astype(np.int32)) if not (out / "labels.npy").exists() else None
 
@@ -255,6 +298,12 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
     t0 = time.perf_counter()
     logits = train_lib.predict(cfg, result.variables, x, num_classes=ds.num_classes, queries=spec.queries)
     test_logits = train_lib.predict(cfg, result.variables, ds.x_test, num_classes=ds.num_classes)
+    extra = {}
+    if spec.label_only is not None:
+      extra["label_views"] = label_view_predictions(cfg, result.variables, x, spec.label_only, ds.num_classes)
+    for name, (inputs, _) in extra_queries.items():
+      extra[f"extra_{name}"] = train_lib.predict(cfg, result.variables, inputs,
+                                                 num_classes=ds.num_classes)[:, :, 0].astype(np.float32)
     predict_s += time.perf_counter() - t0
     idx = result.model_indices
     correct = logits[:, :, 0].argmax(-1) == y
@@ -262,7 +311,7 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
     test_acc = (test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1)
     _save_npz_atomic(_chunk_path(out, list(idx)), model_indices=idx, logits=logits.astype(np.float32),
                      train_accuracy=train_acc, test_accuracy=test_acc, loss=result.loss,
-                     diverged=result.diverged)
+                     diverged=result.diverged, **extra)
     state["done"] += len(idx)
     for m in np.flatnonzero(result.diverged):
       log(f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks")
@@ -280,6 +329,27 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
   result.chunks_trained, result.chunks_reused = len(todo), reused
   result.train_seconds, result.predict_seconds = train_s, predict_s
   return result
+
+
+def label_view_predictions(cfg: train_lib.TrainConfig, variables, x, queries: label_only_lib.LabelOnlyQueries,
+                           num_classes: int, *, max_inputs: int = 1 << 16) -> np.ndarray:
+  """Predicted labels ``int16[models, examples, views]`` of ``queries``' views of ``x``.
+
+  The views are made a block of examples at a time (about ``max_inputs``
+  inputs per block), so memory stays bounded for large pools.
+  """
+  n = x.shape[0]
+  per = max(1, max_inputs // queries.num_views(x.shape[1:]))
+  # Small inputs (digits, tabular rows) leave the default batch dispatch-bound; keep ~4 MiB of inputs per batch.
+  batch = int(np.clip((1 << 20) // max(1, int(np.prod(x.shape[1:]))), 1024, 16384))
+  out = []
+  for s in range(0, n, per):
+    views = np.asarray(queries.views(np.asarray(x[s:s + per], np.float32), start=s))  # [V, b, ...]
+    v, b = views.shape[:2]
+    logits = train_lib.predict(cfg, variables, views.reshape((v * b,) + views.shape[2:]),
+                               num_classes=num_classes, batch_size=batch)[:, :, 0]
+    out.append(logits.argmax(-1).reshape(-1, v, b).transpose(0, 2, 1).astype(np.int16))
+  return np.concatenate(out, 1)
 
 
 def merge_chunks(out, num_models: int | None = None) -> RunResult | None:
@@ -313,11 +383,20 @@ def merge_chunks(out, num_models: int | None = None) -> RunResult | None:
   take = lambda key: np.stack([parts[i][key][j] for i, j in (index[m] for m in range(num_models))])
   labels = np.load(out / "labels.npy")
   logits = take("logits")
+  label_views = take("label_views") if all("label_views" in p for p in parts) else None
+  extra_names = set.intersection(*({k for k in p if k.startswith("extra_")} for p in parts))
+  extra_logits = {k[len("extra_"):]: take(k) for k in sorted(extra_names)}
   res = RunResult(keep=keep, logits=logits, labels=np.asarray(labels, np.int32),
                   train_accuracy=take("train_accuracy"), test_accuracy=take("test_accuracy"),
                   diverged=take("diverged"), chunks_trained=0, chunks_reused=len(paths),
-                  train_seconds=0.0, predict_seconds=0.0)
+                  train_seconds=0.0, predict_seconds=0.0, label_views=label_views,
+                  label_only=_label_queries(out) if label_views is not None else None,
+                  extra_logits=extra_logits)
   save_npy_atomic(out / "logits.npy", logits)
+  if label_views is not None:
+    save_npy_atomic(out / "label_views.npy", label_views)
+  for name, value in extra_logits.items():
+    save_npy_atomic(out / f"extra_{name}.npy", value)
   write_json_atomic(out / "models.json", {
       "train_accuracy": res.train_accuracy.tolist(), "test_accuracy": res.test_accuracy.tolist(),
       "diverged": res.diverged.tolist(),
@@ -354,4 +433,7 @@ def load_run(run_dir) -> RunResult:
                    labels=np.load(run_dir / "labels.npy"),
                    train_accuracy=np.asarray(info["train_accuracy"]),
                    test_accuracy=np.asarray(info["test_accuracy"]), diverged=np.asarray(info["diverged"]),
-                   chunks_trained=0, chunks_reused=0, train_seconds=0.0, predict_seconds=0.0)
+                   chunks_trained=0, chunks_reused=0, train_seconds=0.0, predict_seconds=0.0,
+                   label_views=np.load(run_dir / "label_views.npy") if (run_dir / "label_views.npy").exists()
+                   else None, label_only=_label_queries(run_dir),
+                   extra_logits={p.stem[len("extra_"):]: np.load(p) for p in sorted(run_dir.glob("extra_*.npy"))})

@@ -66,7 +66,7 @@ def test_confidence_penalty_matches_formula():
 
 
 def test_hamp_top1_probability_values():
-    # Released settings quoted in REFERENCES.md: CIFAR-10 gamma 0.95 -> p 0.26; Purchase100 gamma 0.8 -> p 0.33.
+    # The released HAMP settings: CIFAR-10 gamma 0.95 -> p 0.26; Purchase100 gamma 0.8 -> p 0.33.
     assert D.hamp_top1_probability(10, 0.95) == 0.26
     assert D.hamp_top1_probability(100, 0.8) == 0.33
     assert D.hamp_top1_probability(10, 0.0) == 1.0

@@ -12,9 +12,10 @@ import numpy as np
 from miajax import data, defenses
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ATTACKS = {"lira_online", "lira_offline", "global_threshold", "max_confidence"}
+ATTACKS = {"lira_online", "lira_offline", "global_threshold", "max_confidence", "label_aug", "label_aug_lira",
+           "label_noise", "label_noise_lira"}
 ARGS = ["--num_models=8", "--epochs=2", "--dp_epochs=2", "--widths=32", "--batch_size=64",
-        "--rows=none,topk,dp_eps8", "--dropout_sweep="]
+        "--rows=none,topk,rounding,temperature,label_only,dp_eps8", "--dropout_sweep="]
 
 
 def _run(out):
@@ -29,7 +30,7 @@ def test_defense_table_small(tmp_path):
   rep = json.loads((tmp_path / "report.json").read_text())
 
   rows = {r["name"]: r for r in rep["rows"]}
-  assert list(rows) == ["none", "topk", "dp_eps8"]
+  assert list(rows) == ["none", "topk", "rounding", "temperature", "label_only", "dp_eps8"]
   assert rep["dropout_sweep"] == []
   for r in rows.values():
     assert set(r["attacks"]) == ATTACKS
@@ -52,6 +53,16 @@ def test_defense_table_small(tmp_path):
   assert math.isclose(rows["topk"]["attacks"]["max_confidence"]["auc"],
                       rows["none"]["attacks"]["max_confidence"]["auc"], rel_tol=1e-6)
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted({r["run"] for r in rows.values()})
+  # The output rows share the undefended models and keep the top-1 label: the label-only attacks cannot move,
+  # while a label-only output leaves LiRA no more than the correctness bit.
+  for name in ("rounding", "temperature", "label_only"):
+    assert rows[name]["run"] == rows["none"]["run"]
+    for attack in ("label_aug", "label_aug_lira", "label_noise", "label_noise_lira"):
+      assert rows[name]["attacks"][attack]["auc"] == rows["none"]["attacks"][attack]["auc"]
+  # Only the label is released, so the top released probability is 1 for every example: no signal at all.
+  assert rows["label_only"]["attacks"]["max_confidence"]["auc"] == 0.5
+  assert rows["none"]["attacks"]["max_confidence"]["auc"] != 0.5
+  assert rows["rounding"]["output"] == {"name": "rounding", "decimals": 1}
 
   # DP row: the numbers the accountant was given, recomputed independently.
   dp = rows["dp_eps8"]["dp"]
@@ -76,6 +87,7 @@ def test_defense_table_small(tmp_path):
   again = _run(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stderr.count("resuming: 1 chunks already on disk, 0 to train") == 2
+  assert "| label_only |" in table
   rep2 = json.loads((tmp_path / "report.json").read_text())
   for r1, r2 in zip(rep["rows"], rep2["rows"]):
     np.testing.assert_equal(r1["attacks"], r2["attacks"])

@@ -25,7 +25,9 @@ def _run(script, *args, timeout=600):
 def _check_report(report):
   assert set(report) >= {"config", "target", "attacks", "timing_s"}
   for name in ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed", "global_threshold",
-               "rmia", "rmia_offline"):
+               "rmia", "rmia_offline", "loss_threshold", "confidence_threshold", "entropy_threshold",
+               "modified_entropy_threshold", "label_gap", "label_aug", "label_aug_lira", "label_noise",
+               "label_noise_lira"):
     a = report["attacks"][name]
     assert 0.0 <= a["auc"] <= 1.0 and 0.5 <= a["balanced_accuracy"] <= 1.0
     assert set(a["tpr_at_fpr"]) == {"0.01", "0.001", "1e-05"} and set(a["tnr_at_fnr"]) == {"0.001"}
@@ -39,7 +41,9 @@ def test_lira_main_job_on_digits(tmp_path):
   _check_report(report)
   assert report["config"]["num_models"] == 8 and report["protocol"]["pooled_scores"] == 8 * 1297
   assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "| lira_online |" in proc.stdout
+  assert "| lira_online |" in proc.stdout and "| modified_entropy_threshold |" in proc.stdout
+  assert "| label_aug_lira |" in proc.stdout
+  assert np.load(tmp_path / "run" / "label_views.npy").shape == (8, 1297, 18 + 3 * 8)
   assert all(abs(v["auc"] - 0.5) < 0.05 for v in report["null_check"].values())
 
   # Low-cost audit on the same run: models 0-3 are the only references, models 4-7 the targets.
