@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from absl import app, flags
 
@@ -121,3 +123,17 @@ def flag_values() -> dict:
         value = str(value)
       out[flag.name] = value
   return dict(sorted(out.items()))
+
+
+def usage_error(message: str):
+  """Exit with status 2 and one line ``<script>: error: <message>`` (no help text, no traceback)."""
+  sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")
+  sys.exit(2)
+
+
+def train_run(spec: runs.RunSpec, output_dir, **kwargs):
+  """``runs.run_training`` with a changed configuration in ``output_dir`` reported as a usage error."""
+  try:
+    return runs.run_training(spec, output_dir, **kwargs)
+  except runs.ConfigMismatchError as e:
+    usage_error(str(e))

@@ -490,10 +490,10 @@ def main(argv):
       spec = _spec(row.defense, epochs=row.epochs, learning_rate=row.learning_rate, seed_offset=seed_offset)
       logging.info("run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"]))
       if row.output is not None and D.needs_random_logits(row.output):
-        run = runs.run_training(spec, out / "runs" / name, log=logging.info, extra_queries=random_queries(spec))
+        run = common.train_run(spec, out / "runs" / name, log=logging.info, extra_queries=random_queries(spec))
         trained[name] = (run, random_logits(run))
       else:
-        trained[name] = (runs.run_training(spec, out / "runs" / name, log=logging.info), None)
+        trained[name] = (common.train_run(spec, out / "runs" / name, log=logging.info), None)
       timing["train"][name] = time.perf_counter() - t0
       logging.info("run %s ready in %.1f s", name, timing["train"][name])
     return name, trained[name]

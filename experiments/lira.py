@@ -134,7 +134,7 @@ def main(argv):
     raise app.UsageError(f"--output_dir {str(out)!r} is not writable")
   t_start = time.perf_counter()
   if run is None:
-    run = runs.run_training(common.run_spec(), out / "run", log=logging.info)
+    run = common.train_run(common.run_spec(), out / "run", log=logging.info)
   t_trained = time.perf_counter()
 
   if r is not None and r >= run.keep.shape[0]:

@@ -37,10 +37,11 @@ flags.DEFINE_float("merge_timeout_s", 600.0, "How long the last process waits fo
 flags.DEFINE_bool("merge_only", False, "Only assemble keep.npy/logits.npy from the chunks in --output_dir.")
 
 
-def _print_result(result, spec):
+def _print_result(result, spec, how=None):
+  """One summary line; ``how`` replaces the timing where this process did not train every model itself."""
+  timing = how or f"train {result.train_seconds:.1f} s  predict {result.predict_seconds:.1f} s"
   print(f"models: {spec.num_models}  train acc {result.train_accuracy.mean():.4f}  "
-        f"test acc {result.test_accuracy.mean():.4f}  train {result.train_seconds:.1f} s  "
-        f"predict {result.predict_seconds:.1f} s  -> {FLAGS.output_dir}")
+        f"test acc {result.test_accuracy.mean():.4f}  {timing}  -> {FLAGS.output_dir}")
 
 
 def main(argv):
@@ -55,7 +56,7 @@ def main(argv):
     if result is None:
       raise app.UsageError(f"--merge_only: {FLAGS.output_dir} does not yet hold a chunk for every one of "
                            f"the {spec.num_models} models; finish training first")
-    _print_result(result, spec)
+    _print_result(result, spec, how="merged from the chunk files")
     return
   multi = FLAGS.num_processes > 1 or FLAGS.coordinator_address is not None
   chunk_models = None
@@ -71,8 +72,8 @@ def main(argv):
     logging.info("process %d of %d: models %d..%d on %d local devices", jax.process_index(),
                  jax.process_count(), chunk_models[0], chunk_models[-1], jax.local_device_count())
   t0 = time.perf_counter()
-  result = runs.run_training(spec, FLAGS.output_dir, log=logging.info, chunk_models=chunk_models,
-                             merge=not multi)
+  result = common.train_run(spec, FLAGS.output_dir, log=logging.info, chunk_models=chunk_models,
+                            merge=not multi)
   if multi:
     import jax
     try:
@@ -83,8 +84,12 @@ def main(argv):
       print(f"process {FLAGS.process_id}: trained models {chunk_models[0]}..{chunk_models[-1]} in "
             f"{time.perf_counter() - t0:.1f} s; process {FLAGS.num_processes - 1} merges")
       return
+    trained_s = time.perf_counter() - t0
     result = runs.wait_and_merge(FLAGS.output_dir, spec.num_models, timeout_s=FLAGS.merge_timeout_s,
                                  log=logging.info)
+    _print_result(result, spec, how=f"this process trained models {chunk_models[0]}..{chunk_models[-1]} in "
+                                    f"{trained_s:.1f} s, then merged all {spec.num_models}")
+    return
   if not multi:
     logging.info("train accuracy %.3f (mean), test accuracy %.3f (mean); %d chunks trained, %d reused",
                  result.train_accuracy.mean(), result.test_accuracy.mean(), result.chunks_trained,

@@ -85,7 +85,7 @@ __all__ = [
     "Defense", "NoDefense", "LabelSmoothing", "Hamp", "ConfidencePenalty", "L2", "Dropout", "DpSgd", "Chain",
     "none", "label_smoothing", "hamp", "confidence_penalty", "l2", "dropout", "dp_sgd", "chain",
     "per_example_loss", "param_penalty", "dropout_rate", "dp_params", "dp_summary", "describe", "short_name",
-    "hamp_top1_probability", "soft_targets",
+    "hamp_top1_probability", "soft_targets", "maps_targets",
 ] + list(_outputs.__all__) + list(_privacy.__all__)
 
 
@@ -351,6 +351,11 @@ def per_example_loss(defense, logits, labels) -> jax.Array:
         entropy = -jnp.sum(jnp.exp(log_q) * log_q, axis=-1)
         loss = loss - beta * entropy
     return loss
+
+
+def maps_targets(defense) -> bool:
+    """Whether ``defense`` trains on other targets than the one-hot labels (label smoothing, HAMP)."""
+    return any(isinstance(d, (LabelSmoothing, Hamp)) for d in _parts(defense))
 
 
 def param_penalty(defense, params) -> jax.Array:

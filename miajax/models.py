@@ -10,8 +10,9 @@ each model keeps its own parameters *and* its own batch-norm statistics (the
 ``batch_stats`` collection is simply another stacked pytree), without
 ``nn.vmap``.
 
-Convolutions: ``conv_impl="auto"`` picks, per backend, the fastest lowering.
-Under ``vmap`` with per-model weights an ``nn.Conv`` becomes one grouped
+Convolutions: ``conv_impl`` (default ``"xla"``, XLA's own convolution, what
+you get from :func:`get_model`) picks the lowering; the engine's CPU lowering
+(:mod:`miajax.lowering`) asks for the others. Under ``vmap`` with per-model weights an ``nn.Conv`` becomes one grouped
 convolution, which XLA:CPU runs slowly; an im2col formulation (``"patches"``:
 slices then a matmul) turns the model axis into a batched matmul instead.  On
 CPU the engine does not vmap convolutional models at all (it unrolls the
@@ -19,9 +20,8 @@ models of a step, see ``miajax.train``), and ``"hybrid"`` (XLA's convolution
 forward and for the input gradient, patches @ dY for the weight gradient) is
 the fastest single-model form there for shapes that ``"winograd"`` (3x3,
 stride 1, SAME, at least 16 input channels, float32: F(4x4, 3x3) minimal
-filtering, :mod:`miajax.winograd`) does not take; ``"auto"`` on CPU means
-winograd where it applies, else hybrid.  On GPU/TPU the native convolution is
-used.
+filtering, :mod:`miajax.winograd`) does not take: ``"winograd"`` falls back to
+hybrid where it does not apply.  On GPU/TPU the native convolution is used.
 """
 
 from __future__ import annotations
@@ -40,12 +40,10 @@ from miajax import winograd
 __all__ = ["Conv", "MLP", "LeNet5", "MLLeaksCNN", "CNNSmall", "WideResNet", "get_model", "MODEL_NAMES"]
 
 
-CONV_IMPLS = ("auto", "winograd", "hybrid", "patches", "xla_patches", "xla")
+CONV_IMPLS = ("winograd", "hybrid", "patches", "xla_patches", "xla")
 
 
 def _resolve_conv_impl(impl: str) -> str:
-  if impl == "auto":
-    return "winograd" if jax.default_backend() == "cpu" else "xla"
   if impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {list(CONV_IMPLS)}, got {impl!r}")
   return impl
@@ -120,7 +118,7 @@ class Conv(nn.Module):
   strides: tuple[int, int] = (1, 1)
   padding: str = "SAME"
   use_bias: bool = True
-  impl: str = "auto"
+  impl: str = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -193,7 +191,7 @@ class LeNet5(nn.Module):
 
   num_classes: int
   dropout_rate: float = 0.0
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -217,7 +215,7 @@ class MLLeaksCNN(nn.Module):
 
   num_classes: int
   dropout_rate: float = 0.0
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -252,7 +250,7 @@ class CNNSmall(nn.Module):
   num_classes: int
   width: int = 32
   dropout_rate: float = 0.0
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -295,7 +293,7 @@ class WideResNet(nn.Module):
   depth: int = 16
   width: int = 4
   dropout_rate: float = 0.0
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
   dtype: Any = None
 
   @nn.compact

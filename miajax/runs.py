@@ -30,15 +30,20 @@ from typing import Any, Callable
 
 import numpy as np
 
+from miajax import config as config_lib
 from miajax import data as data_lib
 from miajax import label_only as label_only_lib
 from miajax.report import write_json_atomic
 from miajax import train as train_lib
 
-__all__ = ["RunSpec", "RunResult", "run_training", "load_run", "merge_chunks", "wait_and_merge",
+__all__ = ["ConfigMismatchError", "RunSpec", "RunResult", "run_training", "load_run", "merge_chunks", "wait_and_merge",
            "label_view_predictions",
            "process_slice", "write_json_atomic",
            "save_npy_atomic"]
+
+
+class ConfigMismatchError(ValueError):
+  """A run directory holds a run of another configuration (nothing was written)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,19 +62,29 @@ class RunSpec:
   label_only: label_only_lib.LabelOnlyQueries | None = None
 
   def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    tc = dict(d.pop("train"))
-    tc["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.train.model_kwargs}
-    tc["defense"] = _describe_defense(self.train.defense)
+    """Everything that determines the result, JSON-ready (a user model's parameter shapes are added by
+    :func:`run_training`, which knows the input shape)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("train", "label_only")}
+    cfg = self.train
+    tc = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    tc["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.model_kwargs}
+    tc["defense"] = _describe_defense(cfg.defense)
+    if not cfg.builtin_model:
+      tc["model"] = {"user": cfg.describe_model()}
+    if not cfg.builtin_optimizer:
+      tc["optimizer"] = {"user": cfg.describe_optimizer()}
+    tc["loss"] = None if cfg.loss is None else getattr(cfg.loss, "__qualname__", type(cfg.loss).__name__)
+    if tc["model_name"] is None:
+      tc.pop("model_name")  # runs written before user models existed keep their fingerprint
+    if tc["loss"] is None:
+      tc.pop("loss")
     # Chunking changes float reassociation only, not the experiment.
     tc.pop("models_per_step")
     tc.pop("steps_per_call")
     tc.pop("microbatch_size")
     tc.pop("model_axis")
     d["train"] = tc
-    if self.label_only is None:
-      d.pop("label_only")  # runs written before label-only views existed keep their fingerprint
-    else:
+    if self.label_only is not None:  # absent otherwise: runs written before label-only views keep their fingerprint
       d["label_only"] = self.label_only.to_json()
     return d
 
@@ -144,7 +159,7 @@ def _prepare_dir(output_dir, spec_json: dict) -> pathlib.Path:
     old = json.loads(cfg_path.read_text())
     if old != spec_json:
       diff = sorted(_diff_keys(old, spec_json))
-      raise ValueError(f"output_dir {str(out)!r} holds a run with a different configuration "
+      raise ConfigMismatchError(f"output_dir {str(out)!r} holds a run with a different configuration "
                        f"(differs in: {', '.join(diff)}); use a new --output_dir or delete the old run")
   else:
     write_json_atomic(cfg_path, spec_json)
@@ -262,6 +277,8 @@ def run_training(spec: RunSpec, output_dir, *, log: Callable[[str], None] = prin
       raise ValueError(f"extra_queries[{name!r}] must be inputs [n, {', '.join(map(str, x.shape[1:]))}], got "
                        f"shape {np.shape(inputs)}")
   spec_json = spec.to_json()
+  if not cfg.builtin_model:  # a resume with another architecture is refused
+    spec_json["train"]["model"] = config_lib.model_fingerprint(cfg, tuple(x.shape[1:]), ds.num_classes)
   if extra_queries:
     spec_json["extra_queries"] = {name: desc for name, (_, desc) in sorted(extra_queries.items())}
   out = _prepare_dir(output_dir, json.loads(json.dumps(spec_json)))

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from miajax import attacks, data, defenses, metrics, scores, train
+from miajax import attacks, data, defenses, engine, metrics, scores, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ CASES = [
     ("load_idx_incomplete_dir", _file_case("idx_incomplete"), ValueError, r"lacks .*train-images-idx3-ubyte"),
     # train: config, dtypes, shapes, mismatched label counts, keep rows
     ("train_unknown_optimizer", _train(config=train.TrainConfig(optimizer="rmsprop")), ValueError,
-     r"optimizer must be 'sgd' or 'adam'"),
+     r"optimizer must be one of \('sgd', 'adam'\), an optax"),
     ("train_unknown_model", _train(config=train.TrainConfig(model="resnet9000", batch_size=8)), ValueError,
      r"model must be one of"),
     ("train_nan_learning_rate", _train(config=train.TrainConfig(learning_rate=float("nan"), batch_size=8)),
@@ -285,7 +285,7 @@ def no_training(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("training started before the bad input was rejected")
 
-  monkeypatch.setattr(train, "_compiled_fns", fail)
+  monkeypatch.setattr(engine, "_compiled_fns", fail)
 
 
 @pytest.mark.parametrize("make,exc,match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

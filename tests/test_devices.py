@@ -27,12 +27,14 @@ ds = data.load("digits")
 keep = data.paired_keep(6, 300, seed=1)
 cfg = train.TrainConfig(model="mlp", model_kwargs=(("widths", (32,)),), epochs=2, batch_size=32,
                         models_per_step=int(sys.argv[2]), model_axis=sys.argv[3])
-chunks = list(train.train_chunks(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10))
+shards = []  # per epoch: (device id, models held) of the chunk's parameters *during* training
+chunks = list(train.train_chunks(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10,
+                                 progress=lambda p: shards.append(p["model_shards"])))
 devices = sorted({d.id for c in chunks for d in jax.tree_util.tree_leaves(c.variables)[0].sharding.device_set})
 res = train.train_models(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10)
 logits = train.predict(cfg, res.variables, ds.x_test[:40], num_classes=10)
 np.save(sys.argv[1], logits)
-print(json.dumps({"local_devices": jax.local_device_count(), "devices_used": devices,
+print(json.dumps({"local_devices": jax.local_device_count(), "devices_used": devices, "shards": shards,
                   "chunks": [len(c.model_indices) for c in chunks]}))
 """
 
@@ -62,6 +64,16 @@ def test_models_sharded_over_four_devices_match_one_device(tmp_path, models_per_
   assert info["local_devices"] == 4
   assert len(info["devices_used"]) == 4  # the model axis really is spread over every device
   assert info["chunks"] == ([6] if models_per_step == 6 else [3, 3])
+  # While training, every epoch's parameters lie in one block per device (padded to 8 models: 2 each for a
+  # chunk of 6, 1 each for a chunk of 3); a replicated or single-device chunk would fail here.
+  per_device = 2 if models_per_step == 6 else 1
+  assert len(info["shards"]) == 2 * len(info["chunks"])  # 2 epochs per chunk
+  for epoch_shards in info["shards"]:
+    held = {}
+    for device, models in epoch_shards:
+      held[device] = held.get(device, 0) + models
+    assert sorted(held) == [0, 1, 2, 3]
+    assert set(held.values()) == {per_device}
 
   ds = data.load("digits")
   keep = data.paired_keep(6, 300, seed=1)

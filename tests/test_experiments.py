@@ -22,12 +22,12 @@ def _run(script, *args, timeout=600):
                         text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def _check_report(report):
+def _check_report(report, label_only=True):
   assert set(report) >= {"config", "target", "attacks", "timing_s"}
   for name in ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed", "global_threshold",
                "rmia", "rmia_offline", "loss_threshold", "confidence_threshold", "entropy_threshold",
-               "modified_entropy_threshold", "label_gap", "label_aug", "label_aug_lira", "label_noise",
-               "label_noise_lira"):
+               "modified_entropy_threshold") + (
+                   ("label_gap", "label_aug", "label_aug_lira", "label_noise", "label_noise_lira") if label_only else ()):
     a = report["attacks"][name]
     assert 0.0 <= a["auc"] <= 1.0 and 0.5 <= a["balanced_accuracy"] <= 1.0
     assert set(a["tpr_at_fpr"]) == {"0.01", "0.001", "1e-05"} and set(a["tnr_at_fnr"]) == {"0.001"}
@@ -90,10 +90,14 @@ def test_train_models_resumes_after_sigkill_without_retraining(tmp_path):
   np.testing.assert_array_equal(np.load(part / "logits.npy"), np.load(full / "logits.npy"))
   np.testing.assert_array_equal(np.load(part / "keep.npy"), np.load(full / "keep.npy"))
 
+  before = {q: q.stat().st_mtime_ns for q in part.rglob("*")}
   changed = _run("train_models.py", f"--output_dir={part}", "--num_models=6", "--widths=64", "--epochs=4",
                  "--batch_size=32")
-  assert changed.returncode != 0
+  assert changed.returncode == 2  # a usage error: one line, no traceback, nothing written
   assert "different configuration" in changed.stderr and "train.epochs" in changed.stderr
+  assert "Traceback" not in changed.stderr
+  assert {q: q.stat().st_mtime_ns for q in part.rglob("*")} == before
+  assert [line for line in changed.stderr.splitlines() if "error:" in line][0].startswith("train_models.py: error:")
 
 
 @pytest.mark.skipif(not FASHION_DIR.exists() and os.environ.get("CI") != "true",
@@ -101,10 +105,11 @@ def test_train_models_resumes_after_sigkill_without_retraining(tmp_path):
 def test_lira_on_real_fashion_mnist_small(tmp_path):
   t0 = time.time()
   proc = _run("lira.py", "--dataset=fashion_mnist", f"--output_dir={tmp_path}", "--num_models=8",
-              "--num_examples=4000", "--epochs=2")
+              "--num_examples=4000", "--epochs=2", "--label_only=false")
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((tmp_path / "report.json").read_text())
-  _check_report(report)
+  _check_report(report, label_only=False)
+  assert "label_aug" not in report["attacks"]
   assert report["protocol"]["pooled_scores"] == 8 * 4000
   assert report["target"]["test_accuracy"] > 0.7  # real images, a real classifier
   assert time.time() - t0 < 180

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from miajax import data, train
+from miajax import cpu_engine, data, engine, lowering, train
 
 MLP = (("activation", "relu"), ("widths", (256, 128)))
 
@@ -114,9 +114,9 @@ def test_epoch_order_uses_only_members_and_covers_them():
   keep[0, :10] = True
   keep[1, 5:40] = True
   keep[2, ::2] = True
-  keys = train._model_keys(0, np.arange(3))
+  keys = engine.model_keys(0, np.arange(3))
   steps = -(-35 // 8)
-  order = np.asarray(train._epoch_order(keep, keys, 0, steps, 8))
+  order = np.asarray(engine.epoch_order(keep, keys, 0, steps, 8))
   assert order.shape == (3, steps, 8)
   for m in range(3):
     assert keep[m, order[m].ravel()].all()
@@ -157,7 +157,10 @@ def test_memory_planner_chunks_by_free_memory():
   assert train.plan_models_per_step(override, 100, (600,), 256) == 7
 
 
-def test_model_axis_is_picked_per_backend_and_step_size():
+def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
+  # The axis is what is tested here; the micro-batch timing has its own test.
+  monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a: {8: 1.0})
+  lowering._resolve.cache_clear()
   big_mlp = train.TrainConfig(model="mlp", batch_size=128)  # Purchase-shaped: ~1e9 FLOPs per step
   small_mlp = train.TrainConfig(model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64)
   cnn = train.TrainConfig(model="cnn_small", batch_size=128)
@@ -207,35 +210,30 @@ def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_microbatch_keeps_a_micro_batch_within_the_cache(monkeypatch):
+def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
   cnn = train.TrainConfig(model="cnn_small", batch_size=128)
   shape = (32, 32, 3)
-  per_example = train._residual_bytes_per_example(cnn, shape, 10)
-  assert 32 * 32 * 32 * 4 <= per_example < 1 << 20  # at least the first conv's output is saved
-  for cache, expect in ((1 << 20, 8), (64 << 20, None)):
-    monkeypatch.setattr(train, "_cache_bytes_per_device", lambda: cache)
-    train.microbatch_size.cache_clear()
-    m = train.microbatch_size(cnn, shape, 10)
-    if jax.default_backend() != "cpu":
-      assert m == 128  # GPU/TPU: whole batches
-      continue
-    if expect is not None:
-      assert m == expect  # nothing fits: the smallest micro-batch allowed
-    else:
-      assert 128 % m == 0 and m * per_example <= train.CACHE_FRACTION * cache < 2 * m * per_example
-    # Never with dropout, batch norm, vmapped small models or an explicit size.
+  fake = {8: 3.0, 16: 1.0, 32: 2.0, 64: 1.5, 128: 4.0}
+  monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a: fake)
+  lowering._resolve.cache_clear()
+  try:
+    assert lowering.resolve_lowering(cnn, shape, 10, backend="cpu").microbatch == 16
+    assert lowering.resolve_lowering(cnn, shape, 10, backend="gpu").microbatch == 128  # whole batches
+    # Never with dropout, batch norm, vmapped small models; an explicit size wins.
     dropout = train.TrainConfig(model="cnn_small", batch_size=128, model_kwargs=(("dropout_rate", 0.1),))
-    assert train.microbatch_size(dropout, shape, 10) == 128
-    assert train.microbatch_size(train.TrainConfig(model="wrn16-4", batch_size=128), shape, 10) == 128
+    assert lowering.resolve_lowering(dropout, shape, 10, backend="cpu").microbatch == 128
+    wrn = train.TrainConfig(model="wrn16-4", batch_size=128)
+    assert lowering.resolve_lowering(wrn, shape, 10, backend="cpu").microbatch == 128
     small = train.TrainConfig(model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64)
-    assert train.microbatch_size(small, (8, 8, 1), 10) == 64
-    assert train.microbatch_size(train.TrainConfig(model="cnn_small", microbatch_size=32), shape, 10) == 32
-  train.microbatch_size.cache_clear()
+    assert lowering.resolve_lowering(small, (8, 8, 1), 10, backend="cpu").microbatch == 64
+    fixed = train.TrainConfig(model="cnn_small", microbatch_size=32)
+    assert lowering.resolve_lowering(fixed, shape, 10, backend="cpu").microbatch == 32
+  finally:
+    lowering._resolve.cache_clear()
 
 
-def test_cache_size_parsing():
-  assert train._parse_size("32768K\n") == 32 << 20
-  assert train._parse_size("1M") == 1 << 20 and train._parse_size("512") == 512
-  assert train._count_cpus("0-3,8-11\n") == 8 and train._count_cpus("5") == 1
-  share = train._cache_bytes_per_device()
-  assert share is None or share > 0
+def test_microbatch_timings_time_every_divisor_and_the_pick_is_their_minimum():
+  cfg = train.TrainConfig(model="cnn_small", model_kwargs=(("width", 8),), batch_size=32)
+  timings = cpu_engine.microbatch_timings(cfg, (16, 16, 3), 10, "winograd")
+  assert sorted(timings) == [8, 16, 32] and all(t > 0 for t in timings.values())
+  assert cpu_engine.measure_microbatch(cfg, (16, 16, 3), 10, "winograd") == min(timings, key=timings.get)
