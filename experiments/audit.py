@@ -277,12 +277,7 @@ def main(argv):
   target = load_target(FLAGS.target_outputs, FLAGS.target_members, kind=FLAGS.target_kind,
                        pool_size=pool.x.shape[0], num_classes=pool.num_classes, num_queries=num_queries)
   out = pathlib.Path(FLAGS.output_dir)
-  try:  # only now: a bad target file must leave nothing behind
-    out.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise app.UsageError(f"--output_dir {str(out)!r} cannot be created: {e}") from None
-  if not os.access(out, os.W_OK):
-    raise app.UsageError(f"--output_dir {str(out)!r} is not writable")
+  common.make_output_dir(out)  # only now: a bad target file must leave nothing behind
   t_valid = time.perf_counter()
   logging.info("target: %d candidates, %d members, %d queries, %d classes", pool.x.shape[0],
                target.members.size, num_queries, pool.num_classes)

@@ -137,3 +137,13 @@ def train_run(spec: runs.RunSpec, output_dir, **kwargs):
     return runs.run_training(spec, output_dir, **kwargs)
   except runs.ConfigMismatchError as e:
     usage_error(str(e))
+
+
+def make_output_dir(out) -> None:
+  """Creates ``--output_dir`` or raises a usage error saying why it cannot be used."""
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f"--output_dir {str(out)!r} cannot be created: {e}") from None
+  if not os.access(out, os.W_OK):
+    raise app.UsageError(f"--output_dir {str(out)!r} is not writable")

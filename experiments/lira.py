@@ -122,16 +122,10 @@ def main(argv):
   if r is not None and (r < 2 or r % 2 or (not FLAGS.run_dir and r >= FLAGS.num_models)):
     raise app.UsageError(f"--num_references must be even, >= 2 and below --num_models (the rest are the "
                          f"targets), got {r}")
-  import os
   import pathlib
   out = pathlib.Path(FLAGS.output_dir)
   run = runs.load_run(FLAGS.run_dir) if FLAGS.run_dir else None
-  try:  # before any training or attack: a bad --output_dir must not cost the user a run
-    out.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise app.UsageError(f"--output_dir {str(out)!r} cannot be created: {e}") from None
-  if not os.access(out, os.W_OK):
-    raise app.UsageError(f"--output_dir {str(out)!r} is not writable")
+  common.make_output_dir(out)  # before any training or attack: a bad --output_dir must not cost a run
   t_start = time.perf_counter()
   if run is None:
     run = common.train_run(common.run_spec(), out / "run", log=logging.info)

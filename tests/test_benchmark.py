@@ -396,7 +396,8 @@ def test_art_section_absent_with_a_note_when_art_is_missing(monkeypatch, tmp_pat
   rep = B.run(cfg, log=lambda s: None)
   assert rep["art"] is None and rep["workloads"] == {}
   note = [n for n in rep["notes"] if "ART comparison skipped" in n]
-  assert len(note) == 1 and "'art'" in note[0]
+  # The note names what is missing: ART here, or PyTorch first where torch is not installed either (CI).
+  assert len(note) == 1 and ("'art'" in note[0] or "torch" in note[0])
   goal = [g for g in rep["goals"] if "ART" in g["name"]]
   assert len(goal) == 1 and goal[0]["met"] is None and goal[0]["value"] is None
   md = (tmp_path / "report.md").read_text()
