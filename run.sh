@@ -2,6 +2,7 @@
 # The project's two entry points, each working on a fresh machine with Python >= 3.11:
 #   ./run.sh demo   LiRA on the embedded digits data: prints the report, writes the ROC plot
 #   ./run.sh test   the whole test suite
+#   ./run.sh lint   the style check CI runs (ruff format --check, ruff check)
 # Both create (or reuse) the virtualenv .venv and install miajax into it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,7 +43,12 @@ case "$cmd" in
     if [ "$rc" -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi
     exit "$rc"
     ;;
+  lint)
+    ensure_venv
+    "$VENV/bin/ruff" format --check --diff .
+    exec "$VENV/bin/ruff" check .
+    ;;
   *)
-    echo "usage: ./run.sh demo|test [extra flags]" >&2; exit 2
+    echo "usage: ./run.sh demo|test|lint [extra flags]" >&2; exit 2
     ;;
 esac

@@ -38,14 +38,18 @@ from miajax import attacks, cpu, plots, report, scores, store, train
 FLAGS = flags.FLAGS
 
 LIRA_ATTACKS = {
-    "lira_online": (attacks.lira_online, False),
-    "lira_online_fixed": (attacks.lira_online, True),
-    "lira_offline": (attacks.lira_offline, False),
-    "lira_offline_fixed": (attacks.lira_offline, True),
+  "lira_online": (attacks.lira_online, False),
+  "lira_online_fixed": (attacks.lira_online, True),
+  "lira_offline": (attacks.lira_offline, False),
+  "lira_offline_fixed": (attacks.lira_offline, True),
 }
 # Global-threshold attacks on the classic signals (Yeom et al. 2018; Song & Mittal 2021), sign: higher = member.
-THRESHOLD_ATTACKS = {"loss_threshold": "cross_entropy", "confidence_threshold": "confidence",
-                     "entropy_threshold": "entropy", "modified_entropy_threshold": "modified_entropy"}
+THRESHOLD_ATTACKS = {
+  "loss_threshold": "cross_entropy",
+  "confidence_threshold": "confidence",
+  "entropy_threshold": "entropy",
+  "modified_entropy_threshold": "modified_entropy",
+}
 # How far rows of --target_kind=probabilities may sum from 1: float16 softmax outputs are off by ~1e-3.
 PROB_SUM_TOL = 1e-2
 PROB_RANGE_TOL = 1e-6
@@ -54,19 +58,44 @@ PROB_RANGE_TOL = 1e-6
 def define_flags() -> None:
   """Defined when run, not on import: tests import the validation functions beside other scripts' flags."""
   common.define_training_flags()
-  flags.DEFINE_string("pool_npz", None, "Candidate pool as an .npz with x [N, ...] and int y [N] (optionally x_test, "
-                      "y_test for the shadows' test accuracy) instead of --dataset's training set; --dataset then "
-                      "only picks the default recipe.")
-  flags.DEFINE_integer("num_classes", None, "Classes of --pool_npz (default: largest label + 1).")
-  flags.DEFINE_string("target_outputs", None, "The target's outputs on every pool example: .npy, or .npz holding one "
-                      "array (or one named 'logits'/'probabilities'), shape [examples, classes] or "
-                      "[examples, queries, classes] (queries as --queries).")
-  flags.DEFINE_string("target_members", None, "int .npy of the pool indices the target trained on.")
-  flags.DEFINE_enum("target_kind", "logits", ["logits", "probabilities"], "What --target_outputs holds; "
-                    "probabilities become logits through a log floored at the smallest float32.")
-  flags.DEFINE_string("shadow_store", None, "Shadow-model store root (default: <output_dir>/shadow_store); "
-                      "shadows trained for the same pool and recipe are reused from it.")
-  flags.DEFINE_enum("variant", "miajax", ["miajax", "reference"], "LiRA variant (see README).")
+  flags.DEFINE_string(
+    "pool_npz",
+    None,
+    "Candidate pool as an .npz with x [N, ...] and int y [N] (optionally x_test, "
+    "y_test for the shadows' test accuracy) instead of --dataset's training set; --dataset then "
+    "only picks the default recipe.",
+  )
+  flags.DEFINE_integer(
+    "num_classes", None, "Classes of --pool_npz (default: largest label + 1)."
+  )
+  flags.DEFINE_string(
+    "target_outputs",
+    None,
+    "The target's outputs on every pool example: .npy, or .npz holding one "
+    "array (or one named 'logits'/'probabilities'), shape [examples, classes] or "
+    "[examples, queries, classes] (queries as --queries).",
+  )
+  flags.DEFINE_string(
+    "target_members",
+    None,
+    "int .npy of the pool indices the target trained on.",
+  )
+  flags.DEFINE_enum(
+    "target_kind",
+    "logits",
+    ["logits", "probabilities"],
+    "What --target_outputs holds; "
+    "probabilities become logits through a log floored at the smallest float32.",
+  )
+  flags.DEFINE_string(
+    "shadow_store",
+    None,
+    "Shadow-model store root (default: <output_dir>/shadow_store); "
+    "shadows trained for the same pool and recipe are reused from it.",
+  )
+  flags.DEFINE_enum(
+    "variant", "miajax", ["miajax", "reference"], "LiRA variant (see README)."
+  )
 
 
 class Target(NamedTuple):
@@ -75,63 +104,109 @@ class Target(NamedTuple):
   is_member: np.ndarray  # bool[examples]
 
 
-def check_target(outputs, members, *, kind: str, pool_size: int, num_classes: int, num_queries: int) -> Target:
+def check_target(
+  outputs,
+  members,
+  *,
+  kind: str,
+  pool_size: int,
+  num_classes: int,
+  num_queries: int,
+) -> Target:
   """Validates the target's outputs and member indices; a bad value is an ``app.UsageError`` naming its flag."""
   out = np.asarray(outputs)
   where = "--target_outputs"
-  if out.dtype == bool or not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)):
-    raise app.UsageError(f"{where} must hold real numbers, got dtype {out.dtype}")
+  if out.dtype == bool or not (
+    np.issubdtype(out.dtype, np.floating)
+    or np.issubdtype(out.dtype, np.integer)
+  ):
+    raise app.UsageError(
+      f"{where} must hold real numbers, got dtype {out.dtype}"
+    )
   if out.ndim not in (2, 3):
-    raise app.UsageError(f"{where} must be [examples, classes] or [examples, queries, classes], got shape "
-                         f"{out.shape} (rank {out.ndim})")
+    raise app.UsageError(
+      f"{where} must be [examples, classes] or [examples, queries, classes], got shape "
+      f"{out.shape} (rank {out.ndim})"
+    )
   if out.shape[0] != pool_size:
-    raise app.UsageError(f"{where} has {out.shape[0]} rows but the pool has {pool_size} examples (one row per "
-                         "candidate, in pool order; check --num_examples)")
+    raise app.UsageError(
+      f"{where} has {out.shape[0]} rows but the pool has {pool_size} examples (one row per "
+      "candidate, in pool order; check --num_examples)"
+    )
   if out.shape[-1] != num_classes:
-    raise app.UsageError(f"{where} has {out.shape[-1]} classes but the pool has {num_classes}")
+    raise app.UsageError(
+      f"{where} has {out.shape[-1]} classes but the pool has {num_classes}"
+    )
   queries = 1 if out.ndim == 2 else out.shape[1]
   if queries != num_queries:
-    raise app.UsageError(f"{where} has {queries} queries per example but --queries gives the shadows "
-                         f"{num_queries}; export the target on the same views, or set --queries")
+    raise app.UsageError(
+      f"{where} has {queries} queries per example but --queries gives the shadows "
+      f"{num_queries}; export the target on the same views, or set --queries"
+    )
   out = out.astype(np.float64).reshape(pool_size, queries, num_classes)
   bad = ~np.isfinite(out)
   if bad.any():
     first = np.argwhere(bad)[0]
-    raise app.UsageError(f"{where} holds {int(bad.sum())} NaN/inf values (first at {tuple(int(i) for i in first)})")
+    raise app.UsageError(
+      f"{where} holds {int(bad.sum())} NaN/inf values (first at {tuple(int(i) for i in first)})"
+    )
   if kind == "probabilities":
     if out.min() < -PROB_RANGE_TOL or out.max() > 1 + PROB_RANGE_TOL:
-      raise app.UsageError(f"{where} with --target_kind=probabilities must lie in [0, 1], got [{out.min():.4g}, "
-                           f"{out.max():.4g}] (logits? use --target_kind=logits)")
+      raise app.UsageError(
+        f"{where} with --target_kind=probabilities must lie in [0, 1], got [{out.min():.4g}, "
+        f"{out.max():.4g}] (logits? use --target_kind=logits)"
+      )
     sums = out.sum(-1)
     worst = np.abs(sums - 1).max()
     if worst > PROB_SUM_TOL:
-      raise app.UsageError(f"{where} with --target_kind=probabilities must sum to 1 over classes, a row sums to "
-                           f"{sums.flat[np.abs(sums - 1).argmax()]:.4g} (apply softmax, or pass logits)")
+      raise app.UsageError(
+        f"{where} with --target_kind=probabilities must sum to 1 over classes, a row sums to "
+        f"{sums.flat[np.abs(sums - 1).argmax()]:.4g} (apply softmax, or pass logits)"
+      )
     logits = np.log(np.maximum(out, np.finfo(np.float32).tiny))
   else:
     logits = out
-    if out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(-1), 1, atol=1e-3):
-      logging.warning("%s look like probabilities (every row in [0, 1] summing to 1); if so, pass "
-                      "--target_kind=probabilities", where)
+    if (
+      out.min() >= 0
+      and out.max() <= 1
+      and np.allclose(out.sum(-1), 1, atol=1e-3)
+    ):
+      logging.warning(
+        "%s look like probabilities (every row in [0, 1] summing to 1); if so, pass "
+        "--target_kind=probabilities",
+        where,
+      )
   if np.abs(logits).max() > np.finfo(np.float32).max:
     raise app.UsageError(f"{where} holds values beyond float32 range")
 
   m = np.asarray(members)
   where = "--target_members"
   if m.ndim != 1:
-    raise app.UsageError(f"{where} must be a 1-D array of pool indices, got shape {m.shape}")
+    raise app.UsageError(
+      f"{where} must be a 1-D array of pool indices, got shape {m.shape}"
+    )
   if m.size == 0:
-    raise app.UsageError(f"{where} is empty: the target must have trained on some pool examples")
+    raise app.UsageError(
+      f"{where} is empty: the target must have trained on some pool examples"
+    )
   if not np.issubdtype(m.dtype, np.integer) or m.dtype == bool:
-    raise app.UsageError(f"{where} must hold integer pool indices, got dtype {m.dtype} (a boolean mask: save "
-                         "np.flatnonzero(mask); floats: .astype(int))")
+    raise app.UsageError(
+      f"{where} must hold integer pool indices, got dtype {m.dtype} (a boolean mask: save "
+      "np.flatnonzero(mask); floats: .astype(int))"
+    )
   if m.min() < 0 or m.max() >= pool_size:
-    raise app.UsageError(f"{where} must lie in [0, {pool_size}), got [{m.min()}, {m.max()}]")
+    raise app.UsageError(
+      f"{where} must lie in [0, {pool_size}), got [{m.min()}, {m.max()}]"
+    )
   uniq, counts = np.unique(m, return_counts=True)
   if (counts > 1).any():
-    raise app.UsageError(f"{where} repeats {int((counts > 1).sum())} indices (first {int(uniq[counts > 1][0])})")
+    raise app.UsageError(
+      f"{where} repeats {int((counts > 1).sum())} indices (first {int(uniq[counts > 1][0])})"
+    )
   if uniq.size == pool_size:
-    raise app.UsageError(f"{where} names every pool example: an audit needs non-members too")
+    raise app.UsageError(
+      f"{where} names every pool example: an audit needs non-members too"
+    )
   is_member = np.zeros(pool_size, bool)
   is_member[uniq] = True
   return Target(logits.astype(np.float32), uniq.astype(np.int64), is_member)
@@ -144,29 +219,48 @@ def _read_array(path, flag: str, prefer=()) -> np.ndarray:
   try:
     loaded = np.load(p, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
-    raise app.UsageError(f"{flag}: {str(p)!r} is not a readable .npy/.npz file ({e})") from None
+    raise app.UsageError(
+      f"{flag}: {str(p)!r} is not a readable .npy/.npz file ({e})"
+    ) from None
   if isinstance(loaded, np.ndarray):
     return loaded
   with loaded:
     keys = list(loaded.files)
     pick = [k for k in prefer if k in keys]
     if len(keys) != 1 and not pick:
-      raise app.UsageError(f"{flag}: {str(p)!r} holds arrays {keys}; keep one, or name it "
-                           f"{' or '.join(map(repr, prefer)) or 'as a single array'}")
+      raise app.UsageError(
+        f"{flag}: {str(p)!r} holds arrays {keys}; keep one, or name it "
+        f"{' or '.join(map(repr, prefer)) or 'as a single array'}"
+      )
     return loaded[pick[0] if pick else keys[0]]
 
 
-def load_target(outputs_path, members_path, *, kind: str, pool_size: int, num_classes: int,
-                num_queries: int) -> Target:
+def load_target(
+  outputs_path,
+  members_path,
+  *,
+  kind: str,
+  pool_size: int,
+  num_classes: int,
+  num_queries: int,
+) -> Target:
   """Reads and validates ``--target_outputs`` and ``--target_members`` (``app.UsageError`` on any problem)."""
   if not outputs_path:
     raise app.UsageError("--target_outputs is required")
   if not members_path:
     raise app.UsageError("--target_members is required")
-  outputs = _read_array(outputs_path, "--target_outputs", prefer=(kind, "logits", "probabilities"))
+  outputs = _read_array(
+    outputs_path, "--target_outputs", prefer=(kind, "logits", "probabilities")
+  )
   members = _read_array(members_path, "--target_members", prefer=("members",))
-  return check_target(outputs, members, kind=kind, pool_size=pool_size, num_classes=num_classes,
-                      num_queries=num_queries)
+  return check_target(
+    outputs,
+    members,
+    kind=kind,
+    pool_size=pool_size,
+    num_classes=num_classes,
+    num_queries=num_queries,
+  )
 
 
 def load_pool(spec) -> store.Pool:
@@ -179,22 +273,39 @@ def load_pool(spec) -> store.Pool:
         with np.load(path, allow_pickle=False) as f:
           arrays = {k: f[k] for k in f.files}
       except (OSError, ValueError, EOFError) as e:
-        raise app.UsageError(f"--pool_npz: {str(path)!r} is not a readable .npz ({e})") from None
+        raise app.UsageError(
+          f"--pool_npz: {str(path)!r} is not a readable .npz ({e})"
+        ) from None
     else:
       raise app.UsageError(f"--pool_npz: {str(path)!r} does not exist")
     if "x" not in arrays or "y" not in arrays:
-      raise app.UsageError(f"--pool_npz needs arrays 'x' and 'y', found {sorted(arrays)}")
+      raise app.UsageError(
+        f"--pool_npz needs arrays 'x' and 'y', found {sorted(arrays)}"
+      )
     x, y = arrays["x"], arrays["y"]
-    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x) or len(y) < 2:
-      raise app.UsageError(f"--pool_npz: y must be int [N] beside x [N, ...], got {y.dtype} {y.shape}, x {x.shape}")
+    if (
+      not np.issubdtype(y.dtype, np.integer)
+      or y.ndim != 1
+      or len(y) != len(x)
+      or len(y) < 2
+    ):
+      raise app.UsageError(
+        f"--pool_npz: y must be int [N] beside x [N, ...], got {y.dtype} {y.shape}, x {x.shape}"
+      )
     if FLAGS.num_examples is not None:
       if not 2 <= FLAGS.num_examples <= len(y):
-        raise app.UsageError(f"--num_examples must be in [2, {len(y)}], got {FLAGS.num_examples}")
-      x, y = x[:FLAGS.num_examples], y[:FLAGS.num_examples]
+        raise app.UsageError(
+          f"--num_examples must be in [2, {len(y)}], got {FLAGS.num_examples}"
+        )
+      x, y = x[: FLAGS.num_examples], y[: FLAGS.num_examples]
     if not np.isfinite(x).all():
       raise app.UsageError("--pool_npz: x holds non-finite values")
     num_classes = FLAGS.num_classes or int(y.max()) + 1
-    test = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays and "y_test" in arrays else (None, None)
+    test = (
+      (arrays["x_test"], arrays["y_test"])
+      if "x_test" in arrays and "y_test" in arrays
+      else (None, None)
+    )
     try:
       return store.Pool(path.stem, x, y, num_classes, *test)
     except ValueError as e:
@@ -206,7 +317,9 @@ def load_pool(spec) -> store.Pool:
 
 
 def _write_csv_atomic(path: pathlib.Path, header: list[str], rows) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(
+    dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+  )
   try:
     with os.fdopen(fd, "w") as f:
       f.write(",".join(header) + "\n")
@@ -219,27 +332,45 @@ def _write_csv_atomic(path: pathlib.Path, header: list[str], rows) -> None:
     raise
 
 
-def attack_target(shadows: store.Shadows, target: Target, labels: np.ndarray, *, variant: str = "miajax",
-                  log=logging.info) -> tuple[dict, dict]:
+def attack_target(
+  shadows: store.Shadows,
+  target: Target,
+  labels: np.ndarray,
+  *,
+  variant: str = "miajax",
+  log=logging.info,
+) -> tuple[dict, dict]:
   """Every attack on the one target with all (non-diverged) shadows as references: (summaries, scores[examples])."""
   ok = ~shadows.diverged
   if not ok.all():
-    logging.warning("excluding %d diverged shadow models: %s", (~ok).sum(), np.flatnonzero(~ok))
+    logging.warning(
+      "excluding %d diverged shadow models: %s",
+      (~ok).sum(),
+      np.flatnonzero(~ok),
+    )
   keep, logits = shadows.keep[ok], shadows.logits[ok]
   lab = labels[None, :, None]
   shadow_scaled = np.asarray(scores.logit_scaled(logits, lab))
   target_scaled = np.asarray(scores.logit_scaled(target.logits[None], lab))
   shadow_conf = np.asarray(scores.confidence(logits, lab))
   target_conf = np.asarray(scores.confidence(target.logits[None], lab))
-  computed = {name: (lambda fn=fn, fix=fix: fn(shadow_scaled, keep, target_scaled, fix_variance=fix,
-                                                variant=variant))
-              for name, (fn, fix) in LIRA_ATTACKS.items()}
+  computed = {
+    name: (
+      lambda fn=fn, fix=fix: fn(
+        shadow_scaled, keep, target_scaled, fix_variance=fix, variant=variant
+      )
+    )
+    for name, (fn, fix) in LIRA_ATTACKS.items()
+  }
   computed["global_threshold"] = lambda: attacks.global_threshold(target_scaled)
   computed["rmia"] = lambda: attacks.rmia(shadow_conf, keep, target_conf)
-  computed["rmia_offline"] = lambda: attacks.rmia(shadow_conf, keep, target_conf, offline=True)
+  computed["rmia_offline"] = lambda: attacks.rmia(
+    shadow_conf, keep, target_conf, offline=True
+  )
   for name, signal in THRESHOLD_ATTACKS.items():
     computed[name] = lambda signal=signal: attacks.global_threshold(
-        np.asarray(scores.membership_signal(signal, target.logits[None], lab)))
+      np.asarray(scores.membership_signal(signal, target.logits[None], lab))
+    )
   summaries, all_scores = {}, {}
   for name, fn in computed.items():
     t0 = time.perf_counter()
@@ -249,7 +380,9 @@ def attack_target(shadows: store.Shadows, target: Target, labels: np.ndarray, *,
       # Levels finer than 1/non-members are reported as null ("n/a").
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
       summaries[name] = report.attack_summary(s, target.is_member)
-    log(f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)")
+    log(
+      f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)"
+    )
   return summaries, all_scores
 
 
@@ -261,77 +394,150 @@ def main(argv):
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.design != "paired":
-    raise app.UsageError("--design must be paired for an audit: the shadow store grows a paired design "
-                         "(see miajax.store)")
+    raise app.UsageError(
+      "--design must be paired for an audit: the shadow store grows a paired design "
+      "(see miajax.store)"
+    )
   if FLAGS.num_models < 4 or FLAGS.num_models % 2:
     # Paired shadows give every example M/2 IN and M/2 OUT references; LiRA's variances need >= 2 of each.
-    raise app.UsageError(f"--num_models must be even and >= 4, got {FLAGS.num_models}")
+    raise app.UsageError(
+      f"--num_models must be even and >= 4, got {FLAGS.num_models}"
+    )
   spec = dataclasses.replace(common.run_spec(), label_only=None)
   pool = load_pool(spec)
   if FLAGS.pool_npz:
-    spec = dataclasses.replace(spec, dataset=pool.name, data_dir=None, num_examples=None)
+    spec = dataclasses.replace(
+      spec, dataset=pool.name, data_dir=None, num_examples=None
+    )
   try:
     num_queries = int(train.query_views(pool.x[:1], spec.queries).shape[0])
   except ValueError as e:
     raise app.UsageError(f"--queries: {e}") from None
-  target = load_target(FLAGS.target_outputs, FLAGS.target_members, kind=FLAGS.target_kind,
-                       pool_size=pool.x.shape[0], num_classes=pool.num_classes, num_queries=num_queries)
+  target = load_target(
+    FLAGS.target_outputs,
+    FLAGS.target_members,
+    kind=FLAGS.target_kind,
+    pool_size=pool.x.shape[0],
+    num_classes=pool.num_classes,
+    num_queries=num_queries,
+  )
   out = pathlib.Path(FLAGS.output_dir)
-  common.make_output_dir(out)  # only now: a bad target file must leave nothing behind
+  common.make_output_dir(
+    out
+  )  # only now: a bad target file must leave nothing behind
   t_valid = time.perf_counter()
-  logging.info("target: %d candidates, %d members, %d queries, %d classes", pool.x.shape[0],
-               target.members.size, num_queries, pool.num_classes)
+  logging.info(
+    "target: %d candidates, %d members, %d queries, %d classes",
+    pool.x.shape[0],
+    target.members.size,
+    num_queries,
+    pool.num_classes,
+  )
 
-  root = pathlib.Path(FLAGS.shadow_store) if FLAGS.shadow_store else out / "shadow_store"
+  root = (
+    pathlib.Path(FLAGS.shadow_store)
+    if FLAGS.shadow_store
+    else out / "shadow_store"
+  )
   try:
     shadows = store.ensure_shadows(root, pool, spec, log=logging.info)
   except ValueError as e:
     raise app.UsageError(f"--shadow_store / recipe: {e}") from None
   t_shadows = time.perf_counter()
-  summaries, all_scores = attack_target(shadows, target, pool.y, variant=FLAGS.variant)
+  summaries, all_scores = attack_target(
+    shadows, target, pool.y, variant=FLAGS.variant
+  )
   t_attacked = time.perf_counter()
 
   order = np.lexsort((np.arange(pool.x.shape[0]), -all_scores["lira_online"]))
   names = list(all_scores)
-  _write_csv_atomic(out / "scores.csv", ["index", "is_member", "label", *names],
-                    ([str(i), str(int(target.is_member[i])), str(int(pool.y[i])),
-                      *(f"{all_scores[n][i]:.9g}" for n in names)] for i in order))
-  plots.plot_roc({name: (all_scores[name], target.is_member) for name in
-                  ("lira_online", "lira_online_fixed", "lira_offline", "global_threshold", "rmia",
-                   "loss_threshold")},
-                 out / "roc.png", title=f"{pool.name}: external target, {shadows.keep.shape[0]} shadow models")
+  _write_csv_atomic(
+    out / "scores.csv",
+    ["index", "is_member", "label", *names],
+    (
+      [
+        str(i),
+        str(int(target.is_member[i])),
+        str(int(pool.y[i])),
+        *(f"{all_scores[n][i]:.9g}" for n in names),
+      ]
+      for i in order
+    ),
+  )
+  plots.plot_roc(
+    {
+      name: (all_scores[name], target.is_member)
+      for name in (
+        "lira_online",
+        "lira_online_fixed",
+        "lira_offline",
+        "global_threshold",
+        "rmia",
+        "loss_threshold",
+      )
+    },
+    out / "roc.png",
+    title=f"{pool.name}: external target, {shadows.keep.shape[0]} shadow models",
+  )
   pred = target.logits[:, 0].argmax(-1)
   correct = pred == pool.y
   ok = ~shadows.diverged
   rep = {
-      "config": common.flag_values(),
-      # The target's accuracy on its own members and on the pool's other candidates (its held-out data here).
-      "target": {"train_accuracy": float(correct[target.is_member].mean()),
-                 "test_accuracy": float(correct[~target.is_member].mean()),
-                 "test_accuracy_on": "pool non-members",
-                 "members": int(target.members.size), "non_members": int((~target.is_member).sum()),
-                 "kind": FLAGS.target_kind},
-      "shadows": {"models": int(shadows.keep.shape[0]), "trained": shadows.trained, "reused": shadows.reused,
-                  "store": str(shadows.path), "fingerprint": shadows.fingerprint,
-                  "train_accuracy": float(shadows.train_accuracy[ok].mean()),
-                  "test_accuracy": (float(np.mean(shadows.test_accuracy[ok]))
-                                    if np.isfinite(shadows.test_accuracy[ok]).all() else None),
-                  "diverged_models": np.flatnonzero(shadows.diverged).tolist()},
-      "protocol": {"evaluation": "external_target", "references": int(ok.sum()),
-                   "examples": int(pool.x.shape[0]), "queries": num_queries, "pool": pool.identity()},
-      "attacks": summaries,
-      "timing_s": {"validate": t_valid - t_start, "train": shadows.train_seconds,
-                   "predict": shadows.predict_seconds, "shadows_wall": t_shadows - t_valid,
-                   "attacks": t_attacked - t_shadows, "total": time.perf_counter() - t_start},
+    "config": common.flag_values(),
+    # The target's accuracy on its own members and on the pool's other candidates (its held-out data here).
+    "target": {
+      "train_accuracy": float(correct[target.is_member].mean()),
+      "test_accuracy": float(correct[~target.is_member].mean()),
+      "test_accuracy_on": "pool non-members",
+      "members": int(target.members.size),
+      "non_members": int((~target.is_member).sum()),
+      "kind": FLAGS.target_kind,
+    },
+    "shadows": {
+      "models": int(shadows.keep.shape[0]),
+      "trained": shadows.trained,
+      "reused": shadows.reused,
+      "store": str(shadows.path),
+      "fingerprint": shadows.fingerprint,
+      "train_accuracy": float(shadows.train_accuracy[ok].mean()),
+      "test_accuracy": (
+        float(np.mean(shadows.test_accuracy[ok]))
+        if np.isfinite(shadows.test_accuracy[ok]).all()
+        else None
+      ),
+      "diverged_models": np.flatnonzero(shadows.diverged).tolist(),
+    },
+    "protocol": {
+      "evaluation": "external_target",
+      "references": int(ok.sum()),
+      "examples": int(pool.x.shape[0]),
+      "queries": num_queries,
+      "pool": pool.identity(),
+    },
+    "attacks": summaries,
+    "timing_s": {
+      "validate": t_valid - t_start,
+      "train": shadows.train_seconds,
+      "predict": shadows.predict_seconds,
+      "shadows_wall": t_shadows - t_valid,
+      "attacks": t_attacked - t_shadows,
+      "total": time.perf_counter() - t_start,
+    },
   }
   report.write_json_atomic(out / "report.json", rep)
-  print(f"\n{pool.name}: external target audited with {int(ok.sum())} shadow models ({shadows.trained} trained now, "
-        f"{shadows.reused} reused), {pool.x.shape[0]} candidates, {target.members.size} members")
-  print(f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
-        f"accuracy on pool non-members {rep['target']['test_accuracy']:.4f}\n")
+  print(
+    f"\n{pool.name}: external target audited with {int(ok.sum())} shadow models ({shadows.trained} trained now, "
+    f"{shadows.reused} reused), {pool.x.shape[0]} candidates, {target.members.size} members"
+  )
+  print(
+    f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
+    f"accuracy on pool non-members {rep['target']['test_accuracy']:.4f}\n"
+  )
   print(report.format_table(summaries))
-  print(f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}, {out / 'roc.png'} and "
-        f"{out / 'scores.csv'}")
+  print(
+    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}, {out / 'roc.png'} and "
+    f"{out / 'scores.csv'}"
+  )
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ class Workload:
   input_shape: tuple[int, ...]
   num_classes: int
   batch_size: int
-  num_models: int  # default models per method (with the planner on: at most this many)
+  num_models: (
+    int  # default models per method (with the planner on: at most this many)
+  )
   steps: int  # default timed steps per model
   recipe_members: int
   recipe_epochs: int
@@ -128,41 +130,97 @@ class Workload:
   data: str = "synthetic"  # or "digits" (the embedded scikit-learn digits)
   learning_rate: float = 0.1
   weight_decay: float = 5e-4
-  loop_models: int | None = None  # models the one-model loops time (None: all); their rates are per model
+  loop_models: int | None = (
+    None  # models the one-model loops time (None: all); their rates are per model
+  )
 
   def config(self, epochs: int, seed: int) -> train.TrainConfig:
-    return train.TrainConfig(model=self.model, model_kwargs=self.model_kwargs, optimizer="sgd",
-                             learning_rate=self.learning_rate, momentum=0.9,
-                             weight_decay=self.weight_decay, epochs=epochs, batch_size=self.batch_size,
-                             schedule="cosine", seed=seed)
+    return train.TrainConfig(
+      model=self.model,
+      model_kwargs=self.model_kwargs,
+      optimizer="sgd",
+      learning_rate=self.learning_rate,
+      momentum=0.9,
+      weight_decay=self.weight_decay,
+      epochs=epochs,
+      batch_size=self.batch_size,
+      schedule="cosine",
+      seed=seed,
+    )
 
   @property
   def recipe_examples(self) -> int:
     """Examples one model processes in the full recipe (the engine rounds an epoch up to whole batches)."""
-    return math.ceil(self.recipe_members / self.batch_size) * self.batch_size * self.recipe_epochs
+    return (
+      math.ceil(self.recipe_members / self.batch_size)
+      * self.batch_size
+      * self.recipe_epochs
+    )
 
 
 WORKLOADS = {
-    "mlp_purchase": Workload(
-        "mlp_purchase", "mlp", (("activation", "tanh"), ("widths", (1024, 512, 256, 128))), (600,), 100,
-        batch_size=128, num_models=16, steps=60, recipe_members=20_000, recipe_epochs=30,
-        recipe="Purchase100-shaped (600 features, 100 classes), 20,000 members x 30 epochs, batch 128"),
-    "mlp_digits": Workload(
-        "mlp_digits", "mlp", (("activation", "relu"), ("widths", (256, 128))), (8, 8, 1), 10,
-        batch_size=64, num_models=16, steps=200, recipe_members=648, recipe_epochs=30, data="digits",
-        recipe="scikit-learn digits, 648 members (half of 1,297) x 30 epochs, batch 64"),
-    "cnn_small": Workload(
-        "cnn_small", "cnn_small", (), (32, 32, 3), 10, batch_size=128, num_models=8, steps=5,
-        recipe_members=25_000, recipe_epochs=100, learning_rate=0.05,
-        recipe="CIFAR-10-shaped, 25,000 members x 100 epochs, batch 128"),
-    "wrn16-4": Workload(
-        "wrn16-4", "wrn16-4", (), (32, 32, 3), 10, batch_size=32, num_models=2, steps=3,
-        recipe_members=25_000, recipe_epochs=100, learning_rate=0.05,
-        recipe="CIFAR-10-shaped, 25,000 members x 100 epochs, batch 32"),
+  "mlp_purchase": Workload(
+    "mlp_purchase",
+    "mlp",
+    (("activation", "tanh"), ("widths", (1024, 512, 256, 128))),
+    (600,),
+    100,
+    batch_size=128,
+    num_models=16,
+    steps=60,
+    recipe_members=20_000,
+    recipe_epochs=30,
+    recipe="Purchase100-shaped (600 features, 100 classes), 20,000 members x 30 epochs, batch 128",
+  ),
+  "mlp_digits": Workload(
+    "mlp_digits",
+    "mlp",
+    (("activation", "relu"), ("widths", (256, 128))),
+    (8, 8, 1),
+    10,
+    batch_size=64,
+    num_models=16,
+    steps=200,
+    recipe_members=648,
+    recipe_epochs=30,
+    data="digits",
+    recipe="scikit-learn digits, 648 members (half of 1,297) x 30 epochs, batch 64",
+  ),
+  "cnn_small": Workload(
+    "cnn_small",
+    "cnn_small",
+    (),
+    (32, 32, 3),
+    10,
+    batch_size=128,
+    num_models=8,
+    steps=5,
+    recipe_members=25_000,
+    recipe_epochs=100,
+    learning_rate=0.05,
+    recipe="CIFAR-10-shaped, 25,000 members x 100 epochs, batch 128",
+  ),
+  "wrn16-4": Workload(
+    "wrn16-4",
+    "wrn16-4",
+    (),
+    (32, 32, 3),
+    10,
+    batch_size=32,
+    num_models=2,
+    steps=3,
+    recipe_members=25_000,
+    recipe_epochs=100,
+    learning_rate=0.05,
+    recipe="CIFAR-10-shaped, 25,000 members x 100 epochs, batch 32",
+  ),
 }
 METHODS = ("engine", "jax_loop", "torch_loop", "torch_vmap")
 TORCH_METHODS = ("torch_loop", "torch_vmap")
-LOOP_METHODS = ("jax_loop", "torch_loop")  # one model after the other: per-model rates extrapolate
+LOOP_METHODS = (
+  "jax_loop",
+  "torch_loop",
+)  # one model after the other: per-model rates extrapolate
 
 # One H100/H200-class GPU, the engine at 256 models (what the planner allows there): cnn_small
 # ~50-100k images/s, i.e. 0.3-0.7 s per step of 256 x 128 images; wrn16-4 ~2.6 GFLOP per image at a
@@ -171,18 +229,36 @@ LOOP_METHODS = ("jax_loop", "torch_loop")  # one model after the other: per-mode
 # (warm-up + 2 repeats) plus compiling fit the 8 minutes with room for a 2-3x slower GPU.  A
 # one-model step is launch-bound (~1-10 ms), so 8-16 models time the loops to within a few seconds.
 ACCELERATOR_WORKLOADS = {
-    "cnn_small": dataclasses.replace(WORKLOADS["cnn_small"], num_models=256, steps=20, loop_models=16),
-    "wrn16-4": dataclasses.replace(WORKLOADS["wrn16-4"], num_models=256, steps=10, loop_models=8),
-    "mlp_purchase": dataclasses.replace(WORKLOADS["mlp_purchase"], num_models=256, steps=400, loop_models=16),
+  "cnn_small": dataclasses.replace(
+    WORKLOADS["cnn_small"], num_models=256, steps=20, loop_models=16
+  ),
+  "wrn16-4": dataclasses.replace(
+    WORKLOADS["wrn16-4"], num_models=256, steps=10, loop_models=8
+  ),
+  "mlp_purchase": dataclasses.replace(
+    WORKLOADS["mlp_purchase"], num_models=256, steps=400, loop_models=16
+  ),
 }
 PRESETS = {
-    "cpu": dict(table=WORKLOADS, defaults={}),
-    "accelerator": dict(table=ACCELERATOR_WORKLOADS, defaults=dict(
-        workloads=",".join(ACCELERATOR_WORKLOADS), methods="engine,jax_loop,torch_loop", plan_models=True,
-        lira=False, memory_models=0, art=False, repeats=2, matmul_sizes="4096,8192")),
+  "cpu": dict(table=WORKLOADS, defaults={}),
+  "accelerator": dict(
+    table=ACCELERATOR_WORKLOADS,
+    defaults=dict(
+      workloads=",".join(ACCELERATOR_WORKLOADS),
+      methods="engine,jax_loop,torch_loop",
+      plan_models=True,
+      lira=False,
+      memory_models=0,
+      art=False,
+      repeats=2,
+      matmul_sizes="4096,8192",
+    ),
+  ),
 }
 MEMORY_WORKLOAD = "mlp_purchase"
-ART_WORKLOAD = "mlp_digits"  # the demo's recipe, which the ART comparison trains end to end
+ART_WORKLOAD = (
+  "mlp_digits"  # the demo's recipe, which the ART comparison trains end to end
+)
 GIB = 2**30
 
 
@@ -215,14 +291,20 @@ class BenchConfig:
   output_dir: str | None
 
 
-def _int_list(name: str, value, length: int | None = None, minimum: int = 1) -> tuple[int, ...]:
+def _int_list(
+  name: str, value, length: int | None = None, minimum: int = 1
+) -> tuple[int, ...]:
   items = value.split(",") if isinstance(value, str) else list(value)
   try:
     out = tuple(int(str(v).strip()) for v in items if str(v).strip())
   except ValueError:
-    raise ValueError(f"{name} must be comma-separated integers, got {value!r}") from None
+    raise ValueError(
+      f"{name} must be comma-separated integers, got {value!r}"
+    ) from None
   if not out or (length is not None and len(out) != length):
-    raise ValueError(f"{name} must hold {length or 'at least one'} integers, got {value!r}")
+    raise ValueError(
+      f"{name} must hold {length or 'at least one'} integers, got {value!r}"
+    )
   if min(out) < minimum:
     raise ValueError(f"{name} values must be >= {minimum}, got {value!r}")
   return out
@@ -235,28 +317,55 @@ def _name_list(name: str, value, allowed) -> tuple[str, ...]:
     return tuple(allowed)
   bad = [v for v in out if v not in allowed]
   if not out or bad:
-    raise ValueError(f"{name} must be a comma list of {list(allowed)} (or 'all'), got {value!r}"
-                     + (f"; unknown: {bad}" if bad else ""))
+    raise ValueError(
+      f"{name} must be a comma list of {list(allowed)} (or 'all'), got {value!r}"
+      + (f"; unknown: {bad}" if bad else "")
+    )
   return out
 
 
 def _optional_positive(name: str, value, minimum: int = 1):
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum} (or unset for the per-workload default), "
-                     f"got {value!r}")
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, (int, np.integer))
+    or value < minimum
+  ):
+    raise ValueError(
+      f"{name} must be an integer >= {minimum} (or unset for the per-workload default), "
+      f"got {value!r}"
+    )
   return int(value)
 
 
 # What parse_config uses for a value neither the preset nor the caller gives (the cpu preset's values).
-DEFAULTS = dict(workloads="all", methods="all", num_models=None, steps=None, loop_models=None, plan_models=False,
-                lira=True, lira_shape="256,50000,2", numpy_examples=100, memory_models=256,
-                memory_examples=40_000, art=True, art_models=64, art_epochs=None, art_repeats=1,
-                art_torch_threads=None, matmul_sizes="2048,4096", repeats=3, seed=0)
+DEFAULTS = dict(
+  workloads="all",
+  methods="all",
+  num_models=None,
+  steps=None,
+  loop_models=None,
+  plan_models=False,
+  lira=True,
+  lira_shape="256,50000,2",
+  numpy_examples=100,
+  memory_models=256,
+  memory_examples=40_000,
+  art=True,
+  art_models=64,
+  art_epochs=None,
+  art_repeats=1,
+  art_torch_threads=None,
+  matmul_sizes="2048,4096",
+  repeats=3,
+  seed=0,
+)
 
 
-def parse_config(*, preset: str = "cpu", output_dir=None, table=None, **values) -> BenchConfig:
+def parse_config(
+  *, preset: str = "cpu", output_dir=None, table=None, **values
+) -> BenchConfig:
   """Validated :class:`BenchConfig`; raises ``ValueError`` naming the bad value.
 
   ``values`` (keys of :data:`DEFAULTS`, named as the flags) override the
@@ -272,39 +381,79 @@ def parse_config(*, preset: str = "cpu", output_dir=None, table=None, **values) 
     raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
   unknown = sorted(set(values) - set(DEFAULTS))
   if unknown:
-    raise TypeError(f"parse_config: unknown arguments {unknown}; known: {sorted(DEFAULTS)}")
+    raise TypeError(
+      f"parse_config: unknown arguments {unknown}; known: {sorted(DEFAULTS)}"
+    )
   v = {**DEFAULTS, **PRESETS[preset]["defaults"], **values}
   table = PRESETS[preset]["table"] if table is None else table
-  art_epochs = WORKLOADS[ART_WORKLOAD].recipe_epochs if v["art_epochs"] is None else v["art_epochs"]
+  art_epochs = (
+    WORKLOADS[ART_WORKLOAD].recipe_epochs
+    if v["art_epochs"] is None
+    else v["art_epochs"]
+  )
   lira_shape = _int_list("lira_shape", v["lira_shape"], 3)
   if v["lira"] and lira_shape[0] < 6:
-    raise ValueError(f"lira_shape needs >= 6 models for leave-one-out LiRA, got {lira_shape[0]}")
-  for name, minimum in (("numpy_examples", 1), ("memory_models", 0), ("memory_examples", 2), ("repeats", 1),
-                        ("seed", 0), ("art_models", 2), ("art_repeats", 1)):
+    raise ValueError(
+      f"lira_shape needs >= 6 models for leave-one-out LiRA, got {lira_shape[0]}"
+    )
+  for name, minimum in (
+    ("numpy_examples", 1),
+    ("memory_models", 0),
+    ("memory_examples", 2),
+    ("repeats", 1),
+    ("seed", 0),
+    ("art_models", 2),
+    ("art_repeats", 1),
+  ):
     value = v[name]
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, np.integer))
+      or value < minimum
+    ):
       raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  if isinstance(art_epochs, bool) or not isinstance(art_epochs, (int, np.integer)) or art_epochs < 1:
+  if (
+    isinstance(art_epochs, bool)
+    or not isinstance(art_epochs, (int, np.integer))
+    or art_epochs < 1
+  ):
     raise ValueError(f"art_epochs must be an integer >= 1, got {art_epochs!r}")
   if v["art_models"] % 2:
     # miajax's side uses paired_keep (complementary halves), which needs pairs of models.
-    raise ValueError(f"art_models must be even (pairs of complementary halves), got {v['art_models']!r}")
+    raise ValueError(
+      f"art_models must be even (pairs of complementary halves), got {v['art_models']!r}"
+    )
   workloads = v["workloads"]
   no_workloads = isinstance(workloads, str) and workloads.strip() == "none"
   return BenchConfig(
-      preset=preset, workloads=() if no_workloads else _name_list("workloads", workloads, table),
-      methods=_name_list("methods", v["methods"], METHODS),
-      num_models=_optional_positive("num_models", v["num_models"]),
-      steps=_optional_positive("steps", v["steps"]),
-      loop_models=_optional_positive("loop_models", v["loop_models"]), plan_models=bool(v["plan_models"]),
-      lira=bool(v["lira"]), lira_shape=lira_shape, numpy_examples=int(v["numpy_examples"]),
-      memory_models=int(v["memory_models"]), memory_examples=int(v["memory_examples"]), art=bool(v["art"]),
-      art_models=int(v["art_models"]), art_epochs=int(art_epochs), art_repeats=int(v["art_repeats"]),
-      art_torch_threads=tuple(dict.fromkeys(
-          (1, os.cpu_count() or 1) if v["art_torch_threads"] is None
-          else _int_list("art_torch_threads", v["art_torch_threads"]))),
-      matmul_sizes=_int_list("matmul_sizes", v["matmul_sizes"], minimum=16), repeats=int(v["repeats"]),
-      seed=int(v["seed"]), output_dir=output_dir)
+    preset=preset,
+    workloads=() if no_workloads else _name_list("workloads", workloads, table),
+    methods=_name_list("methods", v["methods"], METHODS),
+    num_models=_optional_positive("num_models", v["num_models"]),
+    steps=_optional_positive("steps", v["steps"]),
+    loop_models=_optional_positive("loop_models", v["loop_models"]),
+    plan_models=bool(v["plan_models"]),
+    lira=bool(v["lira"]),
+    lira_shape=lira_shape,
+    numpy_examples=int(v["numpy_examples"]),
+    memory_models=int(v["memory_models"]),
+    memory_examples=int(v["memory_examples"]),
+    art=bool(v["art"]),
+    art_models=int(v["art_models"]),
+    art_epochs=int(art_epochs),
+    art_repeats=int(v["art_repeats"]),
+    art_torch_threads=tuple(
+      dict.fromkeys(
+        (1, os.cpu_count() or 1)
+        if v["art_torch_threads"] is None
+        else _int_list("art_torch_threads", v["art_torch_threads"])
+      )
+    ),
+    matmul_sizes=_int_list("matmul_sizes", v["matmul_sizes"], minimum=16),
+    repeats=int(v["repeats"]),
+    seed=int(v["seed"]),
+    output_dir=output_dir,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -322,10 +471,13 @@ def make_data(wl: Workload, num_models: int, steps: int, seed: int) -> dict:
   b = wl.batch_size
   if wl.data == "digits":
     from miajax import data as data_lib
+
     ds = data_lib.load("digits")
     x, y = ds.x_train.astype(np.float32), ds.y_train.astype(np.int32)
     if tuple(x.shape[1:]) != wl.input_shape:
-      raise ValueError(f"workload {wl.name}: digits are {x.shape[1:]}, not {wl.input_shape}")
+      raise ValueError(
+        f"workload {wl.name}: digits are {x.shape[1:]}, not {wl.input_shape}"
+      )
     steps_per_epoch = max(1, min(steps, (len(x) // 2) // b))
   elif wl.data == "synthetic":
     steps_per_epoch = steps
@@ -333,16 +485,27 @@ def make_data(wl: Workload, num_models: int, steps: int, seed: int) -> dict:
     x = rng.standard_normal((n,) + wl.input_shape, dtype=np.float32)
     y = rng.integers(0, wl.num_classes, n).astype(np.int32)
   else:
-    raise ValueError(f"workload {wl.name}: data must be 'synthetic' or 'digits', got {wl.data!r}")
+    raise ValueError(
+      f"workload {wl.name}: data must be 'synthetic' or 'digits', got {wl.data!r}"
+    )
   members = steps_per_epoch * b
   if members > len(x):
-    raise ValueError(f"workload {wl.name}: {members} members per model but only {len(x)} examples")
+    raise ValueError(
+      f"workload {wl.name}: {members} members per model but only {len(x)} examples"
+    )
   keep = np.zeros((num_models, len(x)), bool)
   for m in range(num_models):
     keep[m, rng.permutation(len(x))[:members]] = True
   epochs = math.ceil(steps / steps_per_epoch)
-  return dict(x=x, y=y, keep=keep, steps_per_epoch=steps_per_epoch, epochs=epochs,
-              steps=epochs * steps_per_epoch, members=members)
+  return dict(
+    x=x,
+    y=y,
+    keep=keep,
+    steps_per_epoch=steps_per_epoch,
+    epochs=epochs,
+    steps=epochs * steps_per_epoch,
+    members=members,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -366,7 +529,9 @@ def matmul_peak(sizes=(2048, 4096), repeats: int = 5) -> dict:
   return {"gflops": max(per_size.values()), "per_size": per_size}
 
 
-def torch_matmul(torch, sizes=(2048, 4096), repeats: int = 3, device: str = "cpu") -> dict:
+def torch_matmul(
+  torch, sizes=(2048, 4096), repeats: int = 3, device: str = "cpu"
+) -> dict:
   """Best float32 GFLOP/s of PyTorch's ``a @ b`` per size, with its default matmul settings."""
   per_size = {}
   with torch.no_grad():
@@ -399,8 +564,10 @@ def higher_peak(matmul: dict) -> tuple[float, str]:
 
 def _optimizer(weight_decay: float, momentum: float, total_steps: int):
   parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-  parts += [optax.trace(decay=momentum),
-            optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, total_steps))]
+  parts += [
+    optax.trace(decay=momentum),
+    optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, total_steps)),
+  ]
   return optax.chain(*parts)
 
 
@@ -410,29 +577,47 @@ def jax_single_step(wl: Workload, total_steps: int):
   ``order: int32[steps, batch]`` member indices of one epoch; ``s`` an int32 step of it.
   """
   cfg = wl.config(1, 0)
-  model = models_lib.get_model(wl.model, wl.num_classes, **cfg.model_kwargs_dict())
+  model = models_lib.get_model(
+    wl.model, wl.num_classes, **cfg.model_kwargs_dict()
+  )
   mutable = models_lib.uses_batch_norm(wl.model)
   tx = _optimizer(wl.weight_decay, 0.9, total_steps)
   lr = wl.learning_rate
 
   def init(key):
-    variables = dict(model.init({"params": jax.random.fold_in(key, 0)},
-                                jnp.zeros((1,) + wl.input_shape, jnp.float32), train=False))
+    variables = dict(
+      model.init(
+        {"params": jax.random.fold_in(key, 0)},
+        jnp.zeros((1,) + wl.input_shape, jnp.float32),
+        train=False,
+      )
+    )
     params = variables.pop("params")
     return params, variables, tx.init(params)
 
   def loss_fn(params, state, xb, yb):
     if mutable:
-      logits, new_state = model.apply({"params": params, **state}, xb, train=True, mutable=["batch_stats"])
+      logits, new_state = model.apply(
+        {"params": params, **state}, xb, train=True, mutable=["batch_stats"]
+      )
     else:
-      logits, new_state = model.apply({"params": params, **state}, xb, train=True), state
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb).mean(), new_state
+      logits, new_state = (
+        model.apply({"params": params, **state}, xb, train=True),
+        state,
+      )
+    return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), yb
+    ).mean(), new_state
 
   def step(params, state, opt_state, order, s, x, y):
     idx = jax.lax.dynamic_index_in_dim(order, s, keepdims=False)
-    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x[idx], y[idx])
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, state, x[idx], y[idx]
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
+    params = optax.apply_updates(
+      params, jax.tree_util.tree_map(lambda u: -lr * u, updates)
+    )
     return params, state, opt_state, loss
 
   return jax.jit(init), step
@@ -452,7 +637,9 @@ def _cost_flops(compiled) -> float | None:
 def analytic_flops_per_example(wl: Workload) -> float:
   """3 x 2 x the forward multiply-adds of every Dense and Conv, counted on a traced forward pass."""
   cfg = wl.config(1, 0)
-  model = models_lib.get_model(wl.model, wl.num_classes, **cfg.model_kwargs_dict())
+  model = models_lib.get_model(
+    wl.model, wl.num_classes, **cfg.model_kwargs_dict()
+  )
   macs = [0]
 
   def count(next_fun, args, kwargs, context):
@@ -464,12 +651,18 @@ def analytic_flops_per_example(wl: Workload) -> float:
         macs[0] += math.prod(x.shape[:-1]) * x.shape[-1] * mod.features
       elif isinstance(mod, (models_lib.Conv, nn.Conv)):
         kh, kw = mod.kernel_size
-        macs[0] += math.prod(out.shape[:-1]) * kh * kw * x.shape[-1] * mod.features
+        macs[0] += (
+          math.prod(out.shape[:-1]) * kh * kw * x.shape[-1] * mod.features
+        )
     return out
 
   with nn.intercept_methods(count):
-    jax.eval_shape(lambda k: model.init({"params": k}, jnp.zeros((1,) + wl.input_shape), train=False),
-                   jax.random.PRNGKey(0))
+    jax.eval_shape(
+      lambda k: model.init(
+        {"params": k}, jnp.zeros((1,) + wl.input_shape), train=False
+      ),
+      jax.random.PRNGKey(0),
+    )
   return 6.0 * macs[0]
 
 
@@ -478,7 +671,9 @@ def analytic_flops_per_example(wl: Workload) -> float:
 # "examples", "loss": float[models, steps] (the engine: float[models, epochs], its per-epoch means)}
 
 
-def _timed(fn: Callable[[], Any], wl: Workload, data: dict, repeats: int) -> dict:
+def _timed(
+  fn: Callable[[], Any], wl: Workload, data: dict, repeats: int
+) -> dict:
   """Best of ``repeats`` timed calls of ``fn``: other jobs on a shared CPU can only slow a run down."""
   times = []
   for _ in range(repeats):
@@ -486,12 +681,26 @@ def _timed(fn: Callable[[], Any], wl: Workload, data: dict, repeats: int) -> dic
     out = fn()
     times.append(time.perf_counter() - t)
   m = data["keep"].shape[0]
-  return dict(seconds=min(times), all_seconds=times, steps=data["steps"], epochs=data["epochs"], models=m,
-              examples=m * data["steps"] * wl.batch_size, out=out)
+  return dict(
+    seconds=min(times),
+    all_seconds=times,
+    steps=data["steps"],
+    epochs=data["epochs"],
+    models=m,
+    examples=m * data["steps"] * wl.batch_size,
+    out=out,
+  )
 
 
-def run_engine(wl: Workload, data: dict, seed: int, *, learning_rates=None, warmup: bool = True,
-               repeats: int = 1) -> dict:
+def run_engine(
+  wl: Workload,
+  data: dict,
+  seed: int,
+  *,
+  learning_rates=None,
+  warmup: bool = True,
+  repeats: int = 1,
+) -> dict:
   """``miajax.train.train_models`` on all models; one timed call includes init, shuffles and every chunk.
 
   The lowering is resolved before the warm-up (on CPU that may time the
@@ -502,40 +711,71 @@ def run_engine(wl: Workload, data: dict, seed: int, *, learning_rates=None, warm
   low = train.resolve_lowering(cfg, wl.input_shape, wl.num_classes)
 
   def once():
-    res = train.train_models(data["x"], data["y"], data["keep"], cfg, num_classes=wl.num_classes,
-                             learning_rates=learning_rates, lowering=low)
+    res = train.train_models(
+      data["x"],
+      data["y"],
+      data["keep"],
+      cfg,
+      num_classes=wl.num_classes,
+      learning_rates=learning_rates,
+      lowering=low,
+    )
     jax.block_until_ready(res.variables)
     return res
 
-  if warmup:  # the identical call: compiles every chunk shape the timed call uses
+  if (
+    warmup
+  ):  # the identical call: compiles every chunk shape the timed call uses
     once()
   r = _timed(once, wl, data, repeats)
   res = r.pop("out")
   m = data["keep"].shape[0]
-  return dict(r, loss=np.asarray(res.loss, np.float64), variables=res.variables,
-              models_per_step=train.plan_models_per_step(cfg, wl.num_classes, wl.input_shape, m, lowering=low),
-              microbatch_size=low.microbatch, lowering=dataclasses.asdict(low),
-              microbatch_timings=microbatch_timings(cfg, wl, low))
+  return dict(
+    r,
+    loss=np.asarray(res.loss, np.float64),
+    variables=res.variables,
+    models_per_step=train.plan_models_per_step(
+      cfg, wl.num_classes, wl.input_shape, m, lowering=low
+    ),
+    microbatch_size=low.microbatch,
+    lowering=dataclasses.asdict(low),
+    microbatch_timings=microbatch_timings(cfg, wl, low),
+  )
 
 
-def microbatch_timings(cfg: train.TrainConfig, wl: Workload, low: train.Lowering) -> dict | None:
+def microbatch_timings(
+  cfg: train.TrainConfig, wl: Workload, low: train.Lowering
+) -> dict | None:
   """``{size: seconds per one-model step}`` the CPU lowering picked its micro-batch from; None where it
   picked none (other backends, vmapped or batch-norm models, an explicit size)."""
-  if low.backend != "cpu" or cfg.microbatch_size is not None or not cpu_engine.microbatch_eligible(
-      cfg, low.model_axis):
+  if (
+    low.backend != "cpu"
+    or cfg.microbatch_size is not None
+    or not cpu_engine.microbatch_eligible(cfg, low.model_axis)
+  ):
     return None
   # The lowering measures under a key with seed, learning rate and chunking reset; asking with the
   # same key (positionally, as it does) returns its cached timings instead of timing again.
-  key = dataclasses.replace(cfg, seed=0, learning_rate=1.0, models_per_step=None)
-  timings = cpu_engine.microbatch_timings(key, tuple(wl.input_shape), int(wl.num_classes), low.conv_impl)
+  key = dataclasses.replace(
+    cfg, seed=0, learning_rate=1.0, models_per_step=None
+  )
+  timings = cpu_engine.microbatch_timings(
+    key, tuple(wl.input_shape), int(wl.num_classes), low.conv_impl
+  )
   return {str(size): float(t) for size, t in sorted(timings.items())}
 
 
-def _epoch_orders(keep_row: np.ndarray, epochs: int, steps_per_epoch: int, batch: int, rng) -> list:
+def _epoch_orders(
+  keep_row: np.ndarray, epochs: int, steps_per_epoch: int, batch: int, rng
+) -> list:
   members = np.flatnonzero(keep_row)
   pos = np.arange(steps_per_epoch * batch) % len(members)
-  return [rng.permutation(members)[pos].reshape(steps_per_epoch, batch).astype(np.int32)
-          for _ in range(epochs)]
+  return [
+    rng.permutation(members)[pos]
+    .reshape(steps_per_epoch, batch)
+    .astype(np.int32)
+    for _ in range(epochs)
+  ]
 
 
 def compile_jax_step(wl: Workload, data: dict):
@@ -543,14 +783,33 @@ def compile_jax_step(wl: Workload, data: dict):
   init, step = jax_single_step(wl, data["steps"])
   params, state, opt = init(jax.random.PRNGKey(0))
   order = jnp.zeros((data["steps_per_epoch"], wl.batch_size), jnp.int32)
-  compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
-      params, state, opt, order, np.int32(0), jnp.asarray(data["x"]), jnp.asarray(data["y"])).compile()
+  compiled = (
+    jax.jit(step, donate_argnums=(0, 1, 2))
+    .lower(
+      params,
+      state,
+      opt,
+      order,
+      np.int32(0),
+      jnp.asarray(data["x"]),
+      jnp.asarray(data["y"]),
+    )
+    .compile()
+  )
   flops = _cost_flops(compiled)
   return init, compiled, None if flops is None else flops / wl.batch_size
 
 
-def run_jax_loop(wl: Workload, data: dict, seed: int, *, compiled_step=None, init_variables=None,
-                 warmup: bool = True, repeats: int = 1) -> dict:
+def run_jax_loop(
+  wl: Workload,
+  data: dict,
+  seed: int,
+  *,
+  compiled_step=None,
+  init_variables=None,
+  warmup: bool = True,
+  repeats: int = 1,
+) -> dict:
   """One model after the other, one jitted step call per batch, data on the device, no vmap.
 
   ``init_variables``: optional Flax variables stacked ``[models, ...]`` to start
@@ -561,7 +820,11 @@ def run_jax_loop(wl: Workload, data: dict, seed: int, *, compiled_step=None, ini
   xd, yd = jax.device_put(data["x"]), jax.device_put(data["y"])
   base = jax.random.PRNGKey(seed)
   keep = data["keep"]
-  num_models, spe, epochs = keep.shape[0], data["steps_per_epoch"], data["epochs"]
+  num_models, spe, epochs = (
+    keep.shape[0],
+    data["steps_per_epoch"],
+    data["epochs"],
+  )
 
   def start(m):
     if init_variables is None:
@@ -572,9 +835,13 @@ def run_jax_loop(wl: Workload, data: dict, seed: int, *, compiled_step=None, ini
 
   if warmup:
     params, state, opt = init(jax.random.fold_in(base, 10**6))
-    order = jnp.asarray(_epoch_orders(keep[0], 1, spe, wl.batch_size, np.random.default_rng(0))[0])
+    order = jnp.asarray(
+      _epoch_orders(keep[0], 1, spe, wl.batch_size, np.random.default_rng(0))[0]
+    )
     for s in range(min(2, spe)):
-      params, state, opt, loss = step(params, state, opt, order, np.int32(s), xd, yd)
+      params, state, opt, loss = step(
+        params, state, opt, order, np.int32(s), xd, yd
+      )
     jax.block_until_ready(loss)
 
   def train_all():
@@ -586,7 +853,9 @@ def run_jax_loop(wl: Workload, data: dict, seed: int, *, compiled_step=None, ini
       for order in _epoch_orders(keep[m], epochs, spe, wl.batch_size, rng):
         order = jnp.asarray(order)
         for s in range(spe):
-          params, state, opt, loss = step(params, state, opt, order, np.int32(s), xd, yd)
+          params, state, opt, loss = step(
+            params, state, opt, order, np.int32(s), xd, yd
+          )
           model_losses.append(loss)
       losses.append(jnp.stack(model_losses))
       jax.block_until_ready(params)
@@ -601,11 +870,17 @@ def run_jax_loop(wl: Workload, data: dict, seed: int, *, compiled_step=None, ini
 
 def torch_device(torch) -> str:
   """Where the torch rows run: the GPU when JAX runs on one and PyTorch sees one, else the CPU."""
-  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  return (
+    "cuda"
+    if jax.default_backend() == "gpu" and torch.cuda.is_available()
+    else "cpu"
+  )
 
 
 def _torch_sync(torch, device: str) -> None:
-  if device != "cpu":  # CUDA kernels run asynchronously; a timing must wait for them
+  if (
+    device != "cpu"
+  ):  # CUDA kernels run asynchronously; a timing must wait for them
     torch.cuda.synchronize()
 
 
@@ -615,7 +890,10 @@ def import_torch():
     import torch
     import torch.func  # noqa: F401
   except ImportError as e:
-    return None, f"PyTorch not installed ({e}); torch rows skipped (pip install -e '.[bench]')"
+    return (
+      None,
+      f"PyTorch not installed ({e}); torch rows skipped (pip install -e '.[bench]')",
+    )
   return torch, None
 
 
@@ -626,7 +904,12 @@ def torch_model(torch, wl: Workload):
   """
   tnn = torch.nn
   kw = dict(wl.model_kwargs)
-  acts = {"relu": tnn.ReLU, "tanh": tnn.Tanh, "leaky_relu": lambda: tnn.LeakyReLU(0.01), "gelu": tnn.GELU}
+  acts = {
+    "relu": tnn.ReLU,
+    "tanh": tnn.Tanh,
+    "leaky_relu": lambda: tnn.LeakyReLU(0.01),
+    "gelu": tnn.GELU,
+  }
 
   class GlobalMean(tnn.Module):
     def forward(self, x):
@@ -635,10 +918,17 @@ def torch_model(torch, wl: Workload):
   class WideBlock(tnn.Module):
     def __init__(self, cin, cout, stride):
       super().__init__()
-      self.bn1, self.bn2 = tnn.BatchNorm2d(cin, momentum=0.1), tnn.BatchNorm2d(cout, momentum=0.1)
+      self.bn1, self.bn2 = (
+        tnn.BatchNorm2d(cin, momentum=0.1),
+        tnn.BatchNorm2d(cout, momentum=0.1),
+      )
       self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
       self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.short = tnn.Conv2d(cin, cout, 1, stride, bias=False) if (cin != cout or stride != 1) else None
+      self.short = (
+        tnn.Conv2d(cin, cout, 1, stride, bias=False)
+        if (cin != cout or stride != 1)
+        else None
+      )
 
     def forward(self, x):
       y = torch.relu(self.bn1(x))
@@ -654,7 +944,11 @@ def torch_model(torch, wl: Workload):
       width = w
     net = tnn.Sequential(*layers, tnn.Linear(width, wl.num_classes))
   elif wl.model == "cnn_small":
-    h, cin, width = min(wl.input_shape[:2]), wl.input_shape[2], kw.get("width", 32)
+    h, cin, width = (
+      min(wl.input_shape[:2]),
+      wl.input_shape[2],
+      kw.get("width", 32),
+    )
     layers = []
     for block in range(3):
       cout = width * 2**block
@@ -666,14 +960,23 @@ def torch_model(torch, wl: Workload):
     net = tnn.Sequential(*layers, GlobalMean(), tnn.Linear(cin, wl.num_classes))
   elif wl.model.startswith("wrn"):
     depth, width = {"wrn16-4": (16, 4), "wrn28-2": (28, 2)}.get(
-        wl.model, (kw.get("depth", 16), kw.get("width", 4)))
-    layers, cin = [tnn.Conv2d(wl.input_shape[2], 16, 3, padding=1, bias=False)], 16
+      wl.model, (kw.get("depth", 16), kw.get("width", 4))
+    )
+    layers, cin = (
+      [tnn.Conv2d(wl.input_shape[2], 16, 3, padding=1, bias=False)],
+      16,
+    )
     for stage, cout in enumerate((16 * width, 32 * width, 64 * width)):
       for i in range((depth - 4) // 6):
         layers.append(WideBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
         cin = cout
-    net = tnn.Sequential(*layers, tnn.BatchNorm2d(cin, momentum=0.1), tnn.ReLU(), GlobalMean(),
-                         tnn.Linear(cin, wl.num_classes))
+    net = tnn.Sequential(
+      *layers,
+      tnn.BatchNorm2d(cin, momentum=0.1),
+      tnn.ReLU(),
+      GlobalMean(),
+      tnn.Linear(cin, wl.num_classes),
+    )
   else:
     raise ValueError(f"no PyTorch version of model {wl.model!r}")
   flax_scale_init_(torch, net)
@@ -695,30 +998,52 @@ def _torch_data(torch, wl: Workload, data: dict, device: str = "cpu"):
   if x.ndim == 4 and wl.model != "mlp":
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
   # On the device before timing, like the JAX loop's data.
-  return torch.from_numpy(x).to(device), torch.from_numpy(data["y"].astype(np.int64)).to(device)
+  return torch.from_numpy(x).to(device), torch.from_numpy(
+    data["y"].astype(np.int64)
+  ).to(device)
 
 
 def _cosine(t: int, total: int) -> float:
   return 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
 
 
-def run_torch_loop(torch, wl: Workload, data: dict, seed: int, *, warmup: bool = True,
-                   repeats: int = 1, device: str = "cpu") -> dict:
+def run_torch_loop(
+  torch,
+  wl: Workload,
+  data: dict,
+  seed: int,
+  *,
+  warmup: bool = True,
+  repeats: int = 1,
+  device: str = "cpu",
+) -> dict:
   """One model after the other: nn.Module + torch.optim.SGD(momentum=0.9, weight_decay) + cosine LambdaLR."""
   F = torch.nn.functional
   x, y = _torch_data(torch, wl, data, device)
   keep = data["keep"]
-  num_models, spe, epochs, total = keep.shape[0], data["steps_per_epoch"], data["epochs"], data["steps"]
+  num_models, spe, epochs, total = (
+    keep.shape[0],
+    data["steps_per_epoch"],
+    data["epochs"],
+    data["steps"],
+  )
 
   def train_one(model_index: int, max_steps: int | None = None):
     torch.manual_seed(seed * 100_003 + model_index)
     net = torch_model(torch, wl).to(device)
     net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=wl.learning_rate, momentum=0.9, weight_decay=wl.weight_decay)
+    opt = torch.optim.SGD(
+      net.parameters(),
+      lr=wl.learning_rate,
+      momentum=0.9,
+      weight_decay=wl.weight_decay,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: _cosine(t, total))
     losses = []
     rng = np.random.default_rng([seed, model_index])
-    for order in _epoch_orders(keep[model_index % num_models], epochs, spe, wl.batch_size, rng):
+    for order in _epoch_orders(
+      keep[model_index % num_models], epochs, spe, wl.batch_size, rng
+    ):
       order = torch.from_numpy(order.astype(np.int64)).to(device)
       for s in range(spe):
         idx = order[s]
@@ -744,18 +1069,32 @@ def run_torch_loop(torch, wl: Workload, data: dict, seed: int, *, warmup: bool =
   return dict(r, out=None, loss=torch.stack(r["out"]).double().cpu().numpy())
 
 
-def run_torch_vmap(torch, wl: Workload, data: dict, seed: int, *, warmup: bool = True,
-                   repeats: int = 1, device: str = "cpu") -> dict:
+def run_torch_vmap(
+  torch,
+  wl: Workload,
+  data: dict,
+  seed: int,
+  *,
+  warmup: bool = True,
+  repeats: int = 1,
+  device: str = "cpu",
+) -> dict:
   """torch.func ensembling: stack_module_state + functional_call + vmap(grad), SGD momentum by hand.
 
   Batch-norm layers are made stateless (``replace_all_batch_norm_modules_``: batch
   statistics in training, no running averages), as torch.func needs.
   """
   from torch import func as tfunc
+
   F = torch.nn.functional
   x, y = _torch_data(torch, wl, data, device)
   keep = data["keep"]
-  num_models, spe, epochs, total = keep.shape[0], data["steps_per_epoch"], data["epochs"], data["steps"]
+  num_models, spe, epochs, total = (
+    keep.shape[0],
+    data["steps_per_epoch"],
+    data["epochs"],
+    data["steps"],
+  )
   lr, wd, mom = wl.learning_rate, wl.weight_decay, 0.9
 
   def build(k: int, first_index: int):
@@ -778,12 +1117,25 @@ def run_torch_vmap(torch, wl: Workload, data: dict, seed: int, *, warmup: bool =
   def train_all(k: int, first_index: int, max_steps: int | None = None):
     params, buffers, grad_fn = build(k, first_index)
     velocity = {n: torch.zeros_like(p) for n, p in params.items()}
-    rngs = [np.random.default_rng([seed, (first_index + m) % max(num_models, 1)]) for m in range(k)]
-    orders = [_epoch_orders(keep[(first_index + m) % num_models], epochs, spe, wl.batch_size, rngs[m])
-              for m in range(k)]
+    rngs = [
+      np.random.default_rng([seed, (first_index + m) % max(num_models, 1)])
+      for m in range(k)
+    ]
+    orders = [
+      _epoch_orders(
+        keep[(first_index + m) % num_models],
+        epochs,
+        spe,
+        wl.batch_size,
+        rngs[m],
+      )
+      for m in range(k)
+    ]
     losses, t = [], 0
     for epoch in range(epochs):
-      order = torch.from_numpy(np.stack([o[epoch] for o in orders]).astype(np.int64)).to(device)  # [m, steps, b]
+      order = torch.from_numpy(
+        np.stack([o[epoch] for o in orders]).astype(np.int64)
+      ).to(device)  # [m, steps, b]
       for s in range(spe):
         idx = order[:, s]
         grads, loss = grad_fn(params, buffers, x[idx], y[idx])
@@ -824,17 +1176,26 @@ def epoch_losses(result: dict) -> np.ndarray:
   return loss.reshape(loss.shape[0], epochs, -1).mean(-1)
 
 
-def _rates(result: dict, wl: Workload, flops_per_example: float, peak_gflops: float) -> dict:
+def _rates(
+  result: dict, wl: Workload, flops_per_example: float, peak_gflops: float
+) -> dict:
   eps = result["examples"] / result["seconds"]
   gflops = eps * flops_per_example / 1e9
   per_epoch = epoch_losses(result)
-  return dict(examples_per_s=eps, models_per_hour=3600.0 * eps / wl.recipe_examples,
-              models_per_hour_timed=3600.0 * result["models"] / result["seconds"], gflops=gflops,
-              fraction_of_peak=gflops / peak_gflops, seconds=result["seconds"],
-              all_seconds=result["all_seconds"], steps=result["steps"],
-              models=result["models"], examples=result["examples"],
-              mean_first_epoch_loss=float(np.nanmean(per_epoch[:, 0])),
-              mean_final_epoch_loss=float(np.nanmean(per_epoch[:, -1])))
+  return dict(
+    examples_per_s=eps,
+    models_per_hour=3600.0 * eps / wl.recipe_examples,
+    models_per_hour_timed=3600.0 * result["models"] / result["seconds"],
+    gflops=gflops,
+    fraction_of_peak=gflops / peak_gflops,
+    seconds=result["seconds"],
+    all_seconds=result["all_seconds"],
+    steps=result["steps"],
+    models=result["models"],
+    examples=result["examples"],
+    mean_first_epoch_loss=float(np.nanmean(per_epoch[:, 0])),
+    mean_final_epoch_loss=float(np.nanmean(per_epoch[:, -1])),
+  )
 
 
 def workload_models(wl: Workload, cfg: BenchConfig) -> int:
@@ -842,12 +1203,21 @@ def workload_models(wl: Workload, cfg: BenchConfig) -> int:
   planner puts in one step."""
   num_models = cfg.num_models or wl.num_models
   if cfg.plan_models:
-    num_models = train.plan_models_per_step(wl.config(1, cfg.seed), wl.num_classes, wl.input_shape, num_models)
+    num_models = train.plan_models_per_step(
+      wl.config(1, cfg.seed), wl.num_classes, wl.input_shape, num_models
+    )
   return num_models
 
 
-def run_workload(wl: Workload, cfg: BenchConfig, peak_gflops: float, torch=None, torch_note=None,
-                 log: Callable[[str], None] = print, torch_device: str = "cpu") -> dict:
+def run_workload(
+  wl: Workload,
+  cfg: BenchConfig,
+  peak_gflops: float,
+  torch=None,
+  torch_note=None,
+  log: Callable[[str], None] = print,
+  torch_device: str = "cpu",
+) -> dict:
   num_models = workload_models(wl, cfg)
   data = make_data(wl, num_models, cfg.steps or wl.steps, cfg.seed)
   loop_models = min(num_models, cfg.loop_models or wl.loop_models or num_models)
@@ -859,27 +1229,49 @@ def run_workload(wl: Workload, cfg: BenchConfig, peak_gflops: float, torch=None,
     # multiplies than a direct convolution; rates compare against the direct-convolution work.
     xla_flops = None
   flops = xla_flops or analytic
-  out: dict = dict(setup=dict(
-      model=wl.model, model_kwargs={k: v for k, v in wl.model_kwargs}, input_shape=list(wl.input_shape),
-      num_classes=wl.num_classes, batch_size=wl.batch_size, num_models=num_models, loop_models=loop_models,
-      models_source=(f"planner: one step's models, at most {cfg.num_models or wl.num_models}"
-                     if cfg.plan_models else "fixed"), steps=data["steps"],
-      members_per_model=data["members"], epochs=data["epochs"], data=wl.data, recipe=wl.recipe,
+  out: dict = dict(
+    setup=dict(
+      model=wl.model,
+      model_kwargs={k: v for k, v in wl.model_kwargs},
+      input_shape=list(wl.input_shape),
+      num_classes=wl.num_classes,
+      batch_size=wl.batch_size,
+      num_models=num_models,
+      loop_models=loop_models,
+      models_source=(
+        f"planner: one step's models, at most {cfg.num_models or wl.num_models}"
+        if cfg.plan_models
+        else "fixed"
+      ),
+      steps=data["steps"],
+      members_per_model=data["members"],
+      epochs=data["epochs"],
+      data=wl.data,
+      recipe=wl.recipe,
       recipe_examples_per_model=wl.recipe_examples,
-      flops_per_example=flops, flops_source="xla_cost_analysis" if xla_flops else "analytic",
-      flops_per_example_xla=xla_flops, flops_per_example_analytic=analytic, methods=[], notes=[]))
+      flops_per_example=flops,
+      flops_source="xla_cost_analysis" if xla_flops else "analytic",
+      flops_per_example_xla=xla_flops,
+      flops_per_example_analytic=analytic,
+      methods=[],
+      notes=[],
+    )
+  )
   if loop_models < num_models and any(m in LOOP_METHODS for m in cfg.methods):
     out["setup"]["notes"].append(
-        f"{wl.name}: {', '.join(m for m in LOOP_METHODS if m in cfg.methods)} timed on {loop_models} of the "
-        f"{num_models} models (one after the other, so per model the same); their examples/s and "
-        "models/hour extrapolate per model to all")
+      f"{wl.name}: {', '.join(m for m in LOOP_METHODS if m in cfg.methods)} timed on {loop_models} of the "
+      f"{num_models} models (one after the other, so per model the same); their examples/s and "
+      "models/hour extrapolate per model to all"
+    )
   for method in cfg.methods:
     if method in TORCH_METHODS and torch is None:
       if torch_note not in out["setup"]["notes"]:
         out["setup"]["notes"].append(torch_note)
       continue
     models = loop_models if method in LOOP_METHODS else num_models
-    log(f"[{wl.name}] {method}: {models} models x {data['steps']} steps x batch {wl.batch_size} ...")
+    log(
+      f"[{wl.name}] {method}: {models} models x {data['steps']} steps x batch {wl.batch_size} ..."
+    )
     if method == "engine":
       r = run_engine(wl, data, cfg.seed, repeats=cfg.repeats)
       out["setup"]["models_per_step"] = r["models_per_step"]
@@ -887,22 +1279,41 @@ def run_workload(wl: Workload, cfg: BenchConfig, peak_gflops: float, torch=None,
       out["setup"]["lowering"] = r["lowering"]
       out["setup"]["microbatch_timings_s"] = r["microbatch_timings"]
     elif method == "jax_loop":
-      r = run_jax_loop(wl, loop_data, cfg.seed, compiled_step=(init, compiled), repeats=cfg.repeats)
+      r = run_jax_loop(
+        wl,
+        loop_data,
+        cfg.seed,
+        compiled_step=(init, compiled),
+        repeats=cfg.repeats,
+      )
     elif method == "torch_loop":
-      r = run_torch_loop(torch, wl, loop_data, cfg.seed, repeats=cfg.repeats, device=torch_device)
+      r = run_torch_loop(
+        torch, wl, loop_data, cfg.seed, repeats=cfg.repeats, device=torch_device
+      )
     else:
-      r = run_torch_vmap(torch, wl, data, cfg.seed, repeats=cfg.repeats, device=torch_device)
+      r = run_torch_vmap(
+        torch, wl, data, cfg.seed, repeats=cfg.repeats, device=torch_device
+      )
       if models_lib.uses_batch_norm(wl.model):
-        out["setup"]["notes"].append("torch_vmap: batch norm without running statistics (torch.func)")
+        out["setup"]["notes"].append(
+          "torch_vmap: batch norm without running statistics (torch.func)"
+        )
     out[method] = _rates(r, wl, flops, peak_gflops)
     out["setup"]["methods"].append(method)
-    log(f"[{wl.name}] {method}: {out[method]['examples_per_s']:.0f} examples/s, "
-        f"{out[method]['models_per_hour_timed']:.0f} models/hour at {data['steps']} steps, "
-        f"{out[method]['gflops']:.1f} GFLOP/s ({100 * out[method]['fraction_of_peak']:.1f}% of the start peak), "
-        f"{out[method]['seconds']:.1f} s")
+    log(
+      f"[{wl.name}] {method}: {out[method]['examples_per_s']:.0f} examples/s, "
+      f"{out[method]['models_per_hour_timed']:.0f} models/hour at {data['steps']} steps, "
+      f"{out[method]['gflops']:.1f} GFLOP/s ({100 * out[method]['fraction_of_peak']:.1f}% of the start peak), "
+      f"{out[method]['seconds']:.1f} s"
+    )
   ratios = {}
-  for a, b in (("engine", "torch_loop"), ("engine", "jax_loop"), ("engine", "torch_vmap"),
-               ("torch_vmap", "torch_loop"), ("jax_loop", "torch_loop")):
+  for a, b in (
+    ("engine", "torch_loop"),
+    ("engine", "jax_loop"),
+    ("engine", "torch_vmap"),
+    ("torch_vmap", "torch_loop"),
+    ("jax_loop", "torch_loop"),
+  ):
     if a in out and b in out:
       ratios[f"{a}/{b}"] = out[a]["examples_per_s"] / out[b]["examples_per_s"]
   out["ratios"] = ratios
@@ -916,26 +1327,36 @@ def run_workload(wl: Workload, cfg: BenchConfig, peak_gflops: float, torch=None,
 def run_lira(shape, numpy_examples: int, seed: int) -> dict:
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
   import lira_numpy
+
   models, examples, queries = shape
   r = lira_numpy.benchmark(models, examples, queries, numpy_examples, seed)
   r["speedup"] = r["numpy_extrapolated_s"] / r["miajax_warm_s"]
   r["speedup_incl_compile"] = r["numpy_extrapolated_s"] / r["miajax_s"]
-  r["what"] = ("miajax.attacks.leave_one_out lira_online + lira_offline (variant miajax, balanced) "
-               "vs lira_numpy.lira_loo_numpy")
+  r["what"] = (
+    "miajax.attacks.leave_one_out lira_online + lira_offline (variant miajax, balanced) "
+    "vs lira_numpy.lira_loo_numpy"
+  )
   return r
 
 
 def memory_spec(wl: Workload, models: int, examples: int, seed: int) -> dict:
   """What the memory child trains: ``models`` MLPs of ``wl`` on ``examples`` candidates, two steps each."""
-  return dict(workload=dataclasses.asdict(wl), models=models, examples=examples, seed=seed,
-              members=min(2 * wl.batch_size, examples))
+  return dict(
+    workload=dataclasses.asdict(wl),
+    models=models,
+    examples=examples,
+    seed=seed,
+    members=min(2 * wl.batch_size, examples),
+  )
 
 
 def memory_child(spec: dict) -> dict:
   """Runs in the child process: the engine on ``spec``; returns what the parent cannot see."""
   wl_dict = dict(spec["workload"])
-  wl_dict["model_kwargs"] = tuple((k, tuple(v) if isinstance(v, list) else v)
-                                  for k, v in wl_dict["model_kwargs"])
+  wl_dict["model_kwargs"] = tuple(
+    (k, tuple(v) if isinstance(v, list) else v)
+    for k, v in wl_dict["model_kwargs"]
+  )
   wl_dict["input_shape"] = tuple(wl_dict["input_shape"])
   wl = Workload(**wl_dict)
   rng = np.random.default_rng(spec["seed"])
@@ -950,25 +1371,44 @@ def memory_child(spec: dict) -> dict:
   t = time.perf_counter()
   res = train.train_models(x, y, keep, cfg, num_classes=wl.num_classes)
   jax.block_until_ready(res.variables)
-  return dict(models_per_step=k, chunks=math.ceil(m / k), train_seconds=time.perf_counter() - t,
-              self_peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
-              finite_loss=bool(np.isfinite(res.loss).all()))
+  return dict(
+    models_per_step=k,
+    chunks=math.ceil(m / k),
+    train_seconds=time.perf_counter() - t,
+    self_peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    * 1024
+    / GIB,
+    finite_loss=bool(np.isfinite(res.loss).all()),
+  )
 
 
 def run_memory(wl: Workload, models: int, examples: int, seed: int) -> dict:
   """Peak RSS of a child process that trains ``models`` models with the engine (planner picks the chunk)."""
   spec = memory_spec(wl, models, examples, seed)
   script = str(pathlib.Path(__file__).resolve())
-  proc = subprocess.run([sys.executable, script, "--memory_child", json.dumps(spec)], capture_output=True,
-                        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+  proc = subprocess.run(
+    [sys.executable, script, "--memory_child", json.dumps(spec)],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+  )
   if proc.returncode != 0:
-    raise RuntimeError(f"memory child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    raise RuntimeError(
+      f"memory child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    )
   child = json.loads(proc.stdout.strip().splitlines()[-1])
   peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / GIB
-  return dict(workload=wl.name, models=models, candidate_examples=examples, members_per_model=spec["members"],
-              epochs=1, peak_rss_gib=peak, **child,
-              note="peak_rss_gib: getrusage(RUSAGE_CHILDREN).ru_maxrss after the child exits (the largest "
-                   "child of this process); self_peak_rss_gib: the child's own RUSAGE_SELF")
+  return dict(
+    workload=wl.name,
+    models=models,
+    candidate_examples=examples,
+    members_per_model=spec["members"],
+    epochs=1,
+    peak_rss_gib=peak,
+    **child,
+    note="peak_rss_gib: getrusage(RUSAGE_CHILDREN).ru_maxrss after the child exits (the largest "
+    "child of this process); self_peak_rss_gib: the child's own RUSAGE_SELF",
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -983,10 +1423,16 @@ def import_art():
     from art.attacks.inference.membership_inference import ShadowModels
     from art.estimators.classification import PyTorchClassifier
   except ImportError as e:
-    return None, (f"ART or PyTorch not installed ({e}); ART comparison skipped "
-                  "(pip install -e '.[bench]')")
-  return dict(torch=torch, version=art.__version__, ShadowModels=ShadowModels,
-              PyTorchClassifier=PyTorchClassifier), None
+    return None, (
+      f"ART or PyTorch not installed ({e}); ART comparison skipped "
+      "(pip install -e '.[bench]')"
+    )
+  return dict(
+    torch=torch,
+    version=art.__version__,
+    ShadowModels=ShadowModels,
+    PyTorchClassifier=PyTorchClassifier,
+  ), None
 
 
 def art_template(mods: dict, wl: Workload, epochs: int):
@@ -1003,24 +1449,50 @@ def art_template(mods: dict, wl: Workload, epochs: int):
   torch = mods["torch"]
 
   class RecipeClassifier(mods["PyTorchClassifier"]):
-
     def fit(self, x, y, **kwargs):
       # ART steps the scheduler once per epoch; the closest it gets to the engine's per-step
       # cosine is each epoch at the cosine of its midpoint.
-      sched = torch.optim.lr_scheduler.LambdaLR(self._optimizer, lambda e: _cosine(e + 0.5, epochs))
-      super().fit(x, y, **{**dict(batch_size=wl.batch_size, nb_epochs=epochs, scheduler=sched), **kwargs})
+      sched = torch.optim.lr_scheduler.LambdaLR(
+        self._optimizer, lambda e: _cosine(e + 0.5, epochs)
+      )
+      super().fit(
+        x,
+        y,
+        **{
+          **dict(batch_size=wl.batch_size, nb_epochs=epochs, scheduler=sched),
+          **kwargs,
+        },
+      )
 
     def reset(self):
       flax_scale_init_(torch, self.model)
 
   net = torch_model(torch, wl)
-  opt = torch.optim.SGD(net.parameters(), lr=wl.learning_rate, momentum=0.9, weight_decay=wl.weight_decay)
-  return RecipeClassifier(model=net, loss=torch.nn.CrossEntropyLoss(), optimizer=opt,
-                          input_shape=wl.input_shape, nb_classes=wl.num_classes)
+  opt = torch.optim.SGD(
+    net.parameters(),
+    lr=wl.learning_rate,
+    momentum=0.9,
+    weight_decay=wl.weight_decay,
+  )
+  return RecipeClassifier(
+    model=net,
+    loss=torch.nn.CrossEntropyLoss(),
+    optimizer=opt,
+    input_shape=wl.input_shape,
+    nb_classes=wl.num_classes,
+  )
 
 
-def run_art(mods: dict, wl: Workload, models: int, epochs: int, repeats: int, seed: int,
-            log: Callable[[str], None] = print, threads: tuple[int, ...] | None = None) -> dict:
+def run_art(
+  mods: dict,
+  wl: Workload,
+  models: int,
+  epochs: int,
+  repeats: int,
+  seed: int,
+  log: Callable[[str], None] = print,
+  threads: tuple[int, ...] | None = None,
+) -> dict:
   """Trains and queries ``models`` digits shadows with miajax and with ART's ``ShadowModels``; times both.
 
   miajax: ``train_models`` + ``predict`` (logits on the whole pool), halves from
@@ -1032,12 +1504,15 @@ def run_art(mods: dict, wl: Workload, models: int, epochs: int, repeats: int, se
   outside the timings, from the last call of each side.
   """
   from miajax import data as data_lib
+
   torch = mods["torch"]
   ds = data_lib.load("digits")
   x, y = ds.x_train.astype(np.float32), ds.y_train.astype(np.int64)
   x_test, y_test = ds.x_test.astype(np.float32), np.asarray(ds.y_test)
   if tuple(x.shape[1:]) != wl.input_shape:
-    raise ValueError(f"ART comparison: digits are {x.shape[1:]}, not {wl.input_shape}")
+    raise ValueError(
+      f"ART comparison: digits are {x.shape[1:]}, not {wl.input_shape}"
+    )
   cfg = wl.config(epochs, seed)
   keep = data_lib.paired_keep(models, len(x), seed=seed)
 
@@ -1045,7 +1520,9 @@ def run_art(mods: dict, wl: Workload, models: int, epochs: int, repeats: int, se
     res = train.train_models(x, y, keep, cfg, num_classes=wl.num_classes)
     return res, train.predict(cfg, res.variables, x, num_classes=wl.num_classes)
 
-  log(f"[art] miajax: {models} digits shadows x {epochs} epochs, first call (compiles) ...")
+  log(
+    f"[art] miajax: {models} digits shadows x {epochs} epochs, first call (compiles) ..."
+  )
   t = time.perf_counter()
   miajax_once()
   first = time.perf_counter() - t
@@ -1057,7 +1534,9 @@ def run_art(mods: dict, wl: Workload, models: int, epochs: int, repeats: int, se
   log(f"[art] miajax: first call {first:.1f} s, warm {min(mj_times):.1f} s")
   correct = logits[:, :, 0].argmax(-1) == y
   mj_member_acc = (correct & keep).sum(1) / keep.sum(1)
-  test_logits = train.predict(cfg, res.variables, x_test, num_classes=wl.num_classes)
+  test_logits = train.predict(
+    cfg, res.variables, x_test, num_classes=wl.num_classes
+  )
   mj_test_acc = (test_logits[:, :, 0].argmax(-1) == y_test).mean(1)
 
   # One thread is ART's safe setting here: torch's OpenMP threads on a shared 2-core machine stall
@@ -1069,62 +1548,103 @@ def run_art(mods: dict, wl: Workload, models: int, epochs: int, repeats: int, se
     for n_threads in threads:
       torch.set_num_threads(n_threads)
       for r in range(repeats):
-        log(f"[art] ART ShadowModels.generate_shadow_dataset: {models} shadows x {epochs} epochs, "
-            f"{n_threads} torch threads ...")
+        log(
+          f"[art] ART ShadowModels.generate_shadow_dataset: {models} shadows x {epochs} epochs, "
+          f"{n_threads} torch threads ..."
+        )
         torch.manual_seed(seed * 100_003 + r)
-        shadow = mods["ShadowModels"](art_template(mods, wl, epochs), num_shadow_models=models,
-                                      disjoint_datasets=False, random_state=seed + r)
+        shadow = mods["ShadowModels"](
+          art_template(mods, wl, epochs),
+          num_shadow_models=models,
+          disjoint_datasets=False,
+          random_state=seed + r,
+        )
         t = time.perf_counter()
-        (_, member_y, member_pred), (nonmember_x, _, _) = shadow.generate_shadow_dataset(x, y,
-                                                                                          member_ratio=0.5)
+        (_, member_y, member_pred), (nonmember_x, _, _) = (
+          shadow.generate_shadow_dataset(x, y, member_ratio=0.5)
+        )
         art_times.append(time.perf_counter() - t)
         art_threads.append(n_threads)
         log(f"[art] ART: {art_times[-1]:.1f} s")
   finally:
     torch.set_num_threads(saved_threads)
-  members = len(member_y) // models  # ART gives every shadow int(0.5 * pool) members, concatenated in order
-  art_member_acc = (member_pred.argmax(-1) == member_y).reshape(models, members).mean(1)
-  art_test_acc = np.array([(m.predict(x_test).argmax(-1) == y_test).mean() for m in shadow.get_shadow_models()])
+  members = (
+    len(member_y) // models
+  )  # ART gives every shadow int(0.5 * pool) members, concatenated in order
+  art_member_acc = (
+    (member_pred.argmax(-1) == member_y).reshape(models, members).mean(1)
+  )
+  art_test_acc = np.array(
+    [
+      (m.predict(x_test).argmax(-1) == y_test).mean()
+      for m in shadow.get_shadow_models()
+    ]
+  )
 
   b = wl.batch_size
   mj_steps = math.ceil(int(keep.sum(1).max()) / b)
   side = lambda times, member_acc, test_acc: dict(
-      seconds=min(times), all_seconds=times, mean_member_accuracy=float(np.mean(member_acc)),
-      mean_test_accuracy=float(np.mean(test_acc)), min_test_accuracy=float(np.min(test_acc)),
-      max_test_accuracy=float(np.max(test_acc)))
+    seconds=min(times),
+    all_seconds=times,
+    mean_member_accuracy=float(np.mean(member_acc)),
+    mean_test_accuracy=float(np.mean(test_acc)),
+    min_test_accuracy=float(np.min(test_acc)),
+    max_test_accuracy=float(np.max(test_acc)),
+  )
   return dict(
-      workload=wl.name, dataset="digits", shadows=models, epochs=epochs, batch_size=b,
-      learning_rate=wl.learning_rate, weight_decay=wl.weight_decay, pool_examples=len(x),
-      test_examples=len(x_test), art_version=mods["version"], torch_version=torch.__version__,
-      miajax=dict(side(mj_times, mj_member_acc, mj_test_acc), first_call_seconds=first,
-                  members_per_shadow=[int(keep.sum(1).min()), int(keep.sum(1).max())],
-                  steps_per_epoch=mj_steps, examples_per_epoch=mj_steps * b, queried_per_shadow=len(x),
-                  schedule="cosine per step", init="Flax default (lecun_normal: truncated normal, variance 1/fan_in)",
-                  timed="train_models + predict (logits on the pool), one call"),
-      art=dict(side(art_times, art_member_acc, art_test_acc), torch_threads=art_threads,
-               best_torch_threads=art_threads[int(np.argmin(art_times))],
-               members_per_shadow=[members, members], steps_per_epoch=math.ceil(members / b),
-               examples_per_epoch=members, queried_per_shadow=members + len(nonmember_x) // models,
-               schedule="cosine per epoch (LambdaLR at each epoch's midpoint)",
-               init="normal, std 1/sqrt(fan_in), zero bias (reset() overridden)",
-               timed="ShadowModels.generate_shadow_dataset(x, y, member_ratio=0.5)"),
-      # The headline counts miajax's compilation: a fresh process pays it, ART has none to pay.
-      speedup=min(art_times) / first, speedup_warm=min(art_times) / min(mj_times),
-      notes=[
-          "ART trains with its own PyTorchClassifier.fit (DataLoader, shuffle=True, drop_last=False); "
-          "ShadowModels passes fit no arguments, so a thin subclass supplies batch size, epochs and a "
-          "scheduler, and re-initialises at Flax's scale instead of PyTorch's default reset()",
-          "schedule: ART's fit steps a scheduler once per epoch, so the torch side's cosine is "
-          "piecewise constant per epoch (each epoch at its midpoint) where the engine decays every step",
-          f"batches: ART's last batch of an epoch holds {members % b or b} examples "
-          f"({members} members); the engine wraps around to full batches "
-          f"({mj_steps} x {b} = {mj_steps * b} examples per epoch), so it does "
-          f"{mj_steps * b / members - 1:.1%} more training work",
-          "membership: ART draws each shadow's members independently with rng.choice(len(x) - 1, ...), "
-          "so the last example of its shuffled pool is never a member nor queried; miajax uses "
-          "paired_keep (complementary halves)",
-          "ART's time is generate_shadow_dataset only (cloning the template happens in ShadowModels' "
-          "constructor, untimed); miajax's includes initialising the models"]
+    workload=wl.name,
+    dataset="digits",
+    shadows=models,
+    epochs=epochs,
+    batch_size=b,
+    learning_rate=wl.learning_rate,
+    weight_decay=wl.weight_decay,
+    pool_examples=len(x),
+    test_examples=len(x_test),
+    art_version=mods["version"],
+    torch_version=torch.__version__,
+    miajax=dict(
+      side(mj_times, mj_member_acc, mj_test_acc),
+      first_call_seconds=first,
+      members_per_shadow=[int(keep.sum(1).min()), int(keep.sum(1).max())],
+      steps_per_epoch=mj_steps,
+      examples_per_epoch=mj_steps * b,
+      queried_per_shadow=len(x),
+      schedule="cosine per step",
+      init="Flax default (lecun_normal: truncated normal, variance 1/fan_in)",
+      timed="train_models + predict (logits on the pool), one call",
+    ),
+    art=dict(
+      side(art_times, art_member_acc, art_test_acc),
+      torch_threads=art_threads,
+      best_torch_threads=art_threads[int(np.argmin(art_times))],
+      members_per_shadow=[members, members],
+      steps_per_epoch=math.ceil(members / b),
+      examples_per_epoch=members,
+      queried_per_shadow=members + len(nonmember_x) // models,
+      schedule="cosine per epoch (LambdaLR at each epoch's midpoint)",
+      init="normal, std 1/sqrt(fan_in), zero bias (reset() overridden)",
+      timed="ShadowModels.generate_shadow_dataset(x, y, member_ratio=0.5)",
+    ),
+    # The headline counts miajax's compilation: a fresh process pays it, ART has none to pay.
+    speedup=min(art_times) / first,
+    speedup_warm=min(art_times) / min(mj_times),
+    notes=[
+      "ART trains with its own PyTorchClassifier.fit (DataLoader, shuffle=True, drop_last=False); "
+      "ShadowModels passes fit no arguments, so a thin subclass supplies batch size, epochs and a "
+      "scheduler, and re-initialises at Flax's scale instead of PyTorch's default reset()",
+      "schedule: ART's fit steps a scheduler once per epoch, so the torch side's cosine is "
+      "piecewise constant per epoch (each epoch at its midpoint) where the engine decays every step",
+      f"batches: ART's last batch of an epoch holds {members % b or b} examples "
+      f"({members} members); the engine wraps around to full batches "
+      f"({mj_steps} x {b} = {mj_steps * b} examples per epoch), so it does "
+      f"{mj_steps * b / members - 1:.1%} more training work",
+      "membership: ART draws each shadow's members independently with rng.choice(len(x) - 1, ...), "
+      "so the last example of its shuffled pool is never a member nor queried; miajax uses "
+      "paired_keep (complementary halves)",
+      "ART's time is generate_shadow_dataset only (cloning the template happens in ShadowModels' "
+      "constructor, untimed); miajax's includes initialising the models",
+    ],
   )
 
 
@@ -1133,9 +1653,21 @@ def run_art(mods: dict, wl: Workload, models: int, epochs: int, repeats: int, se
 
 
 def _goal(name, value, goal, detail, kind=">=", judged=True):
-  met = None if value is None or not judged else (value >= goal if kind == ">=" else value < goal)
+  met = (
+    None
+    if value is None or not judged
+    else (value >= goal if kind == ">=" else value < goal)
+  )
   ratio = None if value is None else (value / goal)
-  return dict(name=name, value=value, goal=goal, kind=kind, ratio_to_goal=ratio, met=met, detail=detail)
+  return dict(
+    name=name,
+    value=value,
+    goal=goal,
+    kind=kind,
+    ratio_to_goal=ratio,
+    met=met,
+    detail=detail,
+  )
 
 
 def goals(rep: dict) -> list:
@@ -1150,35 +1682,88 @@ def goals(rep: dict) -> list:
   on_cpu = backend == "cpu"
   cpu_note = "" if on_cpu else f"; a CPU goal, not judged on {backend}"
   out = []
+
   def ceiling(name):
     # The most any method could gain over the PyTorch loop at equal FLOPs: running at 100 % of the peak.
     frac = w.get(name, {}).get("torch_loop", {}).get("fraction_of_peak")
-    return f"examples/s ratio; ceiling at 100 % of the measured peak: {1 / frac:.2f}x" if frac else "examples/s ratio"
+    return (
+      f"examples/s ratio; ceiling at 100 % of the measured peak: {1 / frac:.2f}x"
+      if frac
+      else "examples/s ratio"
+    )
 
   for name, goal in (("mlp_purchase", 1.3), ("mlp_digits", 3.0)):
-    out.append(_goal(f"{name}: engine / torch_loop", ratio(name, "engine/torch_loop"), goal,
-                     ceiling(name) + cpu_note, judged=on_cpu))
-    out.append(_goal(f"{name}: engine / jax_loop", ratio(name, "engine/jax_loop"), 1.0,
-                     "examples/s ratio" + cpu_note, judged=on_cpu))
+    out.append(
+      _goal(
+        f"{name}: engine / torch_loop",
+        ratio(name, "engine/torch_loop"),
+        goal,
+        ceiling(name) + cpu_note,
+        judged=on_cpu,
+      )
+    )
+    out.append(
+      _goal(
+        f"{name}: engine / jax_loop",
+        ratio(name, "engine/jax_loop"),
+        1.0,
+        "examples/s ratio" + cpu_note,
+        judged=on_cpu,
+      )
+    )
   frac = w.get("mlp_purchase", {}).get("engine", {}).get("fraction_of_peak")
-  out.append(_goal("mlp_purchase: engine fraction of matmul peak", frac, 0.6,
-                   "achieved FLOP/s / the higher of the measured float32 matmul peaks of JAX and PyTorch "
-                   f"(here: {rep.get('peak_source', 'jax')})" + cpu_note, judged=on_cpu))
+  out.append(
+    _goal(
+      "mlp_purchase: engine fraction of matmul peak",
+      frac,
+      0.6,
+      "achieved FLOP/s / the higher of the measured float32 matmul peaks of JAX and PyTorch "
+      f"(here: {rep.get('peak_source', 'jax')})" + cpu_note,
+      judged=on_cpu,
+    )
+  )
   micro = w.get("cnn_small", {}).get("setup", {}).get("microbatch_size")
-  out.append(_goal("cnn_small: engine / torch_loop", ratio("cnn_small", "engine/torch_loop"), 1.2,
-                   ceiling("cnn_small") + " (direct-convolution FLOPs; Winograd does fewer); micro-batch "
-                   f"picked automatically ({micro if micro is not None else 'n/a'})" + cpu_note,
-                   judged=on_cpu))
+  out.append(
+    _goal(
+      "cnn_small: engine / torch_loop",
+      ratio("cnn_small", "engine/torch_loop"),
+      1.2,
+      ceiling("cnn_small")
+      + " (direct-convolution FLOPs; Winograd does fewer); micro-batch "
+      f"picked automatically ({micro if micro is not None else 'n/a'})"
+      + cpu_note,
+      judged=on_cpu,
+    )
+  )
   lira = rep.get("lira") or {}
-  out.append(_goal("LiRA leave-one-out: miajax / numpy", lira.get("speedup"), 50.0,
-                   "numpy loop (extrapolated) seconds / miajax warm seconds"))
+  out.append(
+    _goal(
+      "LiRA leave-one-out: miajax / numpy",
+      lira.get("speedup"),
+      50.0,
+      "numpy loop (extrapolated) seconds / miajax warm seconds",
+    )
+  )
   art = rep.get("art") or {}
-  out.append(_goal(f"miajax / ART end to end ({art.get('shadows', '?')} digits shadows, CPU)", art.get("speedup"),
-                   3.0, "ART generate_shadow_dataset seconds / miajax train_models + predict seconds, "
-                   "miajax's compilation included"))
+  out.append(
+    _goal(
+      f"miajax / ART end to end ({art.get('shadows', '?')} digits shadows, CPU)",
+      art.get("speedup"),
+      3.0,
+      "ART generate_shadow_dataset seconds / miajax train_models + predict seconds, "
+      "miajax's compilation included",
+    )
+  )
   mem = rep.get("memory") or {}
-  out.append(_goal(f"engine peak host memory, {mem.get('models', '?')} {MEMORY_WORKLOAD} models (GiB)",
-                   mem.get("peak_rss_gib"), 8.0, "child process max RSS", kind="<"))
+  out.append(
+    _goal(
+      f"engine peak host memory, {mem.get('models', '?')} {MEMORY_WORKLOAD} models (GiB)",
+      mem.get("peak_rss_gib"),
+      8.0,
+      "child process max RSS",
+      kind="<",
+    )
+  )
   return out
 
 
@@ -1195,95 +1780,155 @@ def _f(x, digits=1):
 def markdown(rep: dict) -> str:
   d = rep["device"]
   by_source = rep.get("matmul_peak_gflops_by_source") or {}
-  lines = ["# miajax benchmark", "",
-           f"Preset: {rep.get('preset', 'cpu')}.",
-           f"Device: {d['backend']} ({', '.join(d['device_kinds'])}) x {d['device_count']}, "
-           f"{d['cpu_count']} CPUs, torch threads {d['torch_threads']}, "
-           f"load average at start {d['load_average_start']}, "
-           f"at end {d.get('load_average_end')}.",
-           f"Measured float32 matmul peak, the higher of JAX's and PyTorch's (best of start and end of the run), "
-           f"which every % of peak divides by: **{rep['matmul_peak_gflops']:.1f} GFLOP/s "
-           f"(peak_source: {rep.get('peak_source', 'jax')})**; jax {_f(by_source.get('jax'))} (per size: "
-           + ", ".join(f"{k}: {v:.1f}" for k, v in rep["matmul"]["jax"].items()) + ")"
-           + (f"; torch {_f(by_source.get('torch'))} on {d.get('torch_device')} (per size: "
-              + ", ".join(f"{k}: {v:.1f}" for k, v in rep["matmul"]["torch"].items()) + ")"
-              if rep["matmul"].get("torch") else "; torch not measured")
-           + (f"; torch.backends.cuda.matmul.allow_tf32={d['torch_matmul_allow_tf32']}"
-              if d.get("torch_matmul_allow_tf32") is not None else "") + ".", ""]
+  lines = [
+    "# miajax benchmark",
+    "",
+    f"Preset: {rep.get('preset', 'cpu')}.",
+    f"Device: {d['backend']} ({', '.join(d['device_kinds'])}) x {d['device_count']}, "
+    f"{d['cpu_count']} CPUs, torch threads {d['torch_threads']}, "
+    f"load average at start {d['load_average_start']}, "
+    f"at end {d.get('load_average_end')}.",
+    f"Measured float32 matmul peak, the higher of JAX's and PyTorch's (best of start and end of the run), "
+    f"which every % of peak divides by: **{rep['matmul_peak_gflops']:.1f} GFLOP/s "
+    f"(peak_source: {rep.get('peak_source', 'jax')})**; jax {_f(by_source.get('jax'))} (per size: "
+    + ", ".join(f"{k}: {v:.1f}" for k, v in rep["matmul"]["jax"].items())
+    + ")"
+    + (
+      f"; torch {_f(by_source.get('torch'))} on {d.get('torch_device')} (per size: "
+      + ", ".join(f"{k}: {v:.1f}" for k, v in rep["matmul"]["torch"].items())
+      + ")"
+      if rep["matmul"].get("torch")
+      else "; torch not measured"
+    )
+    + (
+      f"; torch.backends.cuda.matmul.allow_tf32={d['torch_matmul_allow_tf32']}"
+      if d.get("torch_matmul_allow_tf32") is not None
+      else ""
+    )
+    + ".",
+    "",
+  ]
   if rep["workloads"]:
-    lines += ["## Training throughput", "",
-              "| workload | method | models | steps/model | batch | examples/s | models/hour (timed) "
-              "| models/hour (recipe) | GFLOP/s | % of peak | seconds (best) | all repeats s "
-              "| epoch loss first -> last |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += [
+      "## Training throughput",
+      "",
+      "| workload | method | models | steps/model | batch | examples/s | models/hour (timed) "
+      "| models/hour (recipe) | GFLOP/s | % of peak | seconds (best) | all repeats s "
+      "| epoch loss first -> last |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for name, w in rep["workloads"].items():
       s = w["setup"]
       for method in s["methods"]:
         r = w[method]
-        lines.append(f"| {name} | {method} | {r['models']} | {r['steps']} | {s['batch_size']} | "
-                     f"{_f(r['examples_per_s'], 0)} | {_f(r['models_per_hour_timed'], 1)} | "
-                     f"{_f(r['models_per_hour'], 2)} | {_f(r['gflops'])} | "
-                     f"{_f(100 * r['fraction_of_peak'])} | {_f(r['seconds'], 2)} | "
-                     f"{', '.join(f'{t:.2f}' for t in r['all_seconds'])} | "
-                     f"{r['mean_first_epoch_loss']:.3f} -> {r['mean_final_epoch_loss']:.3f} |")
-    lines += ["", "| workload | ratios (examples/s) | models (source) | engine models/step "
-              "| engine lowering (model axis, convolutions) | engine micro-batch (timings s/step) "
-              "| FLOPs/example (source) | recipe |", "|---|---|---|---:|---|---|---|---|"]
+        lines.append(
+          f"| {name} | {method} | {r['models']} | {r['steps']} | {s['batch_size']} | "
+          f"{_f(r['examples_per_s'], 0)} | {_f(r['models_per_hour_timed'], 1)} | "
+          f"{_f(r['models_per_hour'], 2)} | {_f(r['gflops'])} | "
+          f"{_f(100 * r['fraction_of_peak'])} | {_f(r['seconds'], 2)} | "
+          f"{', '.join(f'{t:.2f}' for t in r['all_seconds'])} | "
+          f"{r['mean_first_epoch_loss']:.3f} -> {r['mean_final_epoch_loss']:.3f} |"
+        )
+    lines += [
+      "",
+      "| workload | ratios (examples/s) | models (source) | engine models/step "
+      "| engine lowering (model axis, convolutions) | engine micro-batch (timings s/step) "
+      "| FLOPs/example (source) | recipe |",
+      "|---|---|---|---:|---|---|---|---|",
+    ]
     for name, w in rep["workloads"].items():
       s = w["setup"]
-      ratios = ", ".join(f"{k} {v:.2f}x" for k, v in w["ratios"].items()) or "n/a"
+      ratios = (
+        ", ".join(f"{k} {v:.2f}x" for k, v in w["ratios"].items()) or "n/a"
+      )
       low = s.get("lowering")
       timings = s.get("microbatch_timings_s")
       micro = str(s.get("microbatch_size", "n/a")) + (
-          " (" + ", ".join(f"{k}: {v:.3f}" for k, v in timings.items()) + ")" if timings else "")
-      lines.append(f"| {name} | {ratios} | {s['num_models']} ({s['models_source']}; loops time "
-                   f"{s['loop_models']}) | {s.get('models_per_step', 'n/a')} | "
-                   f"{'n/a' if not low else low['model_axis'] + ', ' + low['conv_impl']} | {micro} | "
-                   f"{s['flops_per_example'] / 1e6:.2f} M ({s['flops_source']}; analytic "
-                   f"{s['flops_per_example_analytic'] / 1e6:.2f} M) | {s['recipe']} |")
-    notes = sorted({n for w in rep["workloads"].values() for n in w["setup"]["notes"]})
+        " (" + ", ".join(f"{k}: {v:.3f}" for k, v in timings.items()) + ")"
+        if timings
+        else ""
+      )
+      lines.append(
+        f"| {name} | {ratios} | {s['num_models']} ({s['models_source']}; loops time "
+        f"{s['loop_models']}) | {s.get('models_per_step', 'n/a')} | "
+        f"{'n/a' if not low else low['model_axis'] + ', ' + low['conv_impl']} | {micro} | "
+        f"{s['flops_per_example'] / 1e6:.2f} M ({s['flops_source']}; analytic "
+        f"{s['flops_per_example_analytic'] / 1e6:.2f} M) | {s['recipe']} |"
+      )
+    notes = sorted(
+      {n for w in rep["workloads"].values() for n in w["setup"]["notes"]}
+    )
     if notes:
       lines += [""] + [f"- {n}" for n in notes]
   if rep.get("art"):
     a = rep["art"]
-    lines += ["", "## End to end against ART (Adversarial Robustness Toolbox)", "",
-              f"{a['shadows']} shadow MLPs on the digits pool ({a['pool_examples']} examples), {a['epochs']} "
-              f"epochs, batch {a['batch_size']}, SGD lr {a['learning_rate']:g} momentum 0.9 weight decay "
-              f"{a['weight_decay']:g}; ART {a['art_version']}, torch {a['torch_version']}, ART timed with "
-              f"torch threads {', '.join(map(str, a['art']['torch_threads']))} (best: "
-              f"{a['art']['best_torch_threads']}). Accuracies: mean over shadows.", "",
-              "| side | timed | seconds (best) | all repeats s | first call s (incl. compile) "
-              "| members/shadow | steps/epoch | schedule | member acc | test acc (min-max) |",
-              "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
+    lines += [
+      "",
+      "## End to end against ART (Adversarial Robustness Toolbox)",
+      "",
+      f"{a['shadows']} shadow MLPs on the digits pool ({a['pool_examples']} examples), {a['epochs']} "
+      f"epochs, batch {a['batch_size']}, SGD lr {a['learning_rate']:g} momentum 0.9 weight decay "
+      f"{a['weight_decay']:g}; ART {a['art_version']}, torch {a['torch_version']}, ART timed with "
+      f"torch threads {', '.join(map(str, a['art']['torch_threads']))} (best: "
+      f"{a['art']['best_torch_threads']}). Accuracies: mean over shadows.",
+      "",
+      "| side | timed | seconds (best) | all repeats s | first call s (incl. compile) "
+      "| members/shadow | steps/epoch | schedule | member acc | test acc (min-max) |",
+      "|---|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
     for side in ("miajax", "art"):
       r = a[side]
-      lines.append(f"| {'ART' if side == 'art' else side} | {r['timed']} | {r['seconds']:.2f} | "
-                   f"{', '.join(f'{t:.2f}' for t in r['all_seconds'])} | {_f(r.get('first_call_seconds'), 2)} | "
-                   f"{'-'.join(str(v) for v in sorted(set(r['members_per_shadow'])))} | {r['steps_per_epoch']} | "
-                   f"{r['schedule']} | {r['mean_member_accuracy']:.3f} | {r['mean_test_accuracy']:.3f} "
-                   f"({r['min_test_accuracy']:.3f}-{r['max_test_accuracy']:.3f}) |")
-    lines += ["", f"Speed-up miajax / ART: **{a['speedup']:.2f}x** including miajax's compilation, "
-              f"{a['speedup_warm']:.2f}x warm.", ""] + [f"- {n}" for n in a["notes"]]
+      lines.append(
+        f"| {'ART' if side == 'art' else side} | {r['timed']} | {r['seconds']:.2f} | "
+        f"{', '.join(f'{t:.2f}' for t in r['all_seconds'])} | {_f(r.get('first_call_seconds'), 2)} | "
+        f"{'-'.join(str(v) for v in sorted(set(r['members_per_shadow'])))} | {r['steps_per_epoch']} | "
+        f"{r['schedule']} | {r['mean_member_accuracy']:.3f} | {r['mean_test_accuracy']:.3f} "
+        f"({r['min_test_accuracy']:.3f}-{r['max_test_accuracy']:.3f}) |"
+      )
+    lines += [
+      "",
+      f"Speed-up miajax / ART: **{a['speedup']:.2f}x** including miajax's compilation, "
+      f"{a['speedup_warm']:.2f}x warm.",
+      "",
+    ] + [f"- {n}" for n in a["notes"]]
   if rep.get("lira"):
     r = rep["lira"]
-    lines += ["", "## LiRA leave-one-out (online + offline)", "",
-              "| shape | miajax warm s | miajax incl. compile s | numpy s (extrapolated from N examples) "
-              "| speedup | max abs diff |", "|---|---:|---:|---:|---:|---:|",
-              f"| {r['shape']} | {r['miajax_warm_s']:.2f} | {r['miajax_s']:.2f} | "
-              f"{r['numpy_extrapolated_s']:.0f} ({r['numpy_subset_examples']}) | {r['speedup']:.0f}x | "
-              f"{r['max_abs_diff_on_subset']:.1e} |"]
+    lines += [
+      "",
+      "## LiRA leave-one-out (online + offline)",
+      "",
+      "| shape | miajax warm s | miajax incl. compile s | numpy s (extrapolated from N examples) "
+      "| speedup | max abs diff |",
+      "|---|---:|---:|---:|---:|---:|",
+      f"| {r['shape']} | {r['miajax_warm_s']:.2f} | {r['miajax_s']:.2f} | "
+      f"{r['numpy_extrapolated_s']:.0f} ({r['numpy_subset_examples']}) | {r['speedup']:.0f}x | "
+      f"{r['max_abs_diff_on_subset']:.1e} |",
+    ]
   if rep.get("memory"):
     m = rep["memory"]
-    lines += ["", "## Engine peak host memory", "",
-              "| models | candidates | models/step (planner) | chunks | peak RSS GiB (children) "
-              "| child self GiB | train s |", "|---:|---:|---:|---:|---:|---:|---:|",
-              f"| {m['models']} | {m['candidate_examples']} | {m['models_per_step']} | {m['chunks']} | "
-              f"{m['peak_rss_gib']:.2f} | {m['self_peak_rss_gib']:.2f} | {m['train_seconds']:.1f} |"]
-  lines += ["", "## Goals", "", "| goal | value | goal | value/goal | status | note |", "|---|---:|---:|---:|---|---|"]
+    lines += [
+      "",
+      "## Engine peak host memory",
+      "",
+      "| models | candidates | models/step (planner) | chunks | peak RSS GiB (children) "
+      "| child self GiB | train s |",
+      "|---:|---:|---:|---:|---:|---:|---:|",
+      f"| {m['models']} | {m['candidate_examples']} | {m['models_per_step']} | {m['chunks']} | "
+      f"{m['peak_rss_gib']:.2f} | {m['self_peak_rss_gib']:.2f} | {m['train_seconds']:.1f} |",
+    ]
+  lines += [
+    "",
+    "## Goals",
+    "",
+    "| goal | value | goal | value/goal | status | note |",
+    "|---|---:|---:|---:|---|---|",
+  ]
   for g in rep["goals"]:
     status = "n/a" if g["met"] is None else ("pass" if g["met"] else "MISSED")
-    lines.append(f"| {g['name']} | {_f(g['value'], 2)} | {g['kind']} {g['goal']:g} | "
-                 f"{_f(g['ratio_to_goal'], 2)} | {status} | {g['detail']} |")
+    lines.append(
+      f"| {g['name']} | {_f(g['value'], 2)} | {g['kind']} {g['goal']:g} | "
+      f"{_f(g['ratio_to_goal'], 2)} | {status} | {g['detail']} |"
+    )
   if rep["notes"]:
     lines += ["", "Notes:"] + [f"- {n}" for n in rep["notes"]]
   return "\n".join(lines) + "\n"
@@ -1300,26 +1945,41 @@ def _interference_notes(rep: dict) -> list:
   """Warnings when other jobs probably slowed this run (torch's OpenMP threads suffer most on a busy CPU)."""
   notes = []
   cpus = rep["device"]["cpu_count"] or 1
-  loads = [l[0] for l in (rep["device"]["load_average_start"], rep["device"].get("load_average_end")) if l]
+  loads = [
+    l[0]
+    for l in (
+      rep["device"]["load_average_start"],
+      rep["device"].get("load_average_end"),
+    )
+    if l
+  ]
   if loads and max(loads) > 0.5 * cpus:
-    notes.append(f"CPU busy: 1-minute load average up to {max(loads):.1f} on {cpus} CPUs; "
-                 "throughputs (especially the torch rows) may be understated")
+    notes.append(
+      f"CPU busy: 1-minute load average up to {max(loads):.1f} on {cpus} CPUs; "
+      "throughputs (especially the torch rows) may be understated"
+    )
   art = rep.get("art")
   if art:
     times = art["art"]["all_seconds"]
     if max(times) > 1.5 * min(times):
-      notes.append(f"ART: runs took {', '.join(f'{t:.1f}' for t in times)} s with torch threads "
-                   f"{', '.join(map(str, art['art']['torch_threads']))} (interference; the best counts)")
+      notes.append(
+        f"ART: runs took {', '.join(f'{t:.1f}' for t in times)} s with torch threads "
+        f"{', '.join(map(str, art['art']['torch_threads']))} (interference; the best counts)"
+      )
   for name, w in rep["workloads"].items():
     for method in w["setup"]["methods"]:
       times = w[method]["all_seconds"]
       if len(times) > 1 and max(times) > 1.5 * min(times):
-        notes.append(f"{name}/{method}: repeats took {', '.join(f'{t:.1f}' for t in times)} s "
-                     "(interference; the best counts)")
+        notes.append(
+          f"{name}/{method}: repeats took {', '.join(f'{t:.1f}' for t in times)} s "
+          "(interference; the best counts)"
+        )
   return notes
 
 
-def run(cfg: BenchConfig, *, table=None, log: Callable[[str], None] = print) -> dict:
+def run(
+  cfg: BenchConfig, *, table=None, log: Callable[[str], None] = print
+) -> dict:
   """Runs everything ``cfg`` asks for; returns the report and writes it when ``cfg.output_dir`` is set.
 
   ``table``: the workloads (default: ``cfg.preset``'s).
@@ -1331,7 +1991,11 @@ def run(cfg: BenchConfig, *, table=None, log: Callable[[str], None] = print) -> 
   notes = []
   # PyTorch, when installed, is imported even without torch rows: its matmul peak can be the higher one.
   torch, torch_note = import_torch()
-  if torch is None and cfg.workloads and any(m in TORCH_METHODS for m in cfg.methods):
+  if (
+    torch is None
+    and cfg.workloads
+    and any(m in TORCH_METHODS for m in cfg.methods)
+  ):
     notes.append(torch_note)
   art_mods = None
   if cfg.art:
@@ -1343,47 +2007,87 @@ def run(cfg: BenchConfig, *, table=None, log: Callable[[str], None] = print) -> 
   if torch is not None:
     torch.set_num_threads(os.cpu_count() or 1)
   tdev = None if torch is None else torch_device(torch)
-  rep: dict = dict(preset=cfg.preset, device=dict(
-      backend=jax.default_backend(), device_kinds=sorted({d.device_kind for d in jax.devices()}),
-      device_count=jax.device_count(), cpu_count=os.cpu_count(), jax_version=jax.__version__,
+  rep: dict = dict(
+    preset=cfg.preset,
+    device=dict(
+      backend=jax.default_backend(),
+      device_kinds=sorted({d.device_kind for d in jax.devices()}),
+      device_count=jax.device_count(),
+      cpu_count=os.cpu_count(),
+      jax_version=jax.__version__,
       torch_version=None if torch is None else torch.__version__,
-      torch_threads=None if torch is None else torch.get_num_threads(), torch_device=tdev,
-      torch_matmul_allow_tf32=(None if tdev != "cuda"
-                               else bool(getattr(torch.backends.cuda.matmul, "allow_tf32", False))),
-      load_average_start=_load_average()))
+      torch_threads=None if torch is None else torch.get_num_threads(),
+      torch_device=tdev,
+      torch_matmul_allow_tf32=(
+        None
+        if tdev != "cuda"
+        else bool(getattr(torch.backends.cuda.matmul, "allow_tf32", False))
+      ),
+      load_average_start=_load_average(),
+    ),
+  )
   timing = {}
   t = time.perf_counter()
-  log(f"float32 matmul peaks (jax{'' if torch is None else ', torch'}), sizes {cfg.matmul_sizes} ...")
-  rep["matmul"] = dict(jax=matmul_peak(cfg.matmul_sizes)["per_size"],
-                       torch=None if torch is None else torch_matmul(torch, cfg.matmul_sizes, device=tdev))
+  log(
+    f"float32 matmul peaks (jax{'' if torch is None else ', torch'}), sizes {cfg.matmul_sizes} ..."
+  )
+  rep["matmul"] = dict(
+    jax=matmul_peak(cfg.matmul_sizes)["per_size"],
+    torch=None
+    if torch is None
+    else torch_matmul(torch, cfg.matmul_sizes, device=tdev),
+  )
   start_peak, start_source = higher_peak(rep["matmul"])
   timing["matmul"] = time.perf_counter() - t
   log(f"matmul peak {start_peak:.1f} GFLOP/s ({start_source})")
   rep["workloads"] = {}
   for name in cfg.workloads:
     t = time.perf_counter()
-    rep["workloads"][name] = run_workload(table[name], cfg, start_peak, torch, torch_note, log,
-                                          torch_device=tdev or "cpu")
+    rep["workloads"][name] = run_workload(
+      table[name],
+      cfg,
+      start_peak,
+      torch,
+      torch_note,
+      log,
+      torch_device=tdev or "cpu",
+    )
     timing[name] = time.perf_counter() - t
   rep["art"] = None
   if art_mods is not None:
     t = time.perf_counter()
-    rep["art"] = run_art(art_mods, WORKLOADS[ART_WORKLOAD], cfg.art_models, cfg.art_epochs, cfg.art_repeats,
-                         cfg.seed, log, threads=cfg.art_torch_threads)
+    rep["art"] = run_art(
+      art_mods,
+      WORKLOADS[ART_WORKLOAD],
+      cfg.art_models,
+      cfg.art_epochs,
+      cfg.art_repeats,
+      cfg.seed,
+      log,
+      threads=cfg.art_torch_threads,
+    )
     timing["art"] = time.perf_counter() - t
   rep["lira"] = None
   if cfg.lira:
     t = time.perf_counter()
-    log(f"LiRA leave-one-out on {list(cfg.lira_shape)} vs numpy on {cfg.numpy_examples} examples ...")
+    log(
+      f"LiRA leave-one-out on {list(cfg.lira_shape)} vs numpy on {cfg.numpy_examples} examples ..."
+    )
     rep["lira"] = run_lira(cfg.lira_shape, cfg.numpy_examples, cfg.seed)
     timing["lira"] = time.perf_counter() - t
   rep["memory"] = None
   if cfg.memory_models:
     if MEMORY_WORKLOAD not in table:
-      raise ValueError(f"memory needs workload {MEMORY_WORKLOAD!r} in the table")
+      raise ValueError(
+        f"memory needs workload {MEMORY_WORKLOAD!r} in the table"
+      )
     t = time.perf_counter()
-    log(f"peak memory: {cfg.memory_models} {MEMORY_WORKLOAD} models in a child process ...")
-    rep["memory"] = run_memory(table[MEMORY_WORKLOAD], cfg.memory_models, cfg.memory_examples, cfg.seed)
+    log(
+      f"peak memory: {cfg.memory_models} {MEMORY_WORKLOAD} models in a child process ..."
+    )
+    rep["memory"] = run_memory(
+      table[MEMORY_WORKLOAD], cfg.memory_models, cfg.memory_examples, cfg.seed
+    )
     timing["memory"] = time.perf_counter() - t
   # The peaks are measured again at the end and the best counts: a busy machine only lowers them.
   t = time.perf_counter()
@@ -1391,32 +2095,48 @@ def run(cfg: BenchConfig, *, table=None, log: Callable[[str], None] = print) -> 
     start = rep["matmul"][lib]
     if start is None:
       continue
-    end = (matmul_peak(cfg.matmul_sizes)["per_size"] if lib == "jax"
-           else torch_matmul(torch, cfg.matmul_sizes, device=tdev))
+    end = (
+      matmul_peak(cfg.matmul_sizes)["per_size"]
+      if lib == "jax"
+      else torch_matmul(torch, cfg.matmul_sizes, device=tdev)
+    )
     rep["matmul"][f"{lib}_start"], rep["matmul"][f"{lib}_end"] = start, end
     rep["matmul"][lib] = {k: max(v, end[k]) for k, v in start.items()}
   timing["matmul"] += time.perf_counter() - t
   peak, source = higher_peak(rep["matmul"])
   rep["matmul_peak_gflops"], rep["peak_source"] = peak, source
   rep["matmul_peak_gflops_by_source"] = {
-      lib: None if rep["matmul"][lib] is None else max(rep["matmul"][lib].values()) for lib in ("jax", "torch")}
+    lib: None
+    if rep["matmul"][lib] is None
+    else max(rep["matmul"][lib].values())
+    for lib in ("jax", "torch")
+  }
   for w in rep["workloads"].values():
     for method in w["setup"]["methods"]:
       w[method]["fraction_of_peak"] = w[method]["gflops"] / peak
   rep["device"]["load_average_end"] = _load_average()
   rep["goals"] = goals(rep)
-  rep["notes"] = notes + _interference_notes(rep) + [
+  rep["notes"] = (
+    notes
+    + _interference_notes(rep)
+    + [
       "All methods run one after another in this process after their own warm-up (compile / first steps); "
       "throughput = models x steps x batch / seconds (best of --repeats); models/hour (timed) = models / "
       "seconds x 3600 at the timed steps; models/hour (recipe) = examples/s / the examples one model sees "
       "in the workload's recipe.",
       f"% of peak: of the higher of the measured float32 matmul peaks of JAX and PyTorch, here {source}'s "
-      f"({peak:.1f} GFLOP/s)" + ("; PyTorch not installed, so JAX's only" if torch is None else "") + ".",
+      f"({peak:.1f} GFLOP/s)"
+      + ("; PyTorch not installed, so JAX's only" if torch is None else "")
+      + ".",
       "Engine seconds are one whole train_models call (init, per-epoch shuffles and steps of every chunk).",
-      "Synthetic data except mlp_digits; the machine may be shared with other jobs (see load averages)."]
+      "Synthetic data except mlp_digits; the machine may be shared with other jobs (see load averages).",
+    ]
+  )
   if cfg.plan_models:
-    rep["notes"].append("Models per workload: as many as miajax.train.plan_models_per_step puts in one step, "
-                        "at most the workload's count (--num_models), so the engine's time is one chunk.")
+    rep["notes"].append(
+      "Models per workload: as many as miajax.train.plan_models_per_step puts in one step, "
+      "at most the workload's count (--num_models), so the engine's time is one chunk."
+    )
   rep["config"] = dataclasses.asdict(cfg)
   rep["timing_s"] = timing
   if cfg.output_dir:
@@ -1435,50 +2155,130 @@ def run(cfg: BenchConfig, *, table=None, log: Callable[[str], None] = print) -> 
 
 FLAGS = flags.FLAGS
 _D = DEFAULTS
-flags.DEFINE_enum("preset", "cpu", list(PRESETS), "Defaults to start from; flags given override them. cpu: "
-                  "everything, sized for a 2-core CPU. accelerator: cnn_small, wrn16-4, mlp_purchase; the engine "
-                  "at the planner's models per step (<= 256) vs the JAX and PyTorch loops, sized for one "
-                  "H100/H200-class GPU (< 8 min); no LiRA, memory or ART.")
-flags.DEFINE_string("workloads", _D["workloads"], f"Comma list of {list(WORKLOADS)}, 'all' or 'none' "
-                    "(accelerator: cnn_small,wrn16-4,mlp_purchase).")
-flags.DEFINE_string("methods", _D["methods"], f"Comma list of {list(METHODS)} or 'all' "
-                    "(accelerator: engine,jax_loop,torch_loop).")
-flags.DEFINE_integer("num_models", _D["num_models"], "Models per method for every workload (default: per "
-                     "workload; with --plan_models the most the planner may put in one step).")
-flags.DEFINE_integer("steps", _D["steps"], "Timed training steps per model (default: per workload).")
-flags.DEFINE_integer("loop_models", _D["loop_models"], "Models the one-model loops (jax_loop, torch_loop) time; "
-                     "their per-model rates extrapolate (default: per workload; cpu preset: all).")
-flags.DEFINE_bool("plan_models", _D["plan_models"], "Train as many models as the planner puts in one step, at "
-                  "most --num_models (accelerator: on).")
-flags.DEFINE_bool("lira", _D["lira"], "Also time LiRA leave-one-out against the numpy loop (accelerator: off).")
-flags.DEFINE_string("lira_shape", _D["lira_shape"], "models,examples,queries of the LiRA timing.")
-flags.DEFINE_integer("numpy_examples", _D["numpy_examples"], "Examples the numpy LiRA loop runs before "
-                     "extrapolating.")
-flags.DEFINE_integer("memory_models", _D["memory_models"], f"{MEMORY_WORKLOAD} models of the peak-memory run "
-                     "(0: skip; accelerator: 0).")
-flags.DEFINE_integer("memory_examples", _D["memory_examples"], "Candidate examples of the peak-memory run.")
-flags.DEFINE_bool("art", _D["art"], "Also time shadow training end to end against ART's ShadowModels (needs "
-                  "the `bench` extra; accelerator: off).")
-flags.DEFINE_integer("art_models", _D["art_models"], "Shadow models of the ART comparison (even).")
-flags.DEFINE_integer("art_epochs", _D["art_epochs"], "Epochs of the ART comparison (default: the digits "
-                     "recipe's 30).")
-flags.DEFINE_integer("art_repeats", _D["art_repeats"], "Timed runs per side (ART: per thread count) of the ART "
-                     "comparison; the best counts.")
-flags.DEFINE_string("art_torch_threads", _D["art_torch_threads"], "Comma list of torch thread counts ART is "
-                    "timed with; the best counts (default: 1 and all cores).")
-flags.DEFINE_string("matmul_sizes", _D["matmul_sizes"], "Square float32 matmul sizes for the peak "
-                    "(accelerator: 4096,8192).")
-flags.DEFINE_integer("repeats", _D["repeats"], "Timed runs per method after the warm-up; the best counts "
-                     "(accelerator: 2).")
-flags.DEFINE_integer("seed", _D["seed"], "Seed of data, membership and initialisation.")
+flags.DEFINE_enum(
+  "preset",
+  "cpu",
+  list(PRESETS),
+  "Defaults to start from; flags given override them. cpu: "
+  "everything, sized for a 2-core CPU. accelerator: cnn_small, wrn16-4, mlp_purchase; the engine "
+  "at the planner's models per step (<= 256) vs the JAX and PyTorch loops, sized for one "
+  "H100/H200-class GPU (< 8 min); no LiRA, memory or ART.",
+)
+flags.DEFINE_string(
+  "workloads",
+  _D["workloads"],
+  f"Comma list of {list(WORKLOADS)}, 'all' or 'none' "
+  "(accelerator: cnn_small,wrn16-4,mlp_purchase).",
+)
+flags.DEFINE_string(
+  "methods",
+  _D["methods"],
+  f"Comma list of {list(METHODS)} or 'all' "
+  "(accelerator: engine,jax_loop,torch_loop).",
+)
+flags.DEFINE_integer(
+  "num_models",
+  _D["num_models"],
+  "Models per method for every workload (default: per "
+  "workload; with --plan_models the most the planner may put in one step).",
+)
+flags.DEFINE_integer(
+  "steps",
+  _D["steps"],
+  "Timed training steps per model (default: per workload).",
+)
+flags.DEFINE_integer(
+  "loop_models",
+  _D["loop_models"],
+  "Models the one-model loops (jax_loop, torch_loop) time; "
+  "their per-model rates extrapolate (default: per workload; cpu preset: all).",
+)
+flags.DEFINE_bool(
+  "plan_models",
+  _D["plan_models"],
+  "Train as many models as the planner puts in one step, at "
+  "most --num_models (accelerator: on).",
+)
+flags.DEFINE_bool(
+  "lira",
+  _D["lira"],
+  "Also time LiRA leave-one-out against the numpy loop (accelerator: off).",
+)
+flags.DEFINE_string(
+  "lira_shape", _D["lira_shape"], "models,examples,queries of the LiRA timing."
+)
+flags.DEFINE_integer(
+  "numpy_examples",
+  _D["numpy_examples"],
+  "Examples the numpy LiRA loop runs before extrapolating.",
+)
+flags.DEFINE_integer(
+  "memory_models",
+  _D["memory_models"],
+  f"{MEMORY_WORKLOAD} models of the peak-memory run (0: skip; accelerator: 0).",
+)
+flags.DEFINE_integer(
+  "memory_examples",
+  _D["memory_examples"],
+  "Candidate examples of the peak-memory run.",
+)
+flags.DEFINE_bool(
+  "art",
+  _D["art"],
+  "Also time shadow training end to end against ART's ShadowModels (needs "
+  "the `bench` extra; accelerator: off).",
+)
+flags.DEFINE_integer(
+  "art_models", _D["art_models"], "Shadow models of the ART comparison (even)."
+)
+flags.DEFINE_integer(
+  "art_epochs",
+  _D["art_epochs"],
+  "Epochs of the ART comparison (default: the digits recipe's 30).",
+)
+flags.DEFINE_integer(
+  "art_repeats",
+  _D["art_repeats"],
+  "Timed runs per side (ART: per thread count) of the ART "
+  "comparison; the best counts.",
+)
+flags.DEFINE_string(
+  "art_torch_threads",
+  _D["art_torch_threads"],
+  "Comma list of torch thread counts ART is "
+  "timed with; the best counts (default: 1 and all cores).",
+)
+flags.DEFINE_string(
+  "matmul_sizes",
+  _D["matmul_sizes"],
+  "Square float32 matmul sizes for the peak (accelerator: 4096,8192).",
+)
+flags.DEFINE_integer(
+  "repeats",
+  _D["repeats"],
+  "Timed runs per method after the warm-up; the best counts (accelerator: 2).",
+)
+flags.DEFINE_integer(
+  "seed", _D["seed"], "Seed of data, membership and initialisation."
+)
 flags.DEFINE_string("output_dir", None, "Where report.json and report.md go.")
-flags.DEFINE_string("memory_child", None, "Internal: run the peak-memory child with this JSON spec.")
+flags.DEFINE_string(
+  "memory_child",
+  None,
+  "Internal: run the peak-memory child with this JSON spec.",
+)
 
 
 def config_from_flags(flag_values=FLAGS) -> BenchConfig:
   """The preset's defaults, overridden by the flags given on the command line (not by flag defaults)."""
-  given = {name: flag_values[name].value for name in DEFAULTS if flag_values[name].present}
-  return parse_config(preset=flag_values.preset, output_dir=flag_values.output_dir, **given)
+  given = {
+    name: flag_values[name].value
+    for name in DEFAULTS
+    if flag_values[name].present
+  }
+  return parse_config(
+    preset=flag_values.preset, output_dir=flag_values.output_dir, **given
+  )
 
 
 def main(argv):
@@ -1497,7 +2297,9 @@ def main(argv):
   t = time.perf_counter()
   rep = run(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
   print(markdown(rep))
-  print(f"total {time.perf_counter() - t:.0f} s; wrote {cfg.output_dir}/report.json and report.md")
+  print(
+    f"total {time.perf_counter() - t:.0f} s; wrote {cfg.output_dir}/report.json and report.md"
+  )
 
 
 if __name__ == "__main__":

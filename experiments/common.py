@@ -14,50 +14,119 @@ FLAGS = flags.FLAGS
 
 # Per-dataset recipes that train in seconds on a CPU; every value can be overridden by a flag.
 DATASET_DEFAULTS = {
-    "digits": dict(model="mlp", widths="256,128", activation="relu", epochs=30, batch_size=64,
-                   learning_rate=0.1),
-    "fashion_mnist": dict(model="mlp", widths="256,128", activation="relu", epochs=15, batch_size=256,
-                          learning_rate=0.1),
+  "digits": dict(
+    model="mlp",
+    widths="256,128",
+    activation="relu",
+    epochs=30,
+    batch_size=64,
+    learning_rate=0.1,
+  ),
+  "fashion_mnist": dict(
+    model="mlp",
+    widths="256,128",
+    activation="relu",
+    epochs=15,
+    batch_size=256,
+    learning_rate=0.1,
+  ),
 }
-GENERIC_DEFAULTS = dict(model="mlp", widths="1024,512,256,128", activation="tanh", epochs=30,
-                        batch_size=128, learning_rate=0.1)
+GENERIC_DEFAULTS = dict(
+  model="mlp",
+  widths="1024,512,256,128",
+  activation="tanh",
+  epochs=30,
+  batch_size=128,
+  learning_rate=0.1,
+)
 
 
 def define_recipe_flags() -> None:
   """The dataset and the one-model training recipe (used by every script that trains)."""
-  flags.DEFINE_string("dataset", "digits", "Dataset name (miajax.data.DATASETS).")
-  flags.DEFINE_string("data_dir", None, "Where dataset files live (see README).")
-  flags.DEFINE_string("model", None, "Model name (miajax.models.MODEL_NAMES); default per dataset.")
-  flags.DEFINE_string("widths", None, "MLP hidden widths, comma separated; default per dataset.")
-  flags.DEFINE_string("activation", None, "MLP activation (relu, tanh, ...); default per dataset.")
+  flags.DEFINE_string(
+    "dataset", "digits", "Dataset name (miajax.data.DATASETS)."
+  )
+  flags.DEFINE_string(
+    "data_dir", None, "Where dataset files live (see README)."
+  )
+  flags.DEFINE_string(
+    "model",
+    None,
+    "Model name (miajax.models.MODEL_NAMES); default per dataset.",
+  )
+  flags.DEFINE_string(
+    "widths", None, "MLP hidden widths, comma separated; default per dataset."
+  )
+  flags.DEFINE_string(
+    "activation", None, "MLP activation (relu, tanh, ...); default per dataset."
+  )
   flags.DEFINE_integer("epochs", None, "Training epochs; default per dataset.")
   flags.DEFINE_integer("batch_size", None, "Batch size; default per dataset.")
-  flags.DEFINE_float("learning_rate", None, "Peak learning rate; default per dataset.")
+  flags.DEFINE_float(
+    "learning_rate", None, "Peak learning rate; default per dataset."
+  )
   flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
   flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
   flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
-  flags.DEFINE_integer("seed", 0, "Seed of the design, initialisation, shuffling, dropout.")
+  flags.DEFINE_integer(
+    "seed", 0, "Seed of the design, initialisation, shuffling, dropout."
+  )
   flags.DEFINE_string("output_dir", None, "Where outputs go.")
 
 
 def define_training_flags(default_num_models: int = 64) -> None:
   define_recipe_flags()
-  flags.DEFINE_integer("num_examples", None, "Use only the first N training examples (default: all).")
-  flags.DEFINE_integer("num_models", default_num_models, "Number of shadow models.")
-  flags.DEFINE_float("pkeep", 0.5, "Fraction of models each example is IN for (design=lira).")
-  flags.DEFINE_enum("design", "paired", ["paired", "lira"], "Membership design.")
+  flags.DEFINE_integer(
+    "num_examples",
+    None,
+    "Use only the first N training examples (default: all).",
+  )
+  flags.DEFINE_integer(
+    "num_models", default_num_models, "Number of shadow models."
+  )
+  flags.DEFINE_float(
+    "pkeep", 0.5, "Fraction of models each example is IN for (design=lira)."
+  )
+  flags.DEFINE_enum(
+    "design", "paired", ["paired", "lira"], "Membership design."
+  )
   flags.DEFINE_float("dropout_rate", 0.0, "Dropout rate of every model.")
-  flags.DEFINE_bool("augment", False, "Random flip + reflect-pad-4 crop (images).")
-  flags.DEFINE_integer("models_per_step", None, "Models trained at once (default: memory planner).")
-  flags.DEFINE_integer("microbatch_size", None, "Examples per gradient micro-batch within a step; must divide "
-                       "the batch size (default: sized to the CPU cache, whole batches on GPU/TPU).")
-  flags.DEFINE_enum("queries", "identity", list(train.QUERY_SETS), "Query augmentations at inference.")
-  flags.DEFINE_bool("label_only", True, "Also keep every model's predicted labels on perturbed copies of the "
-                    "candidates, for the label-only attacks (augmentation and noise robustness).")
-  flags.DEFINE_integer("label_only_shift", 1, "Pixel shift of the label-only augmentation views (0: none; "
-                       "inputs that are not images get none).")
-  flags.DEFINE_list("label_only_sigmas", ["0.1", "0.25", "0.5"], "Gaussian noise levels (input units) of the "
-                    "label-only noise-robustness views (empty: none).")
+  flags.DEFINE_bool(
+    "augment", False, "Random flip + reflect-pad-4 crop (images)."
+  )
+  flags.DEFINE_integer(
+    "models_per_step", None, "Models trained at once (default: memory planner)."
+  )
+  flags.DEFINE_integer(
+    "microbatch_size",
+    None,
+    "Examples per gradient micro-batch within a step; must divide "
+    "the batch size (default: sized to the CPU cache, whole batches on GPU/TPU).",
+  )
+  flags.DEFINE_enum(
+    "queries",
+    "identity",
+    list(train.QUERY_SETS),
+    "Query augmentations at inference.",
+  )
+  flags.DEFINE_bool(
+    "label_only",
+    True,
+    "Also keep every model's predicted labels on perturbed copies of the "
+    "candidates, for the label-only attacks (augmentation and noise robustness).",
+  )
+  flags.DEFINE_integer(
+    "label_only_shift",
+    1,
+    "Pixel shift of the label-only augmentation views (0: none; "
+    "inputs that are not images get none).",
+  )
+  flags.DEFINE_list(
+    "label_only_sigmas",
+    ["0.1", "0.25", "0.5"],
+    "Gaussian noise levels (input units) of the "
+    "label-only noise-robustness views (empty: none).",
+  )
   flags.DEFINE_integer("label_only_copies", 8, "Noisy copies per noise level.")
 
 
@@ -78,9 +147,17 @@ def train_config(**extra) -> train.TrainConfig:
   if getattr(FLAGS, "dropout_rate", 0.0):
     kwargs["dropout_rate"] = FLAGS.dropout_rate
   return train.TrainConfig(
-      model=model, model_kwargs=tuple(sorted(kwargs.items())), optimizer=FLAGS.optimizer,
-      learning_rate=_default("learning_rate"), momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
-      epochs=_default("epochs"), batch_size=_default("batch_size"), seed=FLAGS.seed, **extra)
+    model=model,
+    model_kwargs=tuple(sorted(kwargs.items())),
+    optimizer=FLAGS.optimizer,
+    learning_rate=_default("learning_rate"),
+    momentum=FLAGS.momentum,
+    weight_decay=FLAGS.weight_decay,
+    epochs=_default("epochs"),
+    batch_size=_default("batch_size"),
+    seed=FLAGS.seed,
+    **extra,
+  )
 
 
 def label_only_queries() -> label_only.LabelOnlyQueries | None:
@@ -88,25 +165,45 @@ def label_only_queries() -> label_only.LabelOnlyQueries | None:
   if not FLAGS.label_only:
     return None
   if FLAGS.label_only_shift < 0:
-    raise app.UsageError(f"--label_only_shift must be >= 0, got {FLAGS.label_only_shift}")
+    raise app.UsageError(
+      f"--label_only_shift must be >= 0, got {FLAGS.label_only_shift}"
+    )
   try:
     sigmas = tuple(float(s) for s in FLAGS.label_only_sigmas)
   except ValueError:
-    raise app.UsageError(f"--label_only_sigmas must be comma-separated numbers, got {FLAGS.label_only_sigmas}") from None
+    raise app.UsageError(
+      f"--label_only_sigmas must be comma-separated numbers, got {FLAGS.label_only_sigmas}"
+    ) from None
   try:
-    return label_only.LabelOnlyQueries(shift=FLAGS.label_only_shift or None, sigmas=sigmas,
-                                       copies=FLAGS.label_only_copies, seed=FLAGS.seed)
+    return label_only.LabelOnlyQueries(
+      shift=FLAGS.label_only_shift or None,
+      sigmas=sigmas,
+      copies=FLAGS.label_only_copies,
+      seed=FLAGS.seed,
+    )
   except ValueError as e:
     raise app.UsageError(f"--label_only_*: {e}") from None
 
 
 def run_spec(defense=None) -> runs.RunSpec:
   """The RunSpec described by the flags (dataset defaults filled in)."""
-  cfg = train_config(augment=FLAGS.augment, models_per_step=FLAGS.models_per_step,
-                     microbatch_size=FLAGS.microbatch_size, defense=defense)
-  return runs.RunSpec(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, num_examples=FLAGS.num_examples,
-                      design=FLAGS.design, num_models=FLAGS.num_models, pkeep=FLAGS.pkeep,
-                      queries=FLAGS.queries, train=cfg, label_only=label_only_queries())
+  cfg = train_config(
+    augment=FLAGS.augment,
+    models_per_step=FLAGS.models_per_step,
+    microbatch_size=FLAGS.microbatch_size,
+    defense=defense,
+  )
+  return runs.RunSpec(
+    dataset=FLAGS.dataset,
+    data_dir=FLAGS.data_dir,
+    num_examples=FLAGS.num_examples,
+    design=FLAGS.design,
+    num_models=FLAGS.num_models,
+    pkeep=FLAGS.pkeep,
+    queries=FLAGS.queries,
+    train=cfg,
+    label_only=label_only_queries(),
+  )
 
 
 def flag_values() -> dict:
@@ -144,6 +241,8 @@ def make_output_dir(out) -> None:
   try:
     out.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise app.UsageError(f"--output_dir {str(out)!r} cannot be created: {e}") from None
+    raise app.UsageError(
+      f"--output_dir {str(out)!r} cannot be created: {e}"
+    ) from None
   if not os.access(out, os.W_OK):
     raise app.UsageError(f"--output_dir {str(out)!r} is not writable")

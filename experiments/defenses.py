@@ -100,35 +100,89 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import attacks, cpu, label_only, metrics, report, runs, scores, train
+from miajax import (
+  attacks,
+  cpu,
+  label_only,
+  metrics,
+  report,
+  runs,
+  scores,
+  train,
+)
 from miajax import defenses as D
 
 FLAGS = flags.FLAGS
 common.define_training_flags(default_num_models=16)
-flags.DEFINE_string("rows", None, "Comma-separated subset of rows to run (default: all; see module docstring).")
-flags.DEFINE_enum("shadow_defense", "same", ["same", "none"],
-                  "same: shadows trained and queried like the targets (defense-aware attacker); "
-                  "none: undefended shadows.")
+flags.DEFINE_string(
+  "rows",
+  None,
+  "Comma-separated subset of rows to run (default: all; see module docstring).",
+)
+flags.DEFINE_enum(
+  "shadow_defense",
+  "same",
+  ["same", "none"],
+  "same: shadows trained and queried like the targets (defense-aware attacker); "
+  "none: undefended shadows.",
+)
 flags.DEFINE_float("dropout", 0.5, "Dropout rate of the dropout rows.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the ls rows.")
 flags.DEFINE_integer("top_k", 1, "k of the top-k masking rows.")
-flags.DEFINE_integer("rounding_decimals", 1, "Decimals of the rounding row's released probabilities.")
-flags.DEFINE_float("temperature", 4.0, "Temperature of the temperature row's released softmax.")
-flags.DEFINE_float("hamp_gamma", 0.95, "HAMP entropy threshold (fraction of ln C).")
-flags.DEFINE_float("hamp_alpha", 0.01, "HAMP entropy weight, per-example convention (C x the released code's).")
-flags.DEFINE_list("dp_epsilons", ["1", "8"], "Target epsilons of the DP-SGD rows.")
-flags.DEFINE_float("dp_delta", 1e-5, "DP delta (also the delta of the empirical epsilon bounds).")
+flags.DEFINE_integer(
+  "rounding_decimals",
+  1,
+  "Decimals of the rounding row's released probabilities.",
+)
+flags.DEFINE_float(
+  "temperature", 4.0, "Temperature of the temperature row's released softmax."
+)
+flags.DEFINE_float(
+  "hamp_gamma", 0.95, "HAMP entropy threshold (fraction of ln C)."
+)
+flags.DEFINE_float(
+  "hamp_alpha",
+  0.01,
+  "HAMP entropy weight, per-example convention (C x the released code's).",
+)
+flags.DEFINE_list(
+  "dp_epsilons", ["1", "8"], "Target epsilons of the DP-SGD rows."
+)
+flags.DEFINE_float(
+  "dp_delta", 1e-5, "DP delta (also the delta of the empirical epsilon bounds)."
+)
 flags.DEFINE_float("dp_clip", 1.0, "DP-SGD per-example L2 clipping norm.")
-flags.DEFINE_integer("dp_epochs", 15, "Epochs of the DP-SGD rows (their steps enter the accounting).")
-flags.DEFINE_float("dp_learning_rate", 0.03, "Peak learning rate of the DP-SGD rows.")
-flags.DEFINE_float("l2", 5e-3, "Weight of the l2 row's extra penalty 0.5 w ||params||^2.")
-flags.DEFINE_list("dropout_sweep", ["0", "0.25", "0.5", "0.75"],
-                  "Dropout rates of the sweep (empty to skip).")
+flags.DEFINE_integer(
+  "dp_epochs",
+  15,
+  "Epochs of the DP-SGD rows (their steps enter the accounting).",
+)
+flags.DEFINE_float(
+  "dp_learning_rate", 0.03, "Peak learning rate of the DP-SGD rows."
+)
+flags.DEFINE_float(
+  "l2", 5e-3, "Weight of the l2 row's extra penalty 0.5 w ||params||^2."
+)
+flags.DEFINE_list(
+  "dropout_sweep",
+  ["0", "0.25", "0.5", "0.75"],
+  "Dropout rates of the sweep (empty to skip).",
+)
 
-ATTACK_NAMES = ("lira_online", "lira_offline", "global_threshold", "max_confidence")
+ATTACK_NAMES = (
+  "lira_online",
+  "lira_offline",
+  "global_threshold",
+  "max_confidence",
+)
 # The label-only attacks read only the top-1 label, which every output row keeps (rounding: ties aside),
 # so they are scored on the run's raw view labels.
-LABEL_ATTACKS = ("label_aug", "label_aug_lira", "label_noise", "label_noise_lira")
+LABEL_ATTACKS = (
+  "label_aug",
+  "label_aug_lira",
+  "label_noise",
+  "label_noise_lira",
+)
 CONFIDENCE = 0.95
 
 
@@ -144,7 +198,9 @@ class Row:
   dp_target_epsilon: float | None = None
 
 
-def _dp_schedule(keep: np.ndarray, batch_size: int, epochs: int) -> tuple[float, int]:
+def _dp_schedule(
+  keep: np.ndarray, batch_size: int, epochs: int
+) -> tuple[float, int]:
   """(sample_rate, steps) of DP-SGD as the engine runs it.
 
   The engine takes ``ceil(most members / batch)`` steps per epoch for every
@@ -152,7 +208,9 @@ def _dp_schedule(keep: np.ndarray, batch_size: int, epochs: int) -> tuple[float,
   largest epsilon.
   """
   members = keep.sum(1)
-  return batch_size / int(members.min()), epochs * int(math.ceil(int(members.max()) / batch_size))
+  return batch_size / int(members.min()), epochs * int(
+    math.ceil(int(members.max()) / batch_size)
+  )
 
 
 def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
@@ -161,20 +219,48 @@ def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
   for use_dropout in (False, True):
     for use_ls in (False, True):
       for use_topk in (False, True):
-        tags = [t for t, on in (("dropout", use_dropout), ("ls", use_ls), ("topk", use_topk)) if on]
-        defense = D.chain(D.dropout(FLAGS.dropout) if use_dropout else None,
-                          D.label_smoothing(FLAGS.label_smoothing) if use_ls else None)
-        rows.append(Row("+".join(tags) or "none", defense, D.top_k(FLAGS.top_k) if use_topk else None))
+        tags = [
+          t
+          for t, on in (
+            ("dropout", use_dropout),
+            ("ls", use_ls),
+            ("topk", use_topk),
+          )
+          if on
+        ]
+        defense = D.chain(
+          D.dropout(FLAGS.dropout) if use_dropout else None,
+          D.label_smoothing(FLAGS.label_smoothing) if use_ls else None,
+        )
+        rows.append(
+          Row(
+            "+".join(tags) or "none",
+            defense,
+            D.top_k(FLAGS.top_k) if use_topk else None,
+          )
+        )
   rows.append(Row("rounding", D.none(), D.rounding(FLAGS.rounding_decimals)))
   rows.append(Row("temperature", D.none(), D.temperature(FLAGS.temperature)))
   rows.append(Row("label_only", D.none(), D.label_only()))
-  rows.append(Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), D.hamp_output()))
+  rows.append(
+    Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), D.hamp_output())
+  )
   for text in FLAGS.dp_epsilons:
     eps = float(text)
     rate, steps = _dp_schedule(keep, batch_size, FLAGS.dp_epochs)
-    sigma = D.dp_noise_multiplier(target_epsilon=eps, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta)
-    rows.append(Row(f"dp_eps{eps:g}", D.dp_sgd(FLAGS.dp_clip, sigma), None, epochs=FLAGS.dp_epochs,
-                    learning_rate=FLAGS.dp_learning_rate, dp_target_epsilon=eps))
+    sigma = D.dp_noise_multiplier(
+      target_epsilon=eps, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta
+    )
+    rows.append(
+      Row(
+        f"dp_eps{eps:g}",
+        D.dp_sgd(FLAGS.dp_clip, sigma),
+        None,
+        epochs=FLAGS.dp_epochs,
+        learning_rate=FLAGS.dp_learning_rate,
+        dp_target_epsilon=eps,
+      )
+    )
   rows.append(Row("l2", D.l2(FLAGS.l2)))
   return rows
 
@@ -194,8 +280,12 @@ def run_name(row: Row) -> str:
   return name
 
 
-def _spec(defense, *, epochs=None, learning_rate=None, seed_offset=0) -> runs.RunSpec:
-  spec = common.run_spec(defense=None if isinstance(defense, D.NoDefense) else defense)
+def _spec(
+  defense, *, epochs=None, learning_rate=None, seed_offset=0
+) -> runs.RunSpec:
+  spec = common.run_spec(
+    defense=None if isinstance(defense, D.NoDefense) else defense
+  )
   cfg = spec.train
   if epochs is not None:
     cfg = dataclasses.replace(cfg, epochs=int(epochs))
@@ -209,6 +299,7 @@ def _spec(defense, *, epochs=None, learning_rate=None, seed_offset=0) -> runs.Ru
 # ---------------------------------------------------------------------------
 # HAMP's output modification needs the model's logits on random inputs
 
+
 def random_queries(spec: runs.RunSpec) -> dict:
   """``run_training``'s extra queries for HAMP: one random input per example and query.
 
@@ -220,10 +311,27 @@ def random_queries(spec: runs.RunSpec) -> dict:
   num_queries = int(train.query_views(x[:1], spec.queries).shape[0])
   low, high = float(x.min()), float(x.max())
   seed = spec.train.seed + 20_011
-  rand = np.asarray(D.random_inputs(jax.random.PRNGKey(seed), (num_queries * x.shape[0],) + x.shape[1:],
-                                    low=low, high=high))
-  return {"random": (rand, {"distribution": "uniform", "low": low, "high": high, "seed": seed,
-                            "per_query": True, "queries": num_queries})}
+  rand = np.asarray(
+    D.random_inputs(
+      jax.random.PRNGKey(seed),
+      (num_queries * x.shape[0],) + x.shape[1:],
+      low=low,
+      high=high,
+    )
+  )
+  return {
+    "random": (
+      rand,
+      {
+        "distribution": "uniform",
+        "low": low,
+        "high": high,
+        "seed": seed,
+        "per_query": True,
+        "queries": num_queries,
+      },
+    )
+  }
 
 
 def random_logits(run: runs.RunResult) -> np.ndarray:
@@ -236,11 +344,18 @@ def random_logits(run: runs.RunResult) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # attacks
 
+
 def attacker_signals(logits, labels, output=None, random_logits=None):
   """(logit-scaled, max-confidence) scores ``float[models, examples, queries]`` of the attacker's view."""
-  view = logits if output is None else D.apply_output(output, logits, random_logits=random_logits)
+  view = (
+    logits
+    if output is None
+    else D.apply_output(output, logits, random_logits=random_logits)
+  )
   lab = np.asarray(labels)[None, :, None]
-  return np.asarray(scores.logit_scaled(view, lab)), np.asarray(scores.max_confidence(view))
+  return np.asarray(scores.logit_scaled(view, lab)), np.asarray(
+    scores.max_confidence(view)
+  )
 
 
 def attack_scores(target, keep, shadow=None) -> dict[str, np.ndarray]:
@@ -264,7 +379,9 @@ def attack_scores(target, keep, shadow=None) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def label_scores(run: runs.RunResult, ok: np.ndarray, shadow_views=None) -> dict[str, np.ndarray]:
+def label_scores(
+  run: runs.RunResult, ok: np.ndarray, shadow_views=None
+) -> dict[str, np.ndarray]:
   """The label-only attacks (``LABEL_ATTACKS``) on a run's view labels; ``{}`` if the run has none.
 
   Args:
@@ -279,48 +396,96 @@ def label_scores(run: runs.RunResult, ok: np.ndarray, shadow_views=None) -> dict
     out = label_only.attack_scores(views, run.labels, keep, run.label_only)
   else:
     sv, sk = shadow_views
-    out = label_only.attack_scores(np.concatenate([sv, views]), run.labels, np.concatenate([sk, keep]),
-                                   run.label_only, num_references=sv.shape[0])
-  return {name: np.asarray(out[name], np.float64) for name in LABEL_ATTACKS if name in out}
+    out = label_only.attack_scores(
+      np.concatenate([sv, views]),
+      run.labels,
+      np.concatenate([sk, keep]),
+      run.label_only,
+      num_references=sv.shape[0],
+    )
+  return {
+    name: np.asarray(out[name], np.float64)
+    for name in LABEL_ATTACKS
+    if name in out
+  }
 
 
-def summarise(all_scores: dict, keep: np.ndarray, *, delta: float, seed: int) -> tuple[dict, dict]:
+def summarise(
+  all_scores: dict, keep: np.ndarray, *, delta: float, seed: int
+) -> tuple[dict, dict]:
   """(``{attack: attack_summary}``, the row's Bonferroni-combined empirical epsilon)."""
   summaries, bounds = {}, {}
   per_attack = 1.0 - (1.0 - CONFIDENCE) / len(all_scores)
   for name, s in all_scores.items():
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
-      summaries[name] = report.attack_summary(s, keep, confidence=CONFIDENCE, seed=seed, delta=delta)
-    bounds[name] = metrics.epsilon_lower_bound(s, keep, delta=delta, confidence=per_attack, seed=seed)
+      summaries[name] = report.attack_summary(
+        s, keep, confidence=CONFIDENCE, seed=seed, delta=delta
+      )
+    bounds[name] = metrics.epsilon_lower_bound(
+      s, keep, delta=delta, confidence=per_attack, seed=seed
+    )
   best = max(bounds, key=bounds.get)
-  return summaries, {"epsilon": bounds[best], "attack": best, "confidence": CONFIDENCE,
-                     "per_attack_confidence": per_attack, "delta": delta, "per_attack": bounds}
+  return summaries, {
+    "epsilon": bounds[best],
+    "attack": best,
+    "confidence": CONFIDENCE,
+    "per_attack_confidence": per_attack,
+    "delta": delta,
+    "per_attack": bounds,
+  }
 
 
 # ---------------------------------------------------------------------------
 # tables and plots
 
+
 def _f(x, spec=".3f"):
-  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+  return (
+    "n/a"
+    if x is None or (isinstance(x, float) and math.isnan(x))
+    else format(x, spec)
+  )
 
 
 def _best(attacks_: dict, names) -> str | None:
   """The attack among ``names`` with the highest TPR at 1 % FPR (None if none is in the row)."""
   present = [n for n in names if n in attacks_]
-  return max(present, key=lambda a: attacks_[a]["tpr_at_fpr"]["0.01"] or 0.0) if present else None
+  return (
+    max(present, key=lambda a: attacks_[a]["tpr_at_fpr"]["0.01"] or 0.0)
+    if present
+    else None
+  )
 
 
 def summary_table(rows: list[dict]) -> str:
-  head = ["row", "training defense", "output", "epochs", "train acc", "test acc", "gap",
-          "lira_online AUC", "lira_online TPR@1%FPR", "lira_online TPR@0.1%FPR",
-          "label-only AUC (best)", "label-only TPR@1%FPR",
-          "max TPR@1%FPR (attack)", "DP eps (accountant)", "emp. eps (attack)"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+  head = [
+    "row",
+    "training defense",
+    "output",
+    "epochs",
+    "train acc",
+    "test acc",
+    "gap",
+    "lira_online AUC",
+    "lira_online TPR@1%FPR",
+    "lira_online TPR@0.1%FPR",
+    "label-only AUC (best)",
+    "label-only TPR@1%FPR",
+    "max TPR@1%FPR (attack)",
+    "DP eps (accountant)",
+    "emp. eps (attack)",
+  ]
+  lines = [
+    "| " + " | ".join(head) + " |",
+    "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+  ]
   for r in rows:
     lo = r["attacks"]["lira_online"]
     ci = lo["tpr_at_fpr_ci"].get("0.01")
-    tpr1 = _f(lo["tpr_at_fpr"]["0.01"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+    tpr1 = _f(lo["tpr_at_fpr"]["0.01"]) + (
+      f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
+    )
     best = _best(r["attacks"], list(r["attacks"]))
     lbest = _best(r["attacks"], LABEL_ATTACKS)
     if lbest is None:
@@ -330,24 +495,44 @@ def summary_table(rows: list[dict]) -> str:
       label_cells = [f"{_f(la['auc'])} ({lbest})", _f(la["tpr_at_fpr"]["0.01"])]
     dp = r["dp"]
     emp = r["empirical_epsilon"]
-    lines.append("| " + " | ".join([
-        r["name"], r["defense_short"], r["output_short"], str(r["epochs"]),
-        _f(r["train_accuracy"]), _f(r["test_accuracy"]), _f(r["train_test_gap"]),
-        _f(lo["auc"]), tpr1, _f(lo["tpr_at_fpr"]["0.001"], ".4f"), *label_cells,
-        f"{_f(r['attacks'][best]['tpr_at_fpr']['0.01'])} ({best})",
-        "-" if dp is None else f"{dp['epsilon']:.2f} (sigma {dp['noise_multiplier']:.3f})",
-        f"{emp['epsilon']:.2f} ({emp['attack']})"]) + " |")
+    lines.append(
+      "| "
+      + " | ".join(
+        [
+          r["name"],
+          r["defense_short"],
+          r["output_short"],
+          str(r["epochs"]),
+          _f(r["train_accuracy"]),
+          _f(r["test_accuracy"]),
+          _f(r["train_test_gap"]),
+          _f(lo["auc"]),
+          tpr1,
+          _f(lo["tpr_at_fpr"]["0.001"], ".4f"),
+          *label_cells,
+          f"{_f(r['attacks'][best]['tpr_at_fpr']['0.01'])} ({best})",
+          "-"
+          if dp is None
+          else f"{dp['epsilon']:.2f} (sigma {dp['noise_multiplier']:.3f})",
+          f"{emp['epsilon']:.2f} ({emp['attack']})",
+        ]
+      )
+      + " |"
+    )
   return "\n".join(lines)
 
 
 def detail_table(rows: list[dict]) -> str:
-  return report.format_table({f"{r['name']} / {a}": s for r in rows for a, s in r["attacks"].items()},
-                             fpr_levels=(0.01, 0.001))
+  return report.format_table(
+    {f"{r['name']} / {a}": s for r in rows for a, s in r["attacks"].items()},
+    fpr_levels=(0.01, 0.001),
+  )
 
 
 def _figure(size):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=size)
   FigureCanvasAgg(fig)
   return fig
@@ -373,24 +558,45 @@ def plot_privacy_utility(rows: list[dict], path) -> None:
   line with a hollow marker and the legend says so.
   """
   fig = _figure((12.0, 5.5))
-  panels = [("lira_online", fig.add_subplot(1, 2, 1)), ("label-only (best)", fig.add_subplot(1, 2, 2))]
+  panels = [
+    ("lira_online", fig.add_subplot(1, 2, 1)),
+    ("label-only (best)", fig.add_subplot(1, 2, 2)),
+  ]
   cmap = __import__("matplotlib").colormaps["tab20"]
   handles = []
   for i, r in enumerate(rows):
     color, marker = cmap(i % 20), _MARKERS[i % len(_MARKERS)]
     zero_any = False
     for title, ax in panels:
-      attack = "lira_online" if title == "lira_online" else _best(r["attacks"], LABEL_ATTACKS)
+      attack = (
+        "lira_online"
+        if title == "lira_online"
+        else _best(r["attacks"], LABEL_ATTACKS)
+      )
       if attack is None:
         continue
       a = r["attacks"][attack]
       y, floored = _on_log_axis(a["tpr_at_fpr"]["0.01"])
       zero_any |= floored
       ci = a["tpr_at_fpr_ci"].get("0.01")
-      err = None if (floored or not ci) else [[max(y - max(ci[0], PLOT_FLOOR), 0.0)], [max(ci[1] - y, 0.0)]]
-      h = ax.errorbar([r["test_accuracy"]], [y], yerr=err, fmt=marker, color=color, capsize=3, markersize=7,
-                      markerfacecolor="none" if floored else color)
-    label = r["name"] + (" (TPR 0 in a panel: drawn on the floor, hollow)" if zero_any else "")
+      err = (
+        None
+        if (floored or not ci)
+        else [[max(y - max(ci[0], PLOT_FLOOR), 0.0)], [max(ci[1] - y, 0.0)]]
+      )
+      h = ax.errorbar(
+        [r["test_accuracy"]],
+        [y],
+        yerr=err,
+        fmt=marker,
+        color=color,
+        capsize=3,
+        markersize=7,
+        markerfacecolor="none" if floored else color,
+      )
+    label = r["name"] + (
+      " (TPR 0 in a panel: drawn on the floor, hollow)" if zero_any else ""
+    )
     handles.append((h, label))
   for title, ax in panels:
     ax.axhline(0.01, color="gray", linestyle="--", linewidth=1)
@@ -402,11 +608,24 @@ def plot_privacy_utility(rows: list[dict], path) -> None:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
   from matplotlib.lines import Line2D
-  extra = [(Line2D([], [], color="gray", linestyle="--"), "chance (TPR = FPR = 1%)"),
-           (Line2D([], [], color="black", linestyle=":"), f"floor: TPR 0 drawn at {PLOT_FLOOR:g}")]
-  fig.legend([h for h, _ in handles + extra], [t for _, t in handles + extra], loc="center right", fontsize=8,
-             frameon=False)
-  fig.suptitle(f"{FLAGS.dataset}: utility vs privacy ({FLAGS.shadow_defense} shadows)")
+
+  extra = [
+    (Line2D([], [], color="gray", linestyle="--"), "chance (TPR = FPR = 1%)"),
+    (
+      Line2D([], [], color="black", linestyle=":"),
+      f"floor: TPR 0 drawn at {PLOT_FLOOR:g}",
+    ),
+  ]
+  fig.legend(
+    [h for h, _ in handles + extra],
+    [t for _, t in handles + extra],
+    loc="center right",
+    fontsize=8,
+    frameon=False,
+  )
+  fig.suptitle(
+    f"{FLAGS.dataset}: utility vs privacy ({FLAGS.shadow_defense} shadows)"
+  )
   fig.tight_layout(rect=(0, 0, 0.72, 0.95))
   fig.savefig(os.fspath(path), dpi=150, format="png")
 
@@ -415,33 +634,72 @@ def plot_dropout_sweep(sweep: list[dict], path) -> None:
   fig = _figure((11.0, 4.5))
   rates = [s["dropout_rate"] for s in sweep]
   ax = fig.add_subplot(1, 2, 1)
-  ax.plot(rates, [s["test_accuracy"] for s in sweep], "o-", label="test accuracy")
-  ax.plot(rates, [s["train_accuracy"] for s in sweep], "s--", label="train accuracy")
+  ax.plot(
+    rates, [s["test_accuracy"] for s in sweep], "o-", label="test accuracy"
+  )
+  ax.plot(
+    rates, [s["train_accuracy"] for s in sweep], "s--", label="train accuracy"
+  )
   ax.set_xlabel("dropout rate")
   ax.set_ylabel("accuracy")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
   ax = fig.add_subplot(1, 2, 2)
-  names = [n for n in ATTACK_NAMES + LABEL_ATTACKS if all(n in s["attacks"] for s in sweep)]
+  names = [
+    n
+    for n in ATTACK_NAMES + LABEL_ATTACKS
+    if all(n in s["attacks"] for s in sweep)
+  ]
   for i, name in enumerate(names):
-    drawn = [_on_log_axis(s["attacks"][name]["tpr_at_fpr"]["0.01"]) for s in sweep]
+    drawn = [
+      _on_log_axis(s["attacks"][name]["tpr_at_fpr"]["0.01"]) for s in sweep
+    ]
     floored = [f for _, f in drawn]
-    label = name + (" (all 0: on the floor)" if all(floored) else " (some 0: on the floor)" if any(floored) else "")
-    ax.plot(rates, [y for y, _ in drawn], marker=_MARKERS[i % len(_MARKERS)], linestyle="-", label=label)
-  ax.axhline(0.01, color="gray", linestyle="--", linewidth=1, label="chance (TPR = FPR = 1%)")
-  ax.axhline(PLOT_FLOOR, color="black", linestyle=":", linewidth=1, label=f"floor: TPR 0 drawn at {PLOT_FLOOR:g}")
+    label = name + (
+      " (all 0: on the floor)"
+      if all(floored)
+      else " (some 0: on the floor)"
+      if any(floored)
+      else ""
+    )
+    ax.plot(
+      rates,
+      [y for y, _ in drawn],
+      marker=_MARKERS[i % len(_MARKERS)],
+      linestyle="-",
+      label=label,
+    )
+  ax.axhline(
+    0.01,
+    color="gray",
+    linestyle="--",
+    linewidth=1,
+    label="chance (TPR = FPR = 1%)",
+  )
+  ax.axhline(
+    PLOT_FLOOR,
+    color="black",
+    linestyle=":",
+    linewidth=1,
+    label=f"floor: TPR 0 drawn at {PLOT_FLOOR:g}",
+  )
   ax.set_xlabel("dropout rate")
   ax.set_ylabel("TPR at 1% FPR")
   ax.set_yscale("log")
   ax.set_ylim(PLOT_FLOOR / 2, 1.0)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-  fig.suptitle(f"{FLAGS.dataset}: dropout sweep ({FLAGS.shadow_defense} shadows)")
+  ax.legend(
+    fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+  )
+  fig.suptitle(
+    f"{FLAGS.dataset}: dropout sweep ({FLAGS.shadow_defense} shadows)"
+  )
   fig.tight_layout()
   fig.savefig(os.fspath(path), dpi=150, format="png")
 
 
 # ---------------------------------------------------------------------------
+
 
 class _DropRdpNoise(py_logging.Filter):
   """dp_accounting logs one warning per RDP order it cannot evaluate (hundreds per bisection)."""
@@ -457,7 +715,9 @@ def main(argv):
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.dropout_rate:
-    raise app.UsageError("--dropout_rate does not apply here: the rows set dropout (--dropout, --dropout_sweep)")
+    raise app.UsageError(
+      "--dropout_rate does not apply here: the rows set dropout (--dropout, --dropout_sweep)"
+    )
   py_logging.getLogger("absl").addFilter(_DropRdpNoise())
   t_start = time.perf_counter()
   out = pathlib.Path(FLAGS.output_dir)
@@ -484,16 +744,33 @@ def main(argv):
 
   def get_run(row: Row, *, seed_offset=0):
     """(RunResult, random logits or None) of a row's training run, trained once per process."""
-    name = run_name(row) + (f"_seed{FLAGS.seed + seed_offset}" if seed_offset else "")
+    name = run_name(row) + (
+      f"_seed{FLAGS.seed + seed_offset}" if seed_offset else ""
+    )
     if name not in trained:
       t0 = time.perf_counter()
-      spec = _spec(row.defense, epochs=row.epochs, learning_rate=row.learning_rate, seed_offset=seed_offset)
-      logging.info("run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"]))
+      spec = _spec(
+        row.defense,
+        epochs=row.epochs,
+        learning_rate=row.learning_rate,
+        seed_offset=seed_offset,
+      )
+      logging.info(
+        "run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"])
+      )
       if row.output is not None and D.needs_random_logits(row.output):
-        run = common.train_run(spec, out / "runs" / name, log=logging.info, extra_queries=random_queries(spec))
+        run = common.train_run(
+          spec,
+          out / "runs" / name,
+          log=logging.info,
+          extra_queries=random_queries(spec),
+        )
         trained[name] = (run, random_logits(run))
       else:
-        trained[name] = (common.train_run(spec, out / "runs" / name, log=logging.info), None)
+        trained[name] = (
+          common.train_run(spec, out / "runs" / name, log=logging.info),
+          None,
+        )
       timing["train"][name] = time.perf_counter() - t0
       logging.info("run %s ready in %.1f s", name, timing["train"][name])
     return name, trained[name]
@@ -511,33 +788,70 @@ def main(argv):
     t0 = time.perf_counter()
     ok = ~run.diverged
     if not ok.all():
-      logging.warning("%s: excluding %d diverged models from the attacks", row.name, (~ok).sum())
+      logging.warning(
+        "%s: excluding %d diverged models from the attacks",
+        row.name,
+        (~ok).sum(),
+      )
     keep = run.keep[ok]
-    target = attacker_signals(run.logits[ok], run.labels, row.output,
-                              None if random_logits is None else random_logits[ok])
-    all_scores = {**attack_scores(target, keep, shadow), **label_scores(run, ok, shadow_views)}
-    summaries, emp = summarise(all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed)
+    target = attacker_signals(
+      run.logits[ok],
+      run.labels,
+      row.output,
+      None if random_logits is None else random_logits[ok],
+    )
+    all_scores = {
+      **attack_scores(target, keep, shadow),
+      **label_scores(run, ok, shadow_views),
+    }
+    summaries, emp = summarise(
+      all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed
+    )
     epochs = row.epochs if row.epochs is not None else base.train.epochs
     dp = None
     if D.dp_params(row.defense) is not None:
       rate, steps = _dp_schedule(run.keep, batch, epochs)
-      dp = D.dp_summary(row.defense, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta)
+      dp = D.dp_summary(
+        row.defense, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta
+      )
       dp["target_epsilon"] = row.dp_target_epsilon
-      dp["empirical_epsilon_below_accountant"] = bool(emp["epsilon"] <= dp["epsilon"])
+      dp["empirical_epsilon_below_accountant"] = bool(
+        emp["epsilon"] <= dp["epsilon"]
+      )
     timing["attacks"][row.name] = time.perf_counter() - t0
-    train_acc, test_acc = float(run.train_accuracy[ok].mean()), float(run.test_accuracy[ok].mean())
-    logging.info("%s: test acc %.3f, lira_online AUC %.3f TPR@1%%FPR %s (%.1f s)", row.name, test_acc,
-                 summaries["lira_online"]["auc"], summaries["lira_online"]["tpr_at_fpr"]["0.01"],
-                 timing["attacks"][row.name])
+    train_acc, test_acc = (
+      float(run.train_accuracy[ok].mean()),
+      float(run.test_accuracy[ok].mean()),
+    )
+    logging.info(
+      "%s: test acc %.3f, lira_online AUC %.3f TPR@1%%FPR %s (%.1f s)",
+      row.name,
+      test_acc,
+      summaries["lira_online"]["auc"],
+      summaries["lira_online"]["tpr_at_fpr"]["0.01"],
+      timing["attacks"][row.name],
+    )
     return {
-        "name": row.name, "run": name, "epochs": int(epochs),
-        "learning_rate": float(row.learning_rate if row.learning_rate is not None else base.train.learning_rate),
-        "defense": D.describe(row.defense), "defense_short": D.short_name(row.defense),
-        "output": None if row.output is None else D.describe(row.output),
-        "output_short": "-" if row.output is None else D.short_name(row.output),
-        "models": int(ok.sum()), "diverged_models": np.flatnonzero(run.diverged).tolist(),
-        "train_accuracy": train_acc, "test_accuracy": test_acc, "train_test_gap": train_acc - test_acc,
-        "attacks": summaries, "dp": dp, "empirical_epsilon": emp,
+      "name": row.name,
+      "run": name,
+      "epochs": int(epochs),
+      "learning_rate": float(
+        row.learning_rate
+        if row.learning_rate is not None
+        else base.train.learning_rate
+      ),
+      "defense": D.describe(row.defense),
+      "defense_short": D.short_name(row.defense),
+      "output": None if row.output is None else D.describe(row.output),
+      "output_short": "-" if row.output is None else D.short_name(row.output),
+      "models": int(ok.sum()),
+      "diverged_models": np.flatnonzero(run.diverged).tolist(),
+      "train_accuracy": train_acc,
+      "test_accuracy": test_acc,
+      "train_test_gap": train_acc - test_acc,
+      "attacks": summaries,
+      "dp": dp,
+      "empirical_epsilon": emp,
     }
 
   results = [evaluate(r) for r in rows]
@@ -554,17 +868,33 @@ def main(argv):
     plot_dropout_sweep(sweep_results, out / "dropout_sweep.png")
   timing["plots"] = time.perf_counter() - t_plots
 
-  protocol = ("leave_one_out: every model attacked with the others (same recipe, same output transform) "
-              "as shadows" if shadow is None else
-              f"undefended shadows: {shadow[1].shape[0]} models trained without defense (seed {FLAGS.seed + 1}), "
-              "raw outputs; every defended model attacked with all of them")
-  text = [f"# Defenses on {FLAGS.dataset}: {FLAGS.num_models} models per run, {FLAGS.shadow_defense} shadows",
-          "", f"Protocol: {protocol}. Scores of all targets pooled into one ROC per attack; intervals 95 %.",
-          f"DP-SGD rows: {FLAGS.dp_epochs} epochs, learning rate {FLAGS.dp_learning_rate:g}, clip {FLAGS.dp_clip}, "
-          f"delta {FLAGS.dp_delta:g}, RDP "
-          "accountant; emp. eps = largest empirical lower bound over the row's attacks (95 % jointly).", ""]
+  protocol = (
+    "leave_one_out: every model attacked with the others (same recipe, same output transform) "
+    "as shadows"
+    if shadow is None
+    else f"undefended shadows: {shadow[1].shape[0]} models trained without defense (seed {FLAGS.seed + 1}), "
+    "raw outputs; every defended model attacked with all of them"
+  )
+  text = [
+    f"# Defenses on {FLAGS.dataset}: {FLAGS.num_models} models per run, {FLAGS.shadow_defense} shadows",
+    "",
+    f"Protocol: {protocol}. Scores of all targets pooled into one ROC per attack; intervals 95 %.",
+    f"DP-SGD rows: {FLAGS.dp_epochs} epochs, learning rate {FLAGS.dp_learning_rate:g}, clip {FLAGS.dp_clip}, "
+    f"delta {FLAGS.dp_delta:g}, RDP "
+    "accountant; emp. eps = largest empirical lower bound over the row's attacks (95 % jointly).",
+    "",
+  ]
   if results:
-    text += ["## Rows", "", summary_table(results), "", "## Every attack", "", detail_table(results), ""]
+    text += [
+      "## Rows",
+      "",
+      summary_table(results),
+      "",
+      "## Every attack",
+      "",
+      detail_table(results),
+      "",
+    ]
   if sweep_results:
     text += ["## Dropout sweep", "", summary_table(sweep_results), ""]
   timing["total"] = time.perf_counter() - t_start
@@ -572,26 +902,41 @@ def main(argv):
   table = "\n".join(text) + "\n"
   (out / "table.md").write_text(table)
 
-  baseline = next((r for r in results + sweep_results if r["defense"] == {"name": "none"}
-                   and r["output"] is None), None)
+  baseline = next(
+    (
+      r
+      for r in results + sweep_results
+      if r["defense"] == {"name": "none"} and r["output"] is None
+    ),
+    None,
+  )
   rep = {
-      "config": common.flag_values(),
-      "protocol": {"shadow_defense": FLAGS.shadow_defense, "description": protocol,
-                   "examples": int(keep_design.shape[1]),
-                   "attacks": list(ATTACK_NAMES) + list(LABEL_ATTACKS)},
-      "baseline_row": None if baseline is None else baseline["name"],
-      "target": None if baseline is None else {"train_accuracy": baseline["train_accuracy"],
-                                              "test_accuracy": baseline["test_accuracy"]},
-      "attacks": None if baseline is None else baseline["attacks"],
-      "rows": results,
-      "dropout_sweep": sweep_results,
-      "timing_s": timing,
+    "config": common.flag_values(),
+    "protocol": {
+      "shadow_defense": FLAGS.shadow_defense,
+      "description": protocol,
+      "examples": int(keep_design.shape[1]),
+      "attacks": list(ATTACK_NAMES) + list(LABEL_ATTACKS),
+    },
+    "baseline_row": None if baseline is None else baseline["name"],
+    "target": None
+    if baseline is None
+    else {
+      "train_accuracy": baseline["train_accuracy"],
+      "test_accuracy": baseline["test_accuracy"],
+    },
+    "attacks": None if baseline is None else baseline["attacks"],
+    "rows": results,
+    "dropout_sweep": sweep_results,
+    "timing_s": timing,
   }
   report.write_json_atomic(out / "report.json", rep)
   print(table)
-  print(f"wrote {out / 'report.json'}, {out / 'table.md'}"
-        + (f", {out / 'privacy_utility.png'}" if results else "")
-        + (f", {out / 'dropout_sweep.png'}" if sweep_results else ""))
+  print(
+    f"wrote {out / 'report.json'}, {out / 'table.md'}"
+    + (f", {out / 'privacy_utility.png'}" if results else "")
+    + (f", {out / 'dropout_sweep.png'}" if sweep_results else "")
+  )
 
 
 if __name__ == "__main__":

@@ -28,41 +28,77 @@ from miajax import attacks, cpu, label_only, plots, report, runs, scores
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
-flags.DEFINE_string("run_dir", None, "Reuse a finished run of experiments/train_models.py (default: train "
-                    "into <output_dir>/run).")
-flags.DEFINE_enum("variant", "miajax", ["miajax", "reference"], "LiRA variant (see README).")
-flags.DEFINE_integer("num_references", None, "Low-cost audit: models 0..R-1 are the only reference (shadow) "
-                     "models and every other model is attacked with them (R even, so that the paired design "
-                     "gives every example R/2 IN and R/2 OUT references).  Default: leave-one-out.")
-flags.DEFINE_bool("null_check", True, "Also attack with an independent random keep mask that the models were "
-                  "not trained on (for shadows and evaluation): every AUC must be 0.5 up to noise.")
+flags.DEFINE_string(
+  "run_dir",
+  None,
+  "Reuse a finished run of experiments/train_models.py (default: train "
+  "into <output_dir>/run).",
+)
+flags.DEFINE_enum(
+  "variant", "miajax", ["miajax", "reference"], "LiRA variant (see README)."
+)
+flags.DEFINE_integer(
+  "num_references",
+  None,
+  "Low-cost audit: models 0..R-1 are the only reference (shadow) "
+  "models and every other model is attacked with them (R even, so that the paired design "
+  "gives every example R/2 IN and R/2 OUT references).  Default: leave-one-out.",
+)
+flags.DEFINE_bool(
+  "null_check",
+  True,
+  "Also attack with an independent random keep mask that the models were "
+  "not trained on (for shadows and evaluation): every AUC must be 0.5 up to noise.",
+)
 
 LIRA_ATTACKS = {
-    "lira_online": dict(attack="lira_online"),
-    "lira_online_fixed": dict(attack="lira_online", fix_variance=True),
-    "lira_offline": dict(attack="lira_offline"),
-    "lira_offline_fixed": dict(attack="lira_offline", fix_variance=True),
-    "global_threshold": dict(attack="global_threshold"),
+  "lira_online": dict(attack="lira_online"),
+  "lira_online_fixed": dict(attack="lira_online", fix_variance=True),
+  "lira_offline": dict(attack="lira_offline"),
+  "lira_offline_fixed": dict(attack="lira_offline", fix_variance=True),
+  "global_threshold": dict(attack="global_threshold"),
 }
-RMIA_ATTACKS = {"rmia": dict(attack="rmia"), "rmia_offline": dict(attack="rmia_offline")}
+RMIA_ATTACKS = {
+  "rmia": dict(attack="rmia"),
+  "rmia_offline": dict(attack="rmia_offline"),
+}
 # Global-threshold attacks on the classic signals (Yeom et al. 2018; Song & Mittal 2021), sign: higher = member.
-THRESHOLD_ATTACKS = {"loss_threshold": "cross_entropy", "confidence_threshold": "confidence",
-                     "entropy_threshold": "entropy", "modified_entropy_threshold": "modified_entropy"}
+THRESHOLD_ATTACKS = {
+  "loss_threshold": "cross_entropy",
+  "confidence_threshold": "confidence",
+  "entropy_threshold": "entropy",
+  "modified_entropy_threshold": "modified_entropy",
+}
 
 
-def _with_references(attack: str, values, keep, r: int, *, fix_variance=False, variant="miajax"):
+def _with_references(
+  attack: str, values, keep, r: int, *, fix_variance=False, variant="miajax"
+):
   """Models ``[0, r)`` are the references, the rest the targets; ``float[targets, examples]``."""
   shadow, shadow_keep, target = values[:r], keep[:r], values[r:]
   if attack == "lira_online":
-    return attacks.lira_online(shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant)
+    return attacks.lira_online(
+      shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant
+    )
   if attack == "lira_offline":
-    return attacks.lira_offline(shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant)
+    return attacks.lira_offline(
+      shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant
+    )
   if attack == "global_threshold":
     return attacks.global_threshold(target)
-  return attacks.rmia(shadow, shadow_keep, target, offline=attack == "rmia_offline")
+  return attacks.rmia(
+    shadow, shadow_keep, target, offline=attack == "rmia_offline"
+  )
 
 
-def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None, num_references=None):
+def attack_all(
+  run: runs.RunResult,
+  *,
+  variant: str,
+  log=logging.info,
+  keep=None,
+  num_references=None,
+):
   """Attacks on a run; returns ({name: summary}, {name: scores}, evaluated keep rows).
 
   Leave-one-out by default; with ``num_references`` R, models ``[0, R)`` are
@@ -71,10 +107,16 @@ def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None
   """
   ok = ~run.diverged
   if not ok.all():
-    logging.warning("excluding %d diverged models from the attacks: %s", (~ok).sum(), np.flatnonzero(~ok))
+    logging.warning(
+      "excluding %d diverged models from the attacks: %s",
+      (~ok).sum(),
+      np.flatnonzero(~ok),
+    )
   keep = (run.keep if keep is None else keep)[ok]
   logits = run.logits[ok]
-  lira_scores = np.asarray(scores.logit_scaled(logits, run.labels[None, :, None]))
+  lira_scores = np.asarray(
+    scores.logit_scaled(logits, run.labels[None, :, None])
+  )
   probs = np.asarray(scores.confidence(logits, run.labels[None, :, None]))
   r = num_references or 0
   computed = {}
@@ -83,16 +125,33 @@ def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None
     values = probs if is_rmia else lira_scores
     if num_references:
       computed[name] = lambda kw=kw, values=values: _with_references(
-          kw["attack"], values, keep, num_references, fix_variance=kw.get("fix_variance", False), variant=variant)
+        kw["attack"],
+        values,
+        keep,
+        num_references,
+        fix_variance=kw.get("fix_variance", False),
+        variant=variant,
+      )
     else:
-      computed[name] = lambda kw=kw, values=values, is_rmia=is_rmia: attacks.leave_one_out(
-          values, keep, variant="miajax" if is_rmia else variant, **kw)
+      computed[name] = lambda kw=kw, values=values, is_rmia=is_rmia: (
+        attacks.leave_one_out(
+          values, keep, variant="miajax" if is_rmia else variant, **kw
+        )
+      )
   for name, signal in THRESHOLD_ATTACKS.items():
     computed[name] = lambda signal=signal: attacks.global_threshold(
-        np.asarray(scores.membership_signal(signal, logits[r:], run.labels[None, :, None])))
+      np.asarray(
+        scores.membership_signal(signal, logits[r:], run.labels[None, :, None])
+      )
+    )
   if run.label_views is not None and run.label_only is not None:
-    label = label_only.attack_scores(run.label_views[ok], run.labels, keep, run.label_only,
-                                     num_references=num_references)
+    label = label_only.attack_scores(
+      run.label_views[ok],
+      run.labels,
+      keep,
+      run.label_only,
+      num_references=num_references,
+    )
     computed.update({name: (lambda v=v: v) for name, v in label.items()})
   summaries, all_scores = {}, {}
   evaluated = keep[r:]
@@ -104,7 +163,9 @@ def attack_all(run: runs.RunResult, *, variant: str, log=logging.info, keep=None
       # Levels finer than 1/non-members are reported as null ("n/a"), said once below.
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
       summaries[name] = report.attack_summary(s, evaluated)
-    log(f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)")
+    log(
+      f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)"
+    )
   return summaries, all_scores, evaluated
 
 
@@ -117,68 +178,131 @@ def main(argv):
   if not FLAGS.run_dir and FLAGS.num_models < 6:
     # Balanced leave-one-out drops two models per example; per-example variances then need
     # >= 2 IN and >= 2 OUT shadows, i.e. M/2 - 1 >= 2.  Refuse before training anything.
-    raise app.UsageError(f"--num_models must be >= 6 for leave-one-out LiRA, got {FLAGS.num_models}")
+    raise app.UsageError(
+      f"--num_models must be >= 6 for leave-one-out LiRA, got {FLAGS.num_models}"
+    )
   r = FLAGS.num_references
-  if r is not None and (r < 2 or r % 2 or (not FLAGS.run_dir and r >= FLAGS.num_models)):
-    raise app.UsageError(f"--num_references must be even, >= 2 and below --num_models (the rest are the "
-                         f"targets), got {r}")
+  if r is not None and (
+    r < 2 or r % 2 or (not FLAGS.run_dir and r >= FLAGS.num_models)
+  ):
+    raise app.UsageError(
+      f"--num_references must be even, >= 2 and below --num_models (the rest are the "
+      f"targets), got {r}"
+    )
   import pathlib
+
   out = pathlib.Path(FLAGS.output_dir)
   run = runs.load_run(FLAGS.run_dir) if FLAGS.run_dir else None
-  common.make_output_dir(out)  # before any training or attack: a bad --output_dir must not cost a run
+  common.make_output_dir(
+    out
+  )  # before any training or attack: a bad --output_dir must not cost a run
   t_start = time.perf_counter()
   if run is None:
     run = common.train_run(common.run_spec(), out / "run", log=logging.info)
   t_trained = time.perf_counter()
 
   if r is not None and r >= run.keep.shape[0]:
-    raise app.UsageError(f"--num_references={r} leaves no target among the run's {run.keep.shape[0]} models")
-  summaries, all_scores, keep = attack_all(run, variant=FLAGS.variant, num_references=r)
+    raise app.UsageError(
+      f"--num_references={r} leaves no target among the run's {run.keep.shape[0]} models"
+    )
+  summaries, all_scores, keep = attack_all(
+    run, variant=FLAGS.variant, num_references=r
+  )
   t_attacked = time.perf_counter()
   null = None
   if FLAGS.null_check:
     # Same models and scores, a design they were not trained on: any signal here would be an artefact.
     # Not a paired design: sharing the real design's model pairing would leak through each target's
     # partner (whose real membership is the complement of the target's).
-    fake = miajax.lira_keep(run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007)
+    fake = miajax.lira_keep(
+      run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007
+    )
     if r:  # targets are never references here, so a paired design cannot leak through a partner
-      fake = miajax.paired_keep(run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007)
-    null_summaries, _, _ = attack_all(run, variant=FLAGS.variant, keep=fake, log=lambda s: None,
-                                      num_references=r)
-    null = {name: {"auc": v["auc"], "tpr_at_fpr": v["tpr_at_fpr"]} for name, v in null_summaries.items()}
-  plots.plot_roc({name: (all_scores[name], keep) for name in
-                  ("lira_online", "lira_online_fixed", "lira_offline", "global_threshold", "rmia",
-                   "loss_threshold", "label_aug_lira", "label_noise_lira") if name in all_scores},
-                 out / "roc.png", title=f"{FLAGS.dataset}: " + (
-                     f"{r} reference models, {keep.shape[0]} targets" if r else
-                     f"{keep.shape[0]} models, leave-one-out"))
+      fake = miajax.paired_keep(
+        run.keep.shape[0], run.keep.shape[1], seed=FLAGS.seed + 10_007
+      )
+    null_summaries, _, _ = attack_all(
+      run,
+      variant=FLAGS.variant,
+      keep=fake,
+      log=lambda s: None,
+      num_references=r,
+    )
+    null = {
+      name: {"auc": v["auc"], "tpr_at_fpr": v["tpr_at_fpr"]}
+      for name, v in null_summaries.items()
+    }
+  plots.plot_roc(
+    {
+      name: (all_scores[name], keep)
+      for name in (
+        "lira_online",
+        "lira_online_fixed",
+        "lira_offline",
+        "global_threshold",
+        "rmia",
+        "loss_threshold",
+        "label_aug_lira",
+        "label_noise_lira",
+      )
+      if name in all_scores
+    },
+    out / "roc.png",
+    title=f"{FLAGS.dataset}: "
+    + (
+      f"{r} reference models, {keep.shape[0]} targets"
+      if r
+      else f"{keep.shape[0]} models, leave-one-out"
+    ),
+  )
   ok = ~run.diverged
   rep = {
-      "config": common.flag_values(),
-      "target": {"train_accuracy": float(run.train_accuracy[ok].mean()),
-                 "test_accuracy": float(run.test_accuracy[ok].mean())},
-      "protocol": {"evaluation": f"{r}_references" if r else "leave_one_out",
-                   "num_references": r, "models": int(run.keep.shape[0]),
-                   "examples": int(keep.shape[1]), "pooled_scores": int(keep.size),
-                   "diverged_models": np.flatnonzero(run.diverged).tolist()},
-      "attacks": summaries,
-      "null_check": null,
-      "timing_s": {"train": run.train_seconds, "predict": run.predict_seconds,
-                   "train_and_predict_wall": t_trained - t_start, "attacks": t_attacked - t_trained,
-                   "total": time.perf_counter() - t_start},
+    "config": common.flag_values(),
+    "target": {
+      "train_accuracy": float(run.train_accuracy[ok].mean()),
+      "test_accuracy": float(run.test_accuracy[ok].mean()),
+    },
+    "protocol": {
+      "evaluation": f"{r}_references" if r else "leave_one_out",
+      "num_references": r,
+      "models": int(run.keep.shape[0]),
+      "examples": int(keep.shape[1]),
+      "pooled_scores": int(keep.size),
+      "diverged_models": np.flatnonzero(run.diverged).tolist(),
+    },
+    "attacks": summaries,
+    "null_check": null,
+    "timing_s": {
+      "train": run.train_seconds,
+      "predict": run.predict_seconds,
+      "train_and_predict_wall": t_trained - t_start,
+      "attacks": t_attacked - t_trained,
+      "total": time.perf_counter() - t_start,
+    },
   }
   report.write_json_atomic(out / "report.json", rep)
-  how = (f"models {r}..{run.keep.shape[0] - 1} attacked with models 0..{r - 1} as references" if r else
-         "every model attacked with the others as shadows")
-  print(f"\n{FLAGS.dataset}: {run.keep.shape[0]} models, {keep.shape[1]} examples, "
-        f"{'fixed references' if r else 'leave-one-out'} ({how}; {keep.size:,} pooled scores)")
-  print(f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
-        f"test accuracy {rep['target']['test_accuracy']:.4f}\n")
+  how = (
+    f"models {r}..{run.keep.shape[0] - 1} attacked with models 0..{r - 1} as references"
+    if r
+    else "every model attacked with the others as shadows"
+  )
+  print(
+    f"\n{FLAGS.dataset}: {run.keep.shape[0]} models, {keep.shape[1]} examples, "
+    f"{'fixed references' if r else 'leave-one-out'} ({how}; {keep.size:,} pooled scores)"
+  )
+  print(
+    f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
+    f"test accuracy {rep['target']['test_accuracy']:.4f}\n"
+  )
   print(report.format_table(summaries))
   if null:
-    print("\nnull check (independent random keep mask): AUC " +
-          ", ".join(f"{k} {v['auc']:.3f}" for k, v in null.items()))
-  print(f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'} and {out / 'roc.png'}")
+    print(
+      "\nnull check (independent random keep mask): AUC "
+      + ", ".join(f"{k} {v['auc']:.3f}" for k, v in null.items())
+    )
+  print(
+    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'} and {out / 'roc.png'}"
+  )
 
 
 if __name__ == "__main__":

@@ -62,32 +62,81 @@ from miajax import cpu, data, designs, mlleaks, outputs, report, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "digits", "The target's dataset.")
-flags.DEFINE_string("data_dir", None, "Where --dataset's files live (see miajax.data).")
-flags.DEFINE_string("adv2_dataset", "fashion_mnist", "Adversary 2's shadow dataset (and the --reverse target); "
-                    "'none' skips Adversary 2 and --reverse.")
+flags.DEFINE_string(
+  "data_dir", None, "Where --dataset's files live (see miajax.data)."
+)
+flags.DEFINE_string(
+  "adv2_dataset",
+  "fashion_mnist",
+  "Adversary 2's shadow dataset (and the --reverse target); "
+  "'none' skips Adversary 2 and --reverse.",
+)
 flags.DEFINE_string("adv2_data_dir", None, "Where --adv2_dataset's files live.")
-flags.DEFINE_bool("reverse", True, "Also attack a target trained on --adv2_dataset, its Adversary 2 using the "
-                  "--dataset shadow.")
-flags.DEFINE_integer("block_size", None, "Examples in each of the four disjoint blocks of --dataset "
-                     "(default: a quarter of its training set).")
-flags.DEFINE_integer("adv2_block_size", 2500, "Examples in each of the four blocks of --adv2_dataset "
-                     "(capped at a quarter of its training set).")
-flags.DEFINE_string("model", "mlp", "Target and shadow architecture (miajax.models.MODEL_NAMES).")
+flags.DEFINE_bool(
+  "reverse",
+  True,
+  "Also attack a target trained on --adv2_dataset, its Adversary 2 using the "
+  "--dataset shadow.",
+)
+flags.DEFINE_integer(
+  "block_size",
+  None,
+  "Examples in each of the four disjoint blocks of --dataset "
+  "(default: a quarter of its training set).",
+)
+flags.DEFINE_integer(
+  "adv2_block_size",
+  2500,
+  "Examples in each of the four blocks of --adv2_dataset "
+  "(capped at a quarter of its training set).",
+)
+flags.DEFINE_string(
+  "model", "mlp", "Target and shadow architecture (miajax.models.MODEL_NAMES)."
+)
 flags.DEFINE_string("widths", "256,128", "MLP hidden widths.")
 flags.DEFINE_string("activation", "relu", "MLP activation.")
-flags.DEFINE_integer("epochs", None, "Training epochs on --dataset (default per dataset: 30).")
-flags.DEFINE_integer("adv2_epochs", None, "Training epochs on --adv2_dataset (default per dataset).")
-flags.DEFINE_integer("batch_size", None, "Batch size (default per dataset: digits 64, fashion_mnist 256).")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate (default per dataset: 0.1).")
+flags.DEFINE_integer(
+  "epochs", None, "Training epochs on --dataset (default per dataset: 30)."
+)
+flags.DEFINE_integer(
+  "adv2_epochs",
+  None,
+  "Training epochs on --adv2_dataset (default per dataset).",
+)
+flags.DEFINE_integer(
+  "batch_size",
+  None,
+  "Batch size (default per dataset: digits 64, fashion_mnist 256).",
+)
+flags.DEFINE_float(
+  "learning_rate", None, "Peak learning rate (default per dataset: 0.1)."
+)
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
-flags.DEFINE_float("weight_decay", 0.0, "Weight decay (ML-Leaks: L2 1e-7, in effect none).")
-flags.DEFINE_integer("top_k", 1, "k of the top-k masking defense (released posteriors).")
-flags.DEFINE_enum("attack_model", "mlp", list(mlleaks.ATTACK_MODELS), "Attack model of Adversaries 1 and 2: "
-                  "'mlp' (the paper) or 'logreg' (the released code).")
-flags.DEFINE_float("random_percentile", mlleaks.DEFAULT_RANDOM_PERCENTILE, "Adversary 3's threshold: this "
-                   "percentile of the top posterior on random inputs.")
-flags.DEFINE_integer("num_random", 1000, "Random inputs for Adversary 3's threshold.")
-flags.DEFINE_integer("seed", 0, "Seed of the blocks, initialisation, shuffling and random inputs.")
+flags.DEFINE_float(
+  "weight_decay", 0.0, "Weight decay (ML-Leaks: L2 1e-7, in effect none)."
+)
+flags.DEFINE_integer(
+  "top_k", 1, "k of the top-k masking defense (released posteriors)."
+)
+flags.DEFINE_enum(
+  "attack_model",
+  "mlp",
+  list(mlleaks.ATTACK_MODELS),
+  "Attack model of Adversaries 1 and 2: "
+  "'mlp' (the paper) or 'logreg' (the released code).",
+)
+flags.DEFINE_float(
+  "random_percentile",
+  mlleaks.DEFAULT_RANDOM_PERCENTILE,
+  "Adversary 3's threshold: this "
+  "percentile of the top posterior on random inputs.",
+)
+flags.DEFINE_integer(
+  "num_random", 1000, "Random inputs for Adversary 3's threshold."
+)
+flags.DEFINE_integer(
+  "seed", 0, "Seed of the blocks, initialisation, shuffling and random inputs."
+)
 flags.DEFINE_string("output_dir", None, "Where report.json goes.")
 
 ROLES = ("target_in", "target_out", "shadow_in", "shadow_out")
@@ -116,12 +165,20 @@ def _recipe(name: str, epochs_flag) -> train.TrainConfig:
     try:
       widths = tuple(int(w) for w in FLAGS.widths.split(","))
     except ValueError:
-      raise app.UsageError(f"--widths must be comma-separated integers, got {FLAGS.widths!r}") from None
+      raise app.UsageError(
+        f"--widths must be comma-separated integers, got {FLAGS.widths!r}"
+      ) from None
     kwargs = {"widths": widths, "activation": FLAGS.activation}
-  return train.TrainConfig(model=FLAGS.model, model_kwargs=tuple(sorted(kwargs.items())),
-                           optimizer=FLAGS.optimizer, learning_rate=pick(FLAGS.learning_rate, "learning_rate"),
-                           weight_decay=FLAGS.weight_decay, epochs=pick(epochs_flag, "epochs"),
-                           batch_size=pick(FLAGS.batch_size, "batch_size"), seed=FLAGS.seed)
+  return train.TrainConfig(
+    model=FLAGS.model,
+    model_kwargs=tuple(sorted(kwargs.items())),
+    optimizer=FLAGS.optimizer,
+    learning_rate=pick(FLAGS.learning_rate, "learning_rate"),
+    weight_decay=FLAGS.weight_decay,
+    epochs=pick(epochs_flag, "epochs"),
+    batch_size=pick(FLAGS.batch_size, "batch_size"),
+    seed=FLAGS.seed,
+  )
 
 
 def _fit_batch(config: train.TrainConfig, block: int) -> train.TrainConfig:
@@ -143,43 +200,63 @@ def _block_size(ds: data.Dataset, requested, flag: str) -> int:
   return min(requested, quarter)
 
 
-def train_pair(ds: data.Dataset, block: int, config: train.TrainConfig, seed: int) -> Pair:
+def train_pair(
+  ds: data.Dataset, block: int, config: train.TrainConfig, seed: int
+) -> Pair:
   """Trains the target (on target_in) and the shadow (on shadow_in) in one engine call."""
   t0 = time.perf_counter()
   blocks = designs.disjoint_split(len(ds.x_train), [block] * 4, seed=seed)
   pool = np.concatenate([blocks[r] for r in ROLES])
   x, y = ds.x_train[pool], ds.y_train[pool]
   keep = np.zeros((2, 4 * block), bool)
-  keep[0, :block] = True                 # target_in
-  keep[1, 2 * block:3 * block] = True    # shadow_in
+  keep[0, :block] = True  # target_in
+  keep[1, 2 * block : 3 * block] = True  # shadow_in
   result = train.train_models(x, y, keep, config, num_classes=ds.num_classes)
   if result.diverged.any():
-    raise RuntimeError(f"{ds.name}: training diverged (models {np.flatnonzero(result.diverged)}); "
-                       "lower --learning_rate")
+    raise RuntimeError(
+      f"{ds.name}: training diverged (models {np.flatnonzero(result.diverged)}); "
+      "lower --learning_rate"
+    )
   # Uniform pixels over the range of the training inputs, as ML-Leaks draws its random images.
-  rand = outputs.random_inputs(jax.random.PRNGKey(seed), (FLAGS.num_random,) + x.shape[1:],
-                               low=float(ds.x_train.min()), high=float(ds.x_train.max()))
-  queries = np.concatenate([x, ds.x_test, np.asarray(rand)])  # one predict call: one compiled batch shape
-  logits = train.predict(config, result.variables, queries, num_classes=ds.num_classes)[:, :, 0]
-  per_role = {r: logits[0 if r.startswith("target") else 1, i * block:(i + 1) * block]
-              for i, r in enumerate(ROLES)}
+  rand = outputs.random_inputs(
+    jax.random.PRNGKey(seed),
+    (FLAGS.num_random,) + x.shape[1:],
+    low=float(ds.x_train.min()),
+    high=float(ds.x_train.max()),
+  )
+  queries = np.concatenate(
+    [x, ds.x_test, np.asarray(rand)]
+  )  # one predict call: one compiled batch shape
+  logits = train.predict(
+    config, result.variables, queries, num_classes=ds.num_classes
+  )[:, :, 0]
+  per_role = {
+    r: logits[0 if r.startswith("target") else 1, i * block : (i + 1) * block]
+    for i, r in enumerate(ROLES)
+  }
   n_test = len(ds.x_test)
-  per_role["random"] = logits[0, 4 * block + n_test:]
-  test = logits[:, 4 * block:4 * block + n_test]
+  per_role["random"] = logits[0, 4 * block + n_test :]
+  test = logits[:, 4 * block : 4 * block + n_test]
   acc = lambda z, labels: float(np.mean(np.argmax(z, -1) == labels))
   accuracy = {
-      "target": {"train_accuracy": acc(per_role["target_in"], y[:block]),
-                 "test_accuracy": acc(test[0], ds.y_test)},
-      "shadow": {"train_accuracy": acc(per_role["shadow_in"], y[2 * block:3 * block]),
-                 "test_accuracy": acc(test[1], ds.y_test)},
-      "block_size": block,
+    "target": {
+      "train_accuracy": acc(per_role["target_in"], y[:block]),
+      "test_accuracy": acc(test[0], ds.y_test),
+    },
+    "shadow": {
+      "train_accuracy": acc(per_role["shadow_in"], y[2 * block : 3 * block]),
+      "test_accuracy": acc(test[1], ds.y_test),
+    },
+    "block_size": block,
   }
   return Pair(ds.name, per_role, accuracy, time.perf_counter() - t0)
 
 
 def _labelled(pair: Pair, prefix: str, transform):
   """Attack features of one model on its in/out blocks, one transform call for both groups."""
-  z = np.concatenate([pair.logits[f"{prefix}_in"], pair.logits[f"{prefix}_out"]])
+  z = np.concatenate(
+    [pair.logits[f"{prefix}_in"], pair.logits[f"{prefix}_out"]]
+  )
   n_in = len(pair.logits[f"{prefix}_in"])
   is_member = np.arange(len(z)) < n_in
   return mlleaks.attack_features(z, transform=transform, k=3), is_member
@@ -189,8 +266,10 @@ def _summary(scores, is_member, threshold: float) -> dict:
   with warnings.catch_warnings():
     # levels finer than 1/non-members are reported as None
     warnings.filterwarnings("ignore", message=".*unresolvable.*")
-    return {**mlleaks.evaluate_attack(scores, is_member, threshold),
-            **report.attack_summary(scores, is_member, seed=FLAGS.seed)}
+    return {
+      **mlleaks.evaluate_attack(scores, is_member, threshold),
+      **report.attack_summary(scores, is_member, seed=FLAGS.seed),
+    }
 
 
 def attack_target(target: Pair, shadows: dict, defenses: dict) -> dict:
@@ -203,17 +282,31 @@ def attack_target(target: Pair, shadows: dict, defenses: dict) -> dict:
     out[adversary] = {"shadow_dataset": shadow.name}
     for defense, transform in defenses.items():
       shadow_x, shadow_member = _labelled(shadow, "shadow", transform)
-      fitted = mlleaks.fit_attack(shadow_x, shadow_member, model=FLAGS.attack_model, seed=FLAGS.seed)
+      fitted = mlleaks.fit_attack(
+        shadow_x, shadow_member, model=FLAGS.attack_model, seed=FLAGS.seed
+      )
       target_x, is_member = _labelled(target, "target", transform)
-      out[adversary][defense] = _summary(mlleaks.attack_scores(fitted, target_x), is_member, 0.5)
+      out[adversary][defense] = _summary(
+        mlleaks.attack_scores(fitted, target_x), is_member, 0.5
+      )
   out["adversary3"] = {"shadow_dataset": None}
   for defense, transform in defenses.items():
-    z = np.concatenate([target.logits["target_in"], target.logits["target_out"], target.logits["random"]])
+    z = np.concatenate(
+      [
+        target.logits["target_in"],
+        target.logits["target_out"],
+        target.logits["random"],
+      ]
+    )
     released = np.asarray(outputs.released_probabilities(transform, z))
     n = 2 * len(target.logits["target_in"])
-    threshold = mlleaks.threshold_from_random_inputs(released[n:], FLAGS.random_percentile)
+    threshold = mlleaks.threshold_from_random_inputs(
+      released[n:], FLAGS.random_percentile
+    )
     scores = mlleaks.top_posterior_score(released[:n])
-    out["adversary3"][defense] = _summary(scores, np.arange(n) < n // 2, threshold)
+    out["adversary3"][defense] = _summary(
+      scores, np.arange(n) < n // 2, threshold
+    )
   return out
 
 
@@ -225,32 +318,58 @@ def format_rows(target_name: str, adversaries: dict) -> list[str]:
         continue
       m, nm = s["member"], s["non_member"]
       tpr = s["tpr_at_fpr"].get("0.01")
-      rows.append("| " + " | ".join([
-          target_name, adversary, entry["shadow_dataset"] or "-", defense, f"{s['auc']:.3f}",
-          f"{s['balanced_accuracy']:.3f}", f"{s['threshold']:.4g}", f"{m['precision']:.3f}",
-          f"{m['recall']:.3f}", f"{nm['precision']:.3f}", f"{nm['recall']:.3f}",
-          f"{s['balanced_accuracy_at_threshold']:.3f}", "n/a" if tpr is None else f"{tpr:.3f}"]) + " |")
+      rows.append(
+        "| "
+        + " | ".join(
+          [
+            target_name,
+            adversary,
+            entry["shadow_dataset"] or "-",
+            defense,
+            f"{s['auc']:.3f}",
+            f"{s['balanced_accuracy']:.3f}",
+            f"{s['threshold']:.4g}",
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"{nm['precision']:.3f}",
+            f"{nm['recall']:.3f}",
+            f"{s['balanced_accuracy_at_threshold']:.3f}",
+            "n/a" if tpr is None else f"{tpr:.3f}",
+          ]
+        )
+        + " |"
+      )
   return rows
 
 
-TABLE_HEADER = ("| target | adversary | shadow data | defense | AUC | best bal. acc | threshold | member P | "
-                "member R | non-member P | non-member R | bal. acc @ thr | TPR@1%FPR |\n"
-                "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+TABLE_HEADER = (
+  "| target | adversary | shadow data | defense | AUC | best bal. acc | threshold | member P | "
+  "member R | non-member P | non-member R | bal. acc @ thr | TPR@1%FPR |\n"
+  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def _load_adv2():
   """Loads --adv2_dataset or stops with a message saying how to get it or skip it."""
   name = FLAGS.adv2_dataset
   if name == FLAGS.dataset:
-    raise app.UsageError(f"--adv2_dataset={name} equals --dataset: a shadow on the target's own dataset is "
-                         "Adversary 1; pick another dataset or --adv2_dataset=none")
+    raise app.UsageError(
+      f"--adv2_dataset={name} equals --dataset: a shadow on the target's own dataset is "
+      "Adversary 1; pick another dataset or --adv2_dataset=none"
+    )
   try:
     return data.load(name, data_dir=FLAGS.adv2_data_dir)
   except ValueError as err:
-    hint = (" Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put its IDX files in "
-            "--adv2_data_dir." if name == "fashion_mnist" else "")
-    raise app.UsageError(f"--adv2_dataset={name} cannot be loaded: {str(err).rstrip('.')}.{hint} Or skip Adversary 2 with "
-                         "--adv2_dataset=none.") from None
+    hint = (
+      " Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put its IDX files in "
+      "--adv2_data_dir."
+      if name == "fashion_mnist"
+      else ""
+    )
+    raise app.UsageError(
+      f"--adv2_dataset={name} cannot be loaded: {str(err).rstrip('.')}.{hint} Or skip Adversary 2 with "
+      "--adv2_dataset=none."
+    ) from None
 
 
 def main(argv):
@@ -262,7 +381,9 @@ def main(argv):
   if FLAGS.num_random < 1:
     raise app.UsageError(f"--num_random must be >= 1, got {FLAGS.num_random}")
   if not 0 <= FLAGS.random_percentile <= 100:
-    raise app.UsageError(f"--random_percentile must lie in [0, 100], got {FLAGS.random_percentile}")
+    raise app.UsageError(
+      f"--random_percentile must lie in [0, 100], got {FLAGS.random_percentile}"
+    )
   out = pathlib.Path(FLAGS.output_dir)
   out.mkdir(parents=True, exist_ok=True)
   t_start = time.perf_counter()
@@ -272,22 +393,40 @@ def main(argv):
   other_ds = None if FLAGS.adv2_dataset == "none" else _load_adv2()
   for ds in filter(None, (main_ds, other_ds)):
     if not 1 <= FLAGS.top_k <= ds.num_classes:
-      raise app.UsageError(f"--top_k must lie in [1, {ds.num_classes}] for {ds.name}, got {FLAGS.top_k}")
+      raise app.UsageError(
+        f"--top_k must lie in [1, {ds.num_classes}] for {ds.name}, got {FLAGS.top_k}"
+      )
   main_block = _block_size(main_ds, FLAGS.block_size, "block_size")
   main_cfg = _fit_batch(_recipe(main_ds.name, FLAGS.epochs), main_block)
   if other_ds is not None:
-    other_block = _block_size(other_ds, FLAGS.adv2_block_size, "adv2_block_size")
-    other_cfg = _fit_batch(dataclasses.replace(_recipe(other_ds.name, FLAGS.adv2_epochs), seed=FLAGS.seed + 1),
-                           other_block)
+    other_block = _block_size(
+      other_ds, FLAGS.adv2_block_size, "adv2_block_size"
+    )
+    other_cfg = _fit_batch(
+      dataclasses.replace(
+        _recipe(other_ds.name, FLAGS.adv2_epochs), seed=FLAGS.seed + 1
+      ),
+      other_block,
+    )
   t_loaded = time.perf_counter()
 
   pairs = {main_ds.name: train_pair(main_ds, main_block, main_cfg, FLAGS.seed)}
-  logging.info("%s: trained in %.1f s: %s", main_ds.name, pairs[main_ds.name].seconds,
-               pairs[main_ds.name].accuracy)
+  logging.info(
+    "%s: trained in %.1f s: %s",
+    main_ds.name,
+    pairs[main_ds.name].seconds,
+    pairs[main_ds.name].accuracy,
+  )
   if other_ds is not None:
-    pairs[other_ds.name] = train_pair(other_ds, other_block, other_cfg, FLAGS.seed + 1)
-    logging.info("%s: trained in %.1f s: %s", other_ds.name, pairs[other_ds.name].seconds,
-                 pairs[other_ds.name].accuracy)
+    pairs[other_ds.name] = train_pair(
+      other_ds, other_block, other_cfg, FLAGS.seed + 1
+    )
+    logging.info(
+      "%s: trained in %.1f s: %s",
+      other_ds.name,
+      pairs[other_ds.name].seconds,
+      pairs[other_ds.name].accuracy,
+    )
   t_trained = time.perf_counter()
 
   defenses = {"none": None, "top_k": outputs.top_k(FLAGS.top_k)}
@@ -299,41 +438,62 @@ def main(argv):
   reverse = None
   if other_ds is not None and FLAGS.reverse:
     other_pair = pairs[other_ds.name]
-    reverse = {"target_dataset": other_ds.name,
-               "target": other_pair.accuracy["target"],
-               "adversaries": attack_target(other_pair, {"adversary1": other_pair, "adversary2": main_pair},
-                                            defenses)}
+    reverse = {
+      "target_dataset": other_ds.name,
+      "target": other_pair.accuracy["target"],
+      "adversaries": attack_target(
+        other_pair,
+        {"adversary1": other_pair, "adversary2": main_pair},
+        defenses,
+      ),
+    }
   t_attacked = time.perf_counter()
 
-  flat = {f"{adv}_{d}": entry[d] for adv, entry in adversaries.items() for d in defenses}
+  flat = {
+    f"{adv}_{d}": entry[d]
+    for adv, entry in adversaries.items()
+    for d in defenses
+  }
   rep = {
-      "config": common.flag_values(),
-      "target": main_pair.accuracy["target"],
-      "adversaries": adversaries,
-      "reverse": reverse,
-      "attacks": flat,
-      "models": {name: p.accuracy for name, p in pairs.items()},
-      "defenses": {"none": outputs.describe_output(outputs.identity_output()),
-                   "top_k": outputs.describe_output(defenses["top_k"])},
-      "timing_s": {"load": t_loaded - t_start, "train": {name: p.seconds for name, p in pairs.items()},
-                   "attacks": t_attacked - t_trained, "total": time.perf_counter() - t_start},
+    "config": common.flag_values(),
+    "target": main_pair.accuracy["target"],
+    "adversaries": adversaries,
+    "reverse": reverse,
+    "attacks": flat,
+    "models": {name: p.accuracy for name, p in pairs.items()},
+    "defenses": {
+      "none": outputs.describe_output(outputs.identity_output()),
+      "top_k": outputs.describe_output(defenses["top_k"]),
+    },
+    "timing_s": {
+      "load": t_loaded - t_start,
+      "train": {name: p.seconds for name, p in pairs.items()},
+      "attacks": t_attacked - t_trained,
+      "total": time.perf_counter() - t_start,
+    },
   }
   report.write_json_atomic(out / "report.json", rep)
 
   print()
   for name, p in pairs.items():
     a = p.accuracy
-    print(f"{name}: 4 blocks of {a['block_size']}; target train/test accuracy "
-          f"{a['target']['train_accuracy']:.4f} / {a['target']['test_accuracy']:.4f}, shadow "
-          f"{a['shadow']['train_accuracy']:.4f} / {a['shadow']['test_accuracy']:.4f}")
-  print(f"\ndefense top_k: only the {FLAGS.top_k} largest posteriors are released; attack model "
-        f"{FLAGS.attack_model}; adversary 3 threshold: {FLAGS.random_percentile:g}th percentile of the top "
-        f"posterior on {FLAGS.num_random} random inputs\n")
+    print(
+      f"{name}: 4 blocks of {a['block_size']}; target train/test accuracy "
+      f"{a['target']['train_accuracy']:.4f} / {a['target']['test_accuracy']:.4f}, shadow "
+      f"{a['shadow']['train_accuracy']:.4f} / {a['shadow']['test_accuracy']:.4f}"
+    )
+  print(
+    f"\ndefense top_k: only the {FLAGS.top_k} largest posteriors are released; attack model "
+    f"{FLAGS.attack_model}; adversary 3 threshold: {FLAGS.random_percentile:g}th percentile of the top "
+    f"posterior on {FLAGS.num_random} random inputs\n"
+  )
   rows = format_rows(main_ds.name, adversaries)
   if reverse:
     rows += format_rows(reverse["target_dataset"], reverse["adversaries"])
   print(TABLE_HEADER + "\n" + "\n".join(rows))
-  print(f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}")
+  print(
+    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}"
+  )
 
 
 if __name__ == "__main__":

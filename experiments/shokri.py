@@ -41,11 +41,19 @@ from miajax import cpu, data, metrics, report, shokri, train
 
 FLAGS = flags.FLAGS
 common.define_recipe_flags()
-flags.DEFINE_list("sizes", None, "Training-set sizes n (members per model); default: 1/24, 1/12, 1/6, 1/4 "
-                  "of the pool (74,149,299,449 for digits).")
+flags.DEFINE_list(
+  "sizes",
+  None,
+  "Training-set sizes n (members per model); default: 1/24, 1/12, 1/6, 1/4 "
+  "of the pool (74,149,299,449 for digits).",
+)
 flags.DEFINE_integer("num_shadows", 10, "Shadow models per size.")
-flags.DEFINE_enum("attack_model", "mlp", list(shokri.MODELS), "Attack model (miajax.shokri).")
-flags.DEFINE_bool("per_class", True, "One attack model per true class (else a single one).")
+flags.DEFINE_enum(
+  "attack_model", "mlp", list(shokri.MODELS), "Attack model (miajax.shokri)."
+)
+flags.DEFINE_bool(
+  "per_class", True, "One attack model per true class (else a single one)."
+)
 
 POOL_FRACTIONS = (1 / 24, 1 / 12, 1 / 6, 1 / 4)
 
@@ -60,15 +68,21 @@ def parse_sizes(pool: int, batch_size: int) -> list[int]:
     try:
       sizes = [int(s) for s in FLAGS.sizes]
     except ValueError:
-      raise app.UsageError(f"--sizes must be comma-separated integers, got {FLAGS.sizes}") from None
+      raise app.UsageError(
+        f"--sizes must be comma-separated integers, got {FLAGS.sizes}"
+      ) from None
   else:
     sizes = [int(pool * f) for f in POOL_FRACTIONS]
   for n in sizes:
     if 4 * n > pool:
-      raise app.UsageError(f"--sizes: n={n} needs 4n={4 * n} examples (target in/out + one shadow's "
-                           f"in/out, disjoint) but the pool has {pool}")
+      raise app.UsageError(
+        f"--sizes: n={n} needs 4n={4 * n} examples (target in/out + one shadow's "
+        f"in/out, disjoint) but the pool has {pool}"
+      )
     if n < batch_size:
-      raise app.UsageError(f"--sizes: n={n} is smaller than --batch_size={batch_size}")
+      raise app.UsageError(
+        f"--sizes: n={n} is smaller than --batch_size={batch_size}"
+      )
   return sizes
 
 
@@ -87,33 +101,51 @@ def design(pool: int, n: int, num_shadows: int, seed: int):
   keep[0, split["target_in"]] = True
   include[0, split["target_in"]] = include[0, split["target_out"]] = True
   for s in range(1, 1 + num_shadows):
-    drawn = rng.permutation(shadow_pool)[:2 * n]
+    drawn = rng.permutation(shadow_pool)[: 2 * n]
     keep[s, drawn[:n]] = True
     include[s, drawn] = True
   return split["target_in"], split["target_out"], keep, include
 
 
 def softmax(logits):
-  return np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1), np.float64)
+  return np.asarray(
+    jax.nn.softmax(logits.astype(np.float32), axis=-1), np.float64
+  )
 
 
 def run_size(x, y, num_classes, n, cfg):
   t0 = time.perf_counter()
-  target_in, target_out, keep, include = design(len(y), n, FLAGS.num_shadows, FLAGS.seed)
-  if (include[1:] & include[0]).any():  # the protocol's one hard guarantee; cheap to enforce
+  target_in, target_out, keep, include = design(
+    len(y), n, FLAGS.num_shadows, FLAGS.seed
+  )
+  if (
+    include[1:] & include[0]
+  ).any():  # the protocol's one hard guarantee; cheap to enforce
     raise RuntimeError("a shadow model's data overlaps the target's")
   trained = train.train_models(x, y, keep, cfg, num_classes=num_classes)
   if trained.diverged.any():
-    raise RuntimeError(f"n={n}: models {np.flatnonzero(trained.diverged).tolist()} diverged; "
-                       "lower --learning_rate")
-  probs = softmax(train.predict(cfg, trained.variables, x, num_classes=num_classes)[:, :, 0])
+    raise RuntimeError(
+      f"n={n}: models {np.flatnonzero(trained.diverged).tolist()} diverged; "
+      "lower --learning_rate"
+    )
+  probs = softmax(
+    train.predict(cfg, trained.variables, x, num_classes=num_classes)[:, :, 0]
+  )
   t_train = time.perf_counter()
 
   correct = probs.argmax(-1) == y[None]  # [models, pool]
-  attack_data = shokri.attack_dataset(probs[1:], keep[1:], y, include=include[1:], seed=FLAGS.seed)
-  fitted = shokri.fit_attack(attack_data.features, attack_data.is_member, attack_data.labels,
-                             model=FLAGS.attack_model, per_class=FLAGS.per_class, num_classes=num_classes,
-                             seed=FLAGS.seed)
+  attack_data = shokri.attack_dataset(
+    probs[1:], keep[1:], y, include=include[1:], seed=FLAGS.seed
+  )
+  fitted = shokri.fit_attack(
+    attack_data.features,
+    attack_data.is_member,
+    attack_data.labels,
+    model=FLAGS.attack_model,
+    per_class=FLAGS.per_class,
+    num_classes=num_classes,
+    seed=FLAGS.seed,
+  )
   evaluated = np.concatenate([target_in, target_out])
   is_member = np.arange(evaluated.size) < target_in.size
   scores = shokri.attack_scores(fitted, probs[0, evaluated], y[evaluated])
@@ -126,38 +158,77 @@ def run_size(x, y, num_classes, n, cfg):
     summary = report.attack_summary(scores, is_member, seed=FLAGS.seed)
   confidence = probs[0, evaluated, y[evaluated]]
   return {
-      "n": n,
-      "attack": {
-          "precision": decision["member"]["precision"], "recall": decision["member"]["recall"],
-          "f1": decision["member"]["f1"], "accuracy_at_decision": decision["accuracy"],
-          "balanced_accuracy": summary["balanced_accuracy"],
-          "balanced_accuracy_ci": summary["balanced_accuracy_ci"],
-          "auc": summary["auc"], "auc_ci": summary["auc_ci"], "tpr_at_fpr": summary["tpr_at_fpr"],
-          "decision_threshold": fitted.threshold, "fallback_classes": list(fitted.fallback_classes),
-          "svm_params": {str(k): v for k, v in fitted.svm_params.items()},
-      },
-      "target": {"train_accuracy": float(correct[0, keep[0]].mean()),
-                 "test_accuracy": float(correct[0, ~keep[0]].mean())},
-      "shadows": {"train_accuracy": float(np.mean([correct[s, keep[s]].mean() for s in range(1, len(keep))])),
-                  "test_accuracy": float(np.mean([correct[s, ~keep[s]].mean() for s in range(1, len(keep))])),
-                  "attack_rows": int(attack_data.features.shape[0])},
-      "baseline_confidence_auc": metrics.auc(confidence, is_member),
-      "evaluation": {"members": int(target_in.size), "non_members": int(target_out.size)},
-      "timing_s": {"train_and_predict": t_train - t0, "attack_fit_and_score": t_attack - t_train},
+    "n": n,
+    "attack": {
+      "precision": decision["member"]["precision"],
+      "recall": decision["member"]["recall"],
+      "f1": decision["member"]["f1"],
+      "accuracy_at_decision": decision["accuracy"],
+      "balanced_accuracy": summary["balanced_accuracy"],
+      "balanced_accuracy_ci": summary["balanced_accuracy_ci"],
+      "auc": summary["auc"],
+      "auc_ci": summary["auc_ci"],
+      "tpr_at_fpr": summary["tpr_at_fpr"],
+      "decision_threshold": fitted.threshold,
+      "fallback_classes": list(fitted.fallback_classes),
+      "svm_params": {str(k): v for k, v in fitted.svm_params.items()},
+    },
+    "target": {
+      "train_accuracy": float(correct[0, keep[0]].mean()),
+      "test_accuracy": float(correct[0, ~keep[0]].mean()),
+    },
+    "shadows": {
+      "train_accuracy": float(
+        np.mean([correct[s, keep[s]].mean() for s in range(1, len(keep))])
+      ),
+      "test_accuracy": float(
+        np.mean([correct[s, ~keep[s]].mean() for s in range(1, len(keep))])
+      ),
+      "attack_rows": int(attack_data.features.shape[0]),
+    },
+    "baseline_confidence_auc": metrics.auc(confidence, is_member),
+    "evaluation": {
+      "members": int(target_in.size),
+      "non_members": int(target_out.size),
+    },
+    "timing_s": {
+      "train_and_predict": t_train - t0,
+      "attack_fit_and_score": t_attack - t_train,
+    },
   }
 
 
 def format_sizes(results) -> str:
-  header = ["n", "target train acc", "target test acc", "precision", "recall", "F1", "acc@decision",
-            "bal. acc (best)", "AUC", "AUC(p_y)"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
+  header = [
+    "n",
+    "target train acc",
+    "target test acc",
+    "precision",
+    "recall",
+    "F1",
+    "acc@decision",
+    "bal. acc (best)",
+    "AUC",
+    "AUC(p_y)",
+  ]
+  lines = [
+    "| " + " | ".join(header) + " |",
+    "|" + "|".join(["---:"] * len(header)) + "|",
+  ]
   for r in results.values():
     a = r["attack"]
-    cells = [str(r["n"]), f"{r['target']['train_accuracy']:.3f}", f"{r['target']['test_accuracy']:.3f}",
-             f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}", f"{a['accuracy_at_decision']:.3f}",
-             f"{a['balanced_accuracy']:.3f} [{a['balanced_accuracy_ci'][0]:.3f}, {a['balanced_accuracy_ci'][1]:.3f}]",
-             f"{a['auc']:.3f} [{a['auc_ci'][0]:.3f}, {a['auc_ci'][1]:.3f}]",
-             f"{r['baseline_confidence_auc']:.3f}"]
+    cells = [
+      str(r["n"]),
+      f"{r['target']['train_accuracy']:.3f}",
+      f"{r['target']['test_accuracy']:.3f}",
+      f"{a['precision']:.3f}",
+      f"{a['recall']:.3f}",
+      f"{a['f1']:.3f}",
+      f"{a['accuracy_at_decision']:.3f}",
+      f"{a['balanced_accuracy']:.3f} [{a['balanced_accuracy_ci'][0]:.3f}, {a['balanced_accuracy_ci'][1]:.3f}]",
+      f"{a['auc']:.3f} [{a['auc_ci'][0]:.3f}, {a['auc_ci'][1]:.3f}]",
+      f"{r['baseline_confidence_auc']:.3f}",
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -184,22 +255,39 @@ def main(argv):
   for n in sizes:
     results[str(n)] = run_size(x, y, ds.num_classes, n, cfg)
     r = results[str(n)]
-    logging.info("n=%d: AUC %.3f, target train/test accuracy %.3f/%.3f (%.1f s)", n, r["attack"]["auc"],
-                 r["target"]["train_accuracy"], r["target"]["test_accuracy"], sum(r["timing_s"].values()))
+    logging.info(
+      "n=%d: AUC %.3f, target train/test accuracy %.3f/%.3f (%.1f s)",
+      n,
+      r["attack"]["auc"],
+      r["target"]["train_accuracy"],
+      r["target"]["test_accuracy"],
+      sum(r["timing_s"].values()),
+    )
   rep = {
-      "sizes": results,
-      "config": common.flag_values(),
-      "protocol": {"pool": int(len(y)), "num_shadows": FLAGS.num_shadows, "attack_model": FLAGS.attack_model,
-                   "per_class": FLAGS.per_class, "features": "full posterior vector (unsorted)"},
-      "timing_s": {**{f"n={k}": sum(v["timing_s"].values()) for k, v in results.items()},
-                   "total": time.perf_counter() - t_start},
+    "sizes": results,
+    "config": common.flag_values(),
+    "protocol": {
+      "pool": int(len(y)),
+      "num_shadows": FLAGS.num_shadows,
+      "attack_model": FLAGS.attack_model,
+      "per_class": FLAGS.per_class,
+      "features": "full posterior vector (unsorted)",
+    },
+    "timing_s": {
+      **{f"n={k}": sum(v["timing_s"].values()) for k, v in results.items()},
+      "total": time.perf_counter() - t_start,
+    },
   }
   report.write_json_atomic(out / "report.json", rep)
-  print(f"\n{FLAGS.dataset}: Shokri et al. shadow-model attack, {FLAGS.num_shadows} shadows per size, "
-        f"attack model {FLAGS.attack_model} ({'per class' if FLAGS.per_class else 'single'}); "
-        f"evaluation on the target's n members + n non-members; [95% bootstrap interval]\n")
+  print(
+    f"\n{FLAGS.dataset}: Shokri et al. shadow-model attack, {FLAGS.num_shadows} shadows per size, "
+    f"attack model {FLAGS.attack_model} ({'per class' if FLAGS.per_class else 'single'}); "
+    f"evaluation on the target's n members + n non-members; [95% bootstrap interval]\n"
+  )
   print(format_sizes(results))
-  print(f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}")
+  print(
+    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}"
+  )
 
 
 if __name__ == "__main__":

@@ -28,20 +28,41 @@ from miajax import cpu, runs
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed.initialize "
-                    "(multi-process runs only).")
-flags.DEFINE_integer("num_processes", 1, "Number of processes in a multi-process run.")
-flags.DEFINE_integer("process_id", 0, "This process's index in [0, num_processes).")
-flags.DEFINE_float("merge_timeout_s", 600.0, "How long the last process waits for the other processes' "
-                   "chunks before giving up (they stay on disk; rerun with --merge_only).")
-flags.DEFINE_bool("merge_only", False, "Only assemble keep.npy/logits.npy from the chunks in --output_dir.")
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0 for jax.distributed.initialize "
+  "(multi-process runs only).",
+)
+flags.DEFINE_integer(
+  "num_processes", 1, "Number of processes in a multi-process run."
+)
+flags.DEFINE_integer(
+  "process_id", 0, "This process's index in [0, num_processes)."
+)
+flags.DEFINE_float(
+  "merge_timeout_s",
+  600.0,
+  "How long the last process waits for the other processes' "
+  "chunks before giving up (they stay on disk; rerun with --merge_only).",
+)
+flags.DEFINE_bool(
+  "merge_only",
+  False,
+  "Only assemble keep.npy/logits.npy from the chunks in --output_dir.",
+)
 
 
 def _print_result(result, spec, how=None):
   """One summary line; ``how`` replaces the timing where this process did not train every model itself."""
-  timing = how or f"train {result.train_seconds:.1f} s  predict {result.predict_seconds:.1f} s"
-  print(f"models: {spec.num_models}  train acc {result.train_accuracy.mean():.4f}  "
-        f"test acc {result.test_accuracy.mean():.4f}  {timing}  -> {FLAGS.output_dir}")
+  timing = (
+    how
+    or f"train {result.train_seconds:.1f} s  predict {result.predict_seconds:.1f} s"
+  )
+  print(
+    f"models: {spec.num_models}  train acc {result.train_accuracy.mean():.4f}  "
+    f"test acc {result.test_accuracy.mean():.4f}  {timing}  -> {FLAGS.output_dir}"
+  )
 
 
 def main(argv):
@@ -54,8 +75,10 @@ def main(argv):
   if FLAGS.merge_only:
     result = runs.merge_chunks(FLAGS.output_dir, spec.num_models)
     if result is None:
-      raise app.UsageError(f"--merge_only: {FLAGS.output_dir} does not yet hold a chunk for every one of "
-                           f"the {spec.num_models} models; finish training first")
+      raise app.UsageError(
+        f"--merge_only: {FLAGS.output_dir} does not yet hold a chunk for every one of "
+        f"the {spec.num_models} models; finish training first"
+      )
     _print_result(result, spec, how="merged from the chunk files")
     return
   multi = FLAGS.num_processes > 1 or FLAGS.coordinator_address is not None
@@ -63,37 +86,75 @@ def main(argv):
   if multi:
     # Checked before jax.distributed.initialize, which would otherwise block waiting for peers.
     if not FLAGS.coordinator_address:
-      raise app.UsageError("--num_processes > 1 needs --coordinator_address=host:port")
-    chunk_models = runs.process_slice(spec.num_models, FLAGS.process_id, FLAGS.num_processes)
+      raise app.UsageError(
+        "--num_processes > 1 needs --coordinator_address=host:port"
+      )
+    chunk_models = runs.process_slice(
+      spec.num_models, FLAGS.process_id, FLAGS.num_processes
+    )
     import jax
-    jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id,
-                               shutdown_timeout_seconds=int(max(FLAGS.merge_timeout_s, 60)))
-    logging.info("process %d of %d: models %d..%d on %d local devices", jax.process_index(),
-                 jax.process_count(), chunk_models[0], chunk_models[-1], jax.local_device_count())
+
+    jax.distributed.initialize(
+      FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      shutdown_timeout_seconds=int(max(FLAGS.merge_timeout_s, 60)),
+    )
+    logging.info(
+      "process %d of %d: models %d..%d on %d local devices",
+      jax.process_index(),
+      jax.process_count(),
+      chunk_models[0],
+      chunk_models[-1],
+      jax.local_device_count(),
+    )
   t0 = time.perf_counter()
-  result = common.train_run(spec, FLAGS.output_dir, log=logging.info, chunk_models=chunk_models,
-                            merge=not multi)
+  result = common.train_run(
+    spec,
+    FLAGS.output_dir,
+    log=logging.info,
+    chunk_models=chunk_models,
+    merge=not multi,
+  )
   if multi:
     import jax
+
     try:
       jax.distributed.shutdown()  # a barrier: returns once every process has written its chunks
-    except Exception as e:  # a peer died: merge what is there, or say what is missing
-      logging.warning("distributed shutdown barrier failed (%s); merging from disk", e)
+    except (
+      Exception
+    ) as e:  # a peer died: merge what is there, or say what is missing
+      logging.warning(
+        "distributed shutdown barrier failed (%s); merging from disk", e
+      )
     if FLAGS.process_id != FLAGS.num_processes - 1:
-      print(f"process {FLAGS.process_id}: trained models {chunk_models[0]}..{chunk_models[-1]} in "
-            f"{time.perf_counter() - t0:.1f} s; process {FLAGS.num_processes - 1} merges")
+      print(
+        f"process {FLAGS.process_id}: trained models {chunk_models[0]}..{chunk_models[-1]} in "
+        f"{time.perf_counter() - t0:.1f} s; process {FLAGS.num_processes - 1} merges"
+      )
       return
     trained_s = time.perf_counter() - t0
-    result = runs.wait_and_merge(FLAGS.output_dir, spec.num_models, timeout_s=FLAGS.merge_timeout_s,
-                                 log=logging.info)
-    _print_result(result, spec, how=f"this process trained models {chunk_models[0]}..{chunk_models[-1]} in "
-                                    f"{trained_s:.1f} s, then merged all {spec.num_models}")
+    result = runs.wait_and_merge(
+      FLAGS.output_dir,
+      spec.num_models,
+      timeout_s=FLAGS.merge_timeout_s,
+      log=logging.info,
+    )
+    _print_result(
+      result,
+      spec,
+      how=f"this process trained models {chunk_models[0]}..{chunk_models[-1]} in "
+      f"{trained_s:.1f} s, then merged all {spec.num_models}",
+    )
     return
   if not multi:
-    logging.info("train accuracy %.3f (mean), test accuracy %.3f (mean); %d chunks trained, %d reused",
-                 result.train_accuracy.mean(), result.test_accuracy.mean(), result.chunks_trained,
-                 result.chunks_reused)
+    logging.info(
+      "train accuracy %.3f (mean), test accuracy %.3f (mean); %d chunks trained, %d reused",
+      result.train_accuracy.mean(),
+      result.test_accuracy.mean(),
+      result.chunks_trained,
+      result.chunks_reused,
+    )
   _print_result(result, spec)
 
 

@@ -130,7 +130,13 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 VARIANTS = ("miajax", "reference")
-ATTACKS = ("lira_online", "lira_offline", "global_threshold", "rmia", "rmia_offline")
+ATTACKS = (
+  "lira_online",
+  "lira_offline",
+  "global_threshold",
+  "rmia",
+  "rmia_offline",
+)
 
 # Floor on a fitted std relative to the location's size: about 8 float32 ulps.
 _STD_FLOOR = 1e-6
@@ -146,85 +152,108 @@ _TINY = float(np.finfo(np.float32).tiny)
 
 
 def _as_real(x: Any, name: str, ndim: int) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise ValueError(f"{name} must be a real-valued (float) array, got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} axes, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(
-            f"{name} must be finite; {int(np.sum(~np.isfinite(arr)))} entries are nan/inf "
-            f"(first at index {tuple(int(i) for i in bad)})"
-        )
-    return arr
+  arr = np.asarray(x)
+  if arr.dtype == np.bool_ or not (
+    np.issubdtype(arr.dtype, np.floating)
+    or np.issubdtype(arr.dtype, np.integer)
+  ):
+    raise ValueError(
+      f"{name} must be a real-valued (float) array, got dtype {arr.dtype}"
+    )
+  if arr.ndim != ndim:
+    raise ValueError(f"{name} must have {ndim} axes, got shape {arr.shape}")
+  if not np.all(np.isfinite(arr)):
+    bad = np.argwhere(~np.isfinite(arr))[0]
+    raise ValueError(
+      f"{name} must be finite; {int(np.sum(~np.isfinite(arr)))} entries are nan/inf "
+      f"(first at index {tuple(int(i) for i in bad)})"
+    )
+  return arr
 
 
 def _as_keep(keep: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
-    arr = np.asarray(keep)
-    if arr.dtype != np.bool_:
-        raise ValueError(f"{name} must be a bool array [models, examples], got dtype {arr.dtype}")
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} [models, examples], got {arr.shape}")
-    return arr
+  arr = np.asarray(keep)
+  if arr.dtype != np.bool_:
+    raise ValueError(
+      f"{name} must be a bool array [models, examples], got dtype {arr.dtype}"
+    )
+  if arr.shape != tuple(shape):
+    raise ValueError(
+      f"{name} must have shape {tuple(shape)} [models, examples], got {arr.shape}"
+    )
+  return arr
 
 
 def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
 def _check_shadow_target(shadow_scores, shadow_keep, target_scores, names=None):
-    s_name, k_name, t_name = names or ("shadow_scores", "shadow_keep", "target_scores")
-    shadow = _as_real(shadow_scores, s_name, 3)
-    if shadow.shape[0] < 1 or shadow.shape[1] < 1 or shadow.shape[2] < 1:
-        raise ValueError(f"{s_name} must be non-empty [models, examples, queries], got {shadow.shape}")
-    keep = _as_keep(shadow_keep, k_name, shadow.shape[:2])
-    target = _as_real(target_scores, t_name, 3)
-    if target.shape[1:] != shadow.shape[1:]:
-        raise ValueError(
-            f"{t_name} must have shape [targets, {shadow.shape[1]}, {shadow.shape[2]}] to match "
-            f"{s_name} [models, examples, queries] = {shadow.shape}, got {target.shape}"
-        )
-    return shadow, keep, target
+  s_name, k_name, t_name = names or (
+    "shadow_scores",
+    "shadow_keep",
+    "target_scores",
+  )
+  shadow = _as_real(shadow_scores, s_name, 3)
+  if shadow.shape[0] < 1 or shadow.shape[1] < 1 or shadow.shape[2] < 1:
+    raise ValueError(
+      f"{s_name} must be non-empty [models, examples, queries], got {shadow.shape}"
+    )
+  keep = _as_keep(shadow_keep, k_name, shadow.shape[:2])
+  target = _as_real(target_scores, t_name, 3)
+  if target.shape[1:] != shadow.shape[1:]:
+    raise ValueError(
+      f"{t_name} must have shape [targets, {shadow.shape[1]}, {shadow.shape[2]}] to match "
+      f"{s_name} [models, examples, queries] = {shadow.shape}, got {target.shape}"
+    )
+  return shadow, keep, target
 
 
-def _check_counts(counts: np.ndarray, need: int, what: str, context: str, hint: str,
-                  keep_name: str = "shadow_keep") -> None:
-    """Raise if any example has fewer than `need` shadow scores of one kind."""
-    bad = np.flatnonzero(counts < need)
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"{context} needs at least {need} {what} shadow score(s) per example; {bad.size} of "
-            f"{counts.size} examples have fewer in {keep_name} (first: example {i} has {int(counts[i])}). {hint}"
-        )
+def _check_counts(
+  counts: np.ndarray,
+  need: int,
+  what: str,
+  context: str,
+  hint: str,
+  keep_name: str = "shadow_keep",
+) -> None:
+  """Raise if any example has fewer than `need` shadow scores of one kind."""
+  bad = np.flatnonzero(counts < need)
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(
+      f"{context} needs at least {need} {what} shadow score(s) per example; {bad.size} of "
+      f"{counts.size} examples have fewer in {keep_name} (first: example {i} has {int(counts[i])}). {hint}"
+    )
 
 
 def _lira_need(fix_variance: bool) -> int:
-    return 1 if fix_variance else 2
+  return 1 if fix_variance else 2
 
 
-def _check_lira_counts(n_in, n_out, *, offline, fix_variance, context, keep_name="shadow_keep"):
-    need = _lira_need(fix_variance)
-    hint = (
-        "Train more shadow models (or use a design where every example is IN for half of them)"
-        + ("" if fix_variance else ", or use fix_variance=True, which needs only 1")
-        + "."
-    )
-    if not offline:
-        _check_counts(n_in, need, "IN", context, hint, keep_name)
-    _check_counts(n_out, need, "OUT", context, hint, keep_name)
-    if fix_variance:
-        # The pooled variance needs at least one degree of freedom overall.
-        for counts, what in ([(n_out, "OUT")] if offline else [(n_in, "IN"), (n_out, "OUT")]):
-            if np.sum(np.maximum(counts - 1, 0)) < 1:
-                raise ValueError(
-                    f"{context} with fix_variance=True needs some example with at least 2 {what} "
-                    f"shadow scores in {keep_name} to estimate the pooled variance."
-                )
+def _check_lira_counts(
+  n_in, n_out, *, offline, fix_variance, context, keep_name="shadow_keep"
+):
+  need = _lira_need(fix_variance)
+  hint = (
+    "Train more shadow models (or use a design where every example is IN for half of them)"
+    + ("" if fix_variance else ", or use fix_variance=True, which needs only 1")
+    + "."
+  )
+  if not offline:
+    _check_counts(n_in, need, "IN", context, hint, keep_name)
+  _check_counts(n_out, need, "OUT", context, hint, keep_name)
+  if fix_variance:
+    # The pooled variance needs at least one degree of freedom overall.
+    for counts, what in (
+      [(n_out, "OUT")] if offline else [(n_in, "IN"), (n_out, "OUT")]
+    ):
+      if np.sum(np.maximum(counts - 1, 0)) < 1:
+        raise ValueError(
+          f"{context} with fix_variance=True needs some example with at least 2 {what} "
+          f"shadow scores in {keep_name} to estimate the pooled variance."
+        )
 
 
 # ------------------------------------------------------------ LiRA (miajax)
@@ -240,564 +269,735 @@ def _check_lira_counts(n_in, n_out, *, offline, fix_variance, context, keep_name
 
 
 class _Stats(NamedTuple):
-    n: jax.Array  # float[examples]
-    mean: jax.Array  # float[examples, queries], centred
-    m2: jax.Array  # float[examples, queries]
-    top: jax.Array  # int[examples, queries]: the model with the largest |deviation|, -1 if tied
-    mean_top_out: jax.Array  # mean and m2 without model `top`
-    m2_top_out: jax.Array
+  n: jax.Array  # float[examples]
+  mean: jax.Array  # float[examples, queries], centred
+  m2: jax.Array  # float[examples, queries]
+  top: jax.Array  # int[examples, queries]: the model with the largest |deviation|, -1 if tied
+  mean_top_out: jax.Array  # mean and m2 without model `top`
+  m2_top_out: jax.Array
 
 
 def _group_stats(y_t, mask_t) -> _Stats:
-    """Fit of the masked models from model-minor arrays (reductions over the last,
-    contiguous axis are several times faster on CPU than over the first).
+  """Fit of the masked models from model-minor arrays (reductions over the last,
+  contiguous axis are several times faster on CPU than over the first).
 
-    y_t float[examples, queries, models] (centred), mask_t bool[examples, models].
-    """
-    models = y_t.shape[-1]
-    w = mask_t[:, None, :]
-    n = jnp.sum(mask_t, axis=-1).astype(y_t.dtype)
-    mean = jnp.sum(jnp.where(w, y_t, 0), axis=-1) / jnp.maximum(n, 1)[:, None]
-    dev = jnp.where(w, y_t - mean[..., None], 0)
-    m2 = jnp.sum(jnp.square(dev), axis=-1)
-    # Members' deviations straddle 0, so the masked zeros change neither max nor min.
-    dev_max, dev_min = jnp.max(dev, axis=-1), jnp.min(dev, axis=-1)
-    dev_top = jnp.where(dev_max >= -dev_min, dev_max, dev_min)
-    at_top = w & (dev == dev_top[..., None])
-    model = jnp.arange(models)
-    top = jnp.min(jnp.where(at_top, model, models), axis=-1)
-    # A tied top cannot dominate m2 alone; only a unique one needs the direct fit.
-    top = jnp.where(jnp.sum(at_top, axis=-1) == 1, top, -1)
-    mean_top_out = mean - dev_top / jnp.maximum(n - 1, 1)[:, None]
-    rest = w & (model != top[..., None])
-    m2_top_out = jnp.sum(jnp.where(rest, jnp.square(y_t - mean_top_out[..., None]), 0), axis=-1)
-    return _Stats(n, mean, m2, top, mean_top_out, m2_top_out)
+  y_t float[examples, queries, models] (centred), mask_t bool[examples, models].
+  """
+  models = y_t.shape[-1]
+  w = mask_t[:, None, :]
+  n = jnp.sum(mask_t, axis=-1).astype(y_t.dtype)
+  mean = jnp.sum(jnp.where(w, y_t, 0), axis=-1) / jnp.maximum(n, 1)[:, None]
+  dev = jnp.where(w, y_t - mean[..., None], 0)
+  m2 = jnp.sum(jnp.square(dev), axis=-1)
+  # Members' deviations straddle 0, so the masked zeros change neither max nor min.
+  dev_max, dev_min = jnp.max(dev, axis=-1), jnp.min(dev, axis=-1)
+  dev_top = jnp.where(dev_max >= -dev_min, dev_max, dev_min)
+  at_top = w & (dev == dev_top[..., None])
+  model = jnp.arange(models)
+  top = jnp.min(jnp.where(at_top, model, models), axis=-1)
+  # A tied top cannot dominate m2 alone; only a unique one needs the direct fit.
+  top = jnp.where(jnp.sum(at_top, axis=-1) == 1, top, -1)
+  mean_top_out = mean - dev_top / jnp.maximum(n - 1, 1)[:, None]
+  rest = w & (model != top[..., None])
+  m2_top_out = jnp.sum(
+    jnp.where(rest, jnp.square(y_t - mean_top_out[..., None]), 0), axis=-1
+  )
+  return _Stats(n, mean, m2, top, mean_top_out, m2_top_out)
 
 
 def _centred_stats(scores, keep):
-    """Centre on model 0's scores; IN and OUT stats of scores float[models, examples, queries]."""
-    center = scores[0]
-    y_t = jnp.transpose(scores - center, (1, 2, 0))
-    return center, _group_stats(y_t, keep.T), _group_stats(y_t, ~keep.T)
+  """Centre on model 0's scores; IN and OUT stats of scores float[models, examples, queries]."""
+  center = scores[0]
+  y_t = jnp.transpose(scores - center, (1, 2, 0))
+  return center, _group_stats(y_t, keep.T), _group_stats(y_t, ~keep.T)
 
 
 def _leave_out(stats: _Stats, y, r, drop):
-    """(n, mean, m2) of a group once model r[i] with centred scores y float[examples, queries]
-    leaves it at every example i where drop bool[examples] is set."""
-    n_new = stats.n - drop.astype(stats.n.dtype)
-    n1 = jnp.maximum(n_new, 1)[:, None]
-    d = y - stats.mean
-    is_top = stats.top == r[:, None]
-    mean = jnp.where(is_top, stats.mean_top_out, stats.mean - d / n1)
-    m2 = jnp.where(is_top, stats.m2_top_out, stats.m2 - jnp.square(d) * (stats.n[:, None] / n1))
-    dq = drop[:, None]
-    return n_new, jnp.where(dq, mean, stats.mean), jnp.where(dq, jnp.maximum(m2, 0), stats.m2)
+  """(n, mean, m2) of a group once model r[i] with centred scores y float[examples, queries]
+  leaves it at every example i where drop bool[examples] is set."""
+  n_new = stats.n - drop.astype(stats.n.dtype)
+  n1 = jnp.maximum(n_new, 1)[:, None]
+  d = y - stats.mean
+  is_top = stats.top == r[:, None]
+  mean = jnp.where(is_top, stats.mean_top_out, stats.mean - d / n1)
+  m2 = jnp.where(
+    is_top, stats.m2_top_out, stats.m2 - jnp.square(d) * (stats.n[:, None] / n1)
+  )
+  dq = drop[:, None]
+  return (
+    n_new,
+    jnp.where(dq, mean, stats.mean),
+    jnp.where(dq, jnp.maximum(m2, 0), stats.m2),
+  )
 
 
 @jax.jit
 def _partners(keep):
-    models, examples = keep.shape
-    model = jnp.arange(models, dtype=jnp.int32)
-    # One integer sort per example lists IN models first, then OUT models, each
-    # in model order (XLA's CPU sort is fast on a single integer operand).
-    members = jax.lax.sort(jnp.where(keep.T, model, models + model), dimension=1) % models
-    n_in = jnp.sum(keep, axis=0)
-    n_other = jnp.where(keep, models - n_in, n_in)
-    u = jax.random.uniform(jax.random.key(0), keep.shape)
-    rank = jnp.minimum((u * n_other).astype(jnp.int32), jnp.maximum(n_other - 1, 0))
-    slot = jnp.where(keep, n_in + rank, rank)
-    return jnp.take_along_axis(members, slot.T, axis=1).T
+  models, examples = keep.shape
+  model = jnp.arange(models, dtype=jnp.int32)
+  # One integer sort per example lists IN models first, then OUT models, each
+  # in model order (XLA's CPU sort is fast on a single integer operand).
+  members = (
+    jax.lax.sort(jnp.where(keep.T, model, models + model), dimension=1) % models
+  )
+  n_in = jnp.sum(keep, axis=0)
+  n_other = jnp.where(keep, models - n_in, n_in)
+  u = jax.random.uniform(jax.random.key(0), keep.shape)
+  rank = jnp.minimum(
+    (u * n_other).astype(jnp.int32), jnp.maximum(n_other - 1, 0)
+  )
+  slot = jnp.where(keep, n_in + rank, rank)
+  return jnp.take_along_axis(members, slot.T, axis=1).T
 
 
 def leave_one_out_partners(keep):
-    """The model each target's balanced leave-one-out also leaves out, per example.
+  """The model each target's balanced leave-one-out also leaves out, per example.
 
-    Args:
-      keep: bool[models, examples].
+  Args:
+    keep: bool[models, examples].
 
-    Returns:
-      int32[models, examples]: for target t and example i, a model of the group t
-      is not in at i (OUT if t trained on i, else IN), drawn uniformly with a fixed
-      seed. Uniform so that structure in the design (e.g. `paired_keep`'s
-      complementary pairs) cannot bias the null; the same for every call. Entries
-      for an example whose other group is empty are meaningless.
-    """
-    if np.ndim(keep) != 2:
-        raise ValueError(f"keep must be a bool array [models, examples], got shape {np.shape(keep)}")
-    return _partners(jnp.asarray(_as_keep(keep, "keep", np.shape(keep))))
+  Returns:
+    int32[models, examples]: for target t and example i, a model of the group t
+    is not in at i (OUT if t trained on i, else IN), drawn uniformly with a fixed
+    seed. Uniform so that structure in the design (e.g. `paired_keep`'s
+    complementary pairs) cannot bias the null; the same for every call. Entries
+    for an example whose other group is empty are meaningless.
+  """
+  if np.ndim(keep) != 2:
+    raise ValueError(
+      f"keep must be a bool array [models, examples], got shape {np.shape(keep)}"
+    )
+  return _partners(jnp.asarray(_as_keep(keep, "keep", np.shape(keep))))
 
 
 def offline_log_odds(z):
-    """One-sided offline LiRA score `log Phi(z) - log Phi(-z)` of standardised scores `z`.
+  """One-sided offline LiRA score `log Phi(z) - log Phi(-z)` of standardised scores `z`.
 
-    Carlini et al., "Membership Inference Attacks From First Principles"
-    (S&P 2022), offline test: a monotone function of `log Phi(z)` that keeps
-    float32 resolution in both tails (`log Phi(z)` rounds to -0.0 above z ~ 13).
+  Carlini et al., "Membership Inference Attacks From First Principles"
+  (S&P 2022), offline test: a monotone function of `log Phi(z)` that keeps
+  float32 resolution in both tails (`log Phi(z)` rounds to -0.0 above z ~ 13).
 
-    Args:
-      z: float[...], `(score - mean_out) / std_out`.
+  Args:
+    z: float[...], `(score - mean_out) / std_out`.
 
-    Returns:
-      float[...], same shape; higher = member.
-    """
-    return log_ndtr(z) - log_ndtr(-z)
+  Returns:
+    float[...], same shape; higher = member.
+  """
+  return log_ndtr(z) - log_ndtr(-z)
 
 
 def _floored_std(var, mean):
-    return jnp.maximum(jnp.sqrt(jnp.maximum(var, 0)), _STD_FLOOR * (1 + jnp.abs(mean)))
+  return jnp.maximum(
+    jnp.sqrt(jnp.maximum(var, 0)), _STD_FLOOR * (1 + jnp.abs(mean))
+  )
 
 
 def _scale(n, mean, m2, center, fix_variance):
-    """Floored std float[examples, queries]: per example (ddof=1) or pooled over examples."""
-    if fix_variance:
-        dof = jnp.sum(jnp.maximum(n - 1, 0))
-        var = jnp.sum(m2, axis=0, keepdims=True) / jnp.maximum(dof, 1)
-    else:
-        var = m2 / jnp.maximum(n - 1, 1)[:, None]
-    return _floored_std(var, center + mean)
+  """Floored std float[examples, queries]: per example (ddof=1) or pooled over examples."""
+  if fix_variance:
+    dof = jnp.sum(jnp.maximum(n - 1, 0))
+    var = jnp.sum(m2, axis=0, keepdims=True) / jnp.maximum(dof, 1)
+  else:
+    var = m2 / jnp.maximum(n - 1, 1)[:, None]
+  return _floored_std(var, center + mean)
 
 
 def _lira_score(y, center, fit_in, fit_out, offline, fix_variance):
-    """Score centred target scores y float[examples, queries] -> float[examples].
+  """Score centred target scores y float[examples, queries] -> float[examples].
 
-    fit_in, fit_out: (n, mean, m2) of the IN and OUT shadow scores (fit_in unused offline).
-    """
-    s_out = _scale(*fit_out, center, fix_variance)
-    z_out = (y - fit_out[1]) / s_out
-    if offline:
-        return jnp.mean(offline_log_odds(z_out), axis=-1)
-    s_in = _scale(*fit_in, center, fix_variance)
-    z_in = (y - fit_in[1]) / s_in
-    llr = 0.5 * (jnp.square(z_out) - jnp.square(z_in)) + jnp.log(s_out) - jnp.log(s_in)
-    return jnp.mean(llr, axis=-1)
+  fit_in, fit_out: (n, mean, m2) of the IN and OUT shadow scores (fit_in unused offline).
+  """
+  s_out = _scale(*fit_out, center, fix_variance)
+  z_out = (y - fit_out[1]) / s_out
+  if offline:
+    return jnp.mean(offline_log_odds(z_out), axis=-1)
+  s_in = _scale(*fit_in, center, fix_variance)
+  z_in = (y - fit_in[1]) / s_in
+  llr = (
+    0.5 * (jnp.square(z_out) - jnp.square(z_in))
+    + jnp.log(s_out)
+    - jnp.log(s_in)
+  )
+  return jnp.mean(llr, axis=-1)
 
 
 def _batch_size(targets: int, examples: int, queries: int) -> int:
-    """Targets per vectorised chunk: bounded by _CHUNK_ELEMENTS, preferably a divisor
-    of `targets` (a remainder chunk costs a second compiled body)."""
-    bound = max(1, min(targets, _CHUNK_ELEMENTS // max(1, examples * queries)))
-    divisor = max(d for d in range(1, bound + 1) if targets % d == 0)
-    return divisor if 2 * divisor >= bound else bound
+  """Targets per vectorised chunk: bounded by _CHUNK_ELEMENTS, preferably a divisor
+  of `targets` (a remainder chunk costs a second compiled body)."""
+  bound = max(1, min(targets, _CHUNK_ELEMENTS // max(1, examples * queries)))
+  divisor = max(d for d in range(1, bound + 1) if targets % d == 0)
+  return divisor if 2 * divisor >= bound else bound
 
 
-@functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "batch_size"))
+@functools.partial(
+  jax.jit, static_argnames=("offline", "fix_variance", "batch_size")
+)
 def _lira_miajax(shadow, keep, target, *, offline, fix_variance, batch_size):
-    center, stats_in, stats_out = _centred_stats(shadow, keep)
-    fit_in, fit_out = stats_in[:3], stats_out[:3]
-    return jax.lax.map(
-        lambda x: _lira_score(x - center, center, fit_in, fit_out, offline, fix_variance),
-        target,
-        batch_size=batch_size,
-    )
+  center, stats_in, stats_out = _centred_stats(shadow, keep)
+  fit_in, fit_out = stats_in[:3], stats_out[:3]
+  return jax.lax.map(
+    lambda x: _lira_score(
+      x - center, center, fit_in, fit_out, offline, fix_variance
+    ),
+    target,
+    batch_size=batch_size,
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("offline", "fix_variance", "balanced", "batch_size"))
-def _lira_miajax_loo(scores, keep, *, offline, fix_variance, balanced, batch_size):
-    center, stats_in, stats_out = _centred_stats(scores, keep)
-    examples = jnp.arange(scores.shape[1])
+@functools.partial(
+  jax.jit, static_argnames=("offline", "fix_variance", "balanced", "batch_size")
+)
+def _lira_miajax_loo(
+  scores, keep, *, offline, fix_variance, balanced, batch_size
+):
+  center, stats_in, stats_out = _centred_stats(scores, keep)
+  examples = jnp.arange(scores.shape[1])
 
-    def one_target(args):
-        x, k, t, r_in, r_out = args
-        y = x - center
-        if balanced:
-            # Both groups lose one model: the target its own, its partner the other.
-            drop_in = drop_out = jnp.ones_like(k)
-            y_in = scores[r_in, examples] - center
-            y_out = scores[r_out, examples] - center
-        else:
-            drop_in, drop_out, y_in, y_out = k, ~k, y, y
-        fit_out = _leave_out(stats_out, y_out, r_out, drop_out)
-        if offline:
-            return _lira_score(y, center, None, fit_out, True, fix_variance)
-        fit_in = _leave_out(stats_in, y_in, r_in, drop_in)
-        return _lira_score(y, center, fit_in, fit_out, False, fix_variance)
-
-    targets = jnp.arange(scores.shape[0])
+  def one_target(args):
+    x, k, t, r_in, r_out = args
+    y = x - center
     if balanced:
-        partner = _partners(keep)
-        own = targets[:, None]
-        r_in, r_out = jnp.where(keep, own, partner), jnp.where(keep, partner, own)
+      # Both groups lose one model: the target its own, its partner the other.
+      drop_in = drop_out = jnp.ones_like(k)
+      y_in = scores[r_in, examples] - center
+      y_out = scores[r_out, examples] - center
     else:
-        r_in = r_out = jnp.broadcast_to(targets[:, None], keep.shape)
-    return jax.lax.map(one_target, (scores, keep, targets, r_in, r_out), batch_size=batch_size)
+      drop_in, drop_out, y_in, y_out = k, ~k, y, y
+    fit_out = _leave_out(stats_out, y_out, r_out, drop_out)
+    if offline:
+      return _lira_score(y, center, None, fit_out, True, fix_variance)
+    fit_in = _leave_out(stats_in, y_in, r_in, drop_in)
+    return _lira_score(y, center, fit_in, fit_out, False, fix_variance)
+
+  targets = jnp.arange(scores.shape[0])
+  if balanced:
+    partner = _partners(keep)
+    own = targets[:, None]
+    r_in, r_out = jnp.where(keep, own, partner), jnp.where(keep, partner, own)
+  else:
+    r_in = r_out = jnp.broadcast_to(targets[:, None], keep.shape)
+  return jax.lax.map(
+    one_target, (scores, keep, targets, r_in, r_out), batch_size=batch_size
+  )
 
 
 # --------------------------------------------------------- LiRA (reference)
 
 
 def _reference_fit(x, mask):
-    """The reference's truncated fit of one group (float64).
+  """The reference's truncated fit of one group (float64).
 
-    x float[models, examples, queries], mask bool[models, examples] -> median
-    and ddof=0 std float[examples, queries] of the first n masked models of
-    each example in model order (n = smallest masked count over examples), and
-    the ddof=0 std of all those selected scores pooled (a scalar).
-    """
-    n = jnp.min(jnp.sum(mask, axis=0))
-    rank = jnp.cumsum(mask, axis=0) - 1
-    sel = (mask & (rank < n))[..., None]
-    ordered = jnp.sort(jnp.where(sel, x, jnp.inf), axis=0)
-    median = 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
-    nf = n.astype(x.dtype)
-    mean = jnp.sum(jnp.where(sel, x, 0), axis=0) / nf
-    std = jnp.sqrt(jnp.sum(jnp.where(sel, jnp.square(x - mean), 0), axis=0) / nf)
-    total = nf * x.shape[1] * x.shape[2]
-    pooled_mean = jnp.sum(jnp.where(sel, x, 0)) / total
-    pooled_std = jnp.sqrt(jnp.sum(jnp.where(sel, jnp.square(x - pooled_mean), 0)) / total)
-    return median, std, pooled_std
+  x float[models, examples, queries], mask bool[models, examples] -> median
+  and ddof=0 std float[examples, queries] of the first n masked models of
+  each example in model order (n = smallest masked count over examples), and
+  the ddof=0 std of all those selected scores pooled (a scalar).
+  """
+  n = jnp.min(jnp.sum(mask, axis=0))
+  rank = jnp.cumsum(mask, axis=0) - 1
+  sel = (mask & (rank < n))[..., None]
+  ordered = jnp.sort(jnp.where(sel, x, jnp.inf), axis=0)
+  median = 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+  nf = n.astype(x.dtype)
+  mean = jnp.sum(jnp.where(sel, x, 0), axis=0) / nf
+  std = jnp.sqrt(jnp.sum(jnp.where(sel, jnp.square(x - mean), 0), axis=0) / nf)
+  total = nf * x.shape[1] * x.shape[2]
+  pooled_mean = jnp.sum(jnp.where(sel, x, 0)) / total
+  pooled_std = jnp.sqrt(
+    jnp.sum(jnp.where(sel, jnp.square(x - pooled_mean), 0)) / total
+  )
+  return median, std, pooled_std
 
 
 def _gauss_logpdf(x, loc, scale):
-    return -0.5 * jnp.square((x - loc) / scale) - jnp.log(scale) - _HALF_LOG_2PI
+  return -0.5 * jnp.square((x - loc) / scale) - jnp.log(scale) - _HALF_LOG_2PI
 
 
 def _reference_score(shadow, in_mask, out_mask, target, offline, fix_variance):
-    """target float[..., examples, queries] -> float[..., examples]."""
-    med_out, std_out, pooled_out = _reference_fit(shadow, out_mask)
-    if offline:
-        s_out = (pooled_out if fix_variance else std_out) + 1e-30
-        return -jnp.mean(_gauss_logpdf(target, med_out, s_out), axis=-1)
-    med_in, std_in, pooled_in = _reference_fit(shadow, in_mask)
-    if fix_variance:
-        # The released code uses the pooled IN std for both fits.
-        s_in = s_out = pooled_in + 1e-30
-    else:
-        s_in, s_out = std_in + 1e-30, std_out + 1e-30
-    llr = _gauss_logpdf(target, med_in, s_in) - _gauss_logpdf(target, med_out, s_out)
-    return jnp.mean(llr, axis=-1)
+  """target float[..., examples, queries] -> float[..., examples]."""
+  med_out, std_out, pooled_out = _reference_fit(shadow, out_mask)
+  if offline:
+    s_out = (pooled_out if fix_variance else std_out) + 1e-30
+    return -jnp.mean(_gauss_logpdf(target, med_out, s_out), axis=-1)
+  med_in, std_in, pooled_in = _reference_fit(shadow, in_mask)
+  if fix_variance:
+    # The released code uses the pooled IN std for both fits.
+    s_in = s_out = pooled_in + 1e-30
+  else:
+    s_in, s_out = std_in + 1e-30, std_out + 1e-30
+  llr = _gauss_logpdf(target, med_in, s_in) - _gauss_logpdf(
+    target, med_out, s_out
+  )
+  return jnp.mean(llr, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("offline", "fix_variance"))
 def _lira_reference(shadow, keep, target, *, offline, fix_variance):
-    return _reference_score(shadow, keep, ~keep, target, offline, fix_variance)
+  return _reference_score(shadow, keep, ~keep, target, offline, fix_variance)
 
 
 @functools.partial(jax.jit, static_argnames=("offline", "fix_variance"))
 def _lira_reference_loo(scores, keep, *, offline, fix_variance):
-    models = jnp.arange(scores.shape[0])
+  models = jnp.arange(scores.shape[0])
 
-    def one_target(t):
-        shadow = (models != t)[:, None]
-        return _reference_score(
-            scores, keep & shadow, ~keep & shadow, scores[t], offline, fix_variance
-        )
+  def one_target(t):
+    shadow = (models != t)[:, None]
+    return _reference_score(
+      scores, keep & shadow, ~keep & shadow, scores[t], offline, fix_variance
+    )
 
-    return jax.lax.map(one_target, models)
+  return jax.lax.map(one_target, models)
 
 
 def _run_reference(fn, *arrays, **kwargs) -> np.ndarray:
-    with jax.enable_x64(True):
-        args = [jnp.asarray(np.asarray(a, np.float64) if a.dtype != np.bool_ else a) for a in arrays]
-        return np.asarray(fn(*args, **kwargs), dtype=np.float64)
+  with jax.enable_x64(True):
+    args = [
+      jnp.asarray(np.asarray(a, np.float64) if a.dtype != np.bool_ else a)
+      for a in arrays
+    ]
+    return np.asarray(fn(*args, **kwargs), dtype=np.float64)
 
 
 # ---------------------------------------------------------------- LiRA API
 
 
-def _lira(shadow_scores, shadow_keep, target_scores, *, offline, fix_variance, variant, name):
-    _check_variant(variant)
-    shadow, keep, target = _check_shadow_target(shadow_scores, shadow_keep, target_scores)
-    _check_lira_counts(
-        keep.sum(0), (~keep).sum(0), offline=offline, fix_variance=fix_variance,
-        context=f"{name}(variant={variant!r}, fix_variance={fix_variance})",
+def _lira(
+  shadow_scores,
+  shadow_keep,
+  target_scores,
+  *,
+  offline,
+  fix_variance,
+  variant,
+  name,
+):
+  _check_variant(variant)
+  shadow, keep, target = _check_shadow_target(
+    shadow_scores, shadow_keep, target_scores
+  )
+  _check_lira_counts(
+    keep.sum(0),
+    (~keep).sum(0),
+    offline=offline,
+    fix_variance=fix_variance,
+    context=f"{name}(variant={variant!r}, fix_variance={fix_variance})",
+  )
+  if variant == "reference":
+    return _run_reference(
+      _lira_reference,
+      shadow,
+      keep,
+      target,
+      offline=offline,
+      fix_variance=bool(fix_variance),
     )
-    if variant == "reference":
-        return _run_reference(
-            _lira_reference, shadow, keep, target, offline=offline, fix_variance=bool(fix_variance)
-        )
-    return _lira_miajax(
-        jnp.asarray(shadow, dtype=float), jnp.asarray(keep), jnp.asarray(target, dtype=float),
-        offline=offline, fix_variance=bool(fix_variance),
-        batch_size=_batch_size(*target.shape),
-    )
+  return _lira_miajax(
+    jnp.asarray(shadow, dtype=float),
+    jnp.asarray(keep),
+    jnp.asarray(target, dtype=float),
+    offline=offline,
+    fix_variance=bool(fix_variance),
+    batch_size=_batch_size(*target.shape),
+  )
 
 
-def lira_online(shadow_scores, shadow_keep, target_scores, *, fix_variance=False, variant="miajax"):
-    """LiRA online: Gaussian likelihood ratio of IN versus OUT shadow scores.
+def lira_online(
+  shadow_scores,
+  shadow_keep,
+  target_scores,
+  *,
+  fix_variance=False,
+  variant="miajax",
+):
+  """LiRA online: Gaussian likelihood ratio of IN versus OUT shadow scores.
 
-    Args:
-      shadow_scores: float[models, examples, queries], e.g. `scores.logit_scaled`.
-      shadow_keep: bool[models, examples], True where the shadow model trained on the example.
-      target_scores: float[targets, examples, queries], the attacked models' scores.
-      fix_variance: use one pooled variance per query (and per IN/OUT fit) for all
-        examples instead of per-example variances; better with few shadow models.
-      variant: "miajax" (sound version, module docstring) or "reference"
-        (tensorflow/privacy plot.py semantics, float64).
+  Args:
+    shadow_scores: float[models, examples, queries], e.g. `scores.logit_scaled`.
+    shadow_keep: bool[models, examples], True where the shadow model trained on the example.
+    target_scores: float[targets, examples, queries], the attacked models' scores.
+    fix_variance: use one pooled variance per query (and per IN/OUT fit) for all
+      examples instead of per-example variances; better with few shadow models.
+    variant: "miajax" (sound version, module docstring) or "reference"
+      (tensorflow/privacy plot.py semantics, float64).
 
-    Returns:
-      float[targets, examples]: mean over queries of log N(x; IN fit) - log N(x; OUT fit);
-      higher = member. float32 jax array ("miajax") or float64 numpy array ("reference").
+  Returns:
+    float[targets, examples]: mean over queries of log N(x; IN fit) - log N(x; OUT fit);
+    higher = member. float32 jax array ("miajax") or float64 numpy array ("reference").
 
-    Raises:
-      ValueError: bad shapes/dtypes, non-finite scores, or an example with fewer than
-        2 IN or 2 OUT shadow scores (1 with fix_variance=True).
-    """
-    return _lira(shadow_scores, shadow_keep, target_scores, offline=False,
-                 fix_variance=fix_variance, variant=variant, name="lira_online")
+  Raises:
+    ValueError: bad shapes/dtypes, non-finite scores, or an example with fewer than
+      2 IN or 2 OUT shadow scores (1 with fix_variance=True).
+  """
+  return _lira(
+    shadow_scores,
+    shadow_keep,
+    target_scores,
+    offline=False,
+    fix_variance=fix_variance,
+    variant=variant,
+    name="lira_online",
+  )
 
 
-def lira_offline(shadow_scores, shadow_keep, target_scores, *, fix_variance=False, variant="miajax"):
-    """LiRA offline: a test against the OUT shadow scores only.
+def lira_offline(
+  shadow_scores,
+  shadow_keep,
+  target_scores,
+  *,
+  fix_variance=False,
+  variant="miajax",
+):
+  """LiRA offline: a test against the OUT shadow scores only.
 
-    Args: as `lira_online` (`shadow_keep` only selects the OUT scores).
+  Args: as `lira_online` (`shadow_keep` only selects the OUT scores).
 
-    Returns:
-      float[targets, examples], higher = member: for "miajax" the one-sided
-      mean over queries of log Phi((x - mean_out) / std_out); for "reference" the
-      negated mean over queries of the two-sided Gaussian log density of the OUT fit.
+  Returns:
+    float[targets, examples], higher = member: for "miajax" the one-sided
+    mean over queries of log Phi((x - mean_out) / std_out); for "reference" the
+    negated mean over queries of the two-sided Gaussian log density of the OUT fit.
 
-    Raises:
-      ValueError: as `lira_online`, counting OUT shadow scores only.
-    """
-    return _lira(shadow_scores, shadow_keep, target_scores, offline=True,
-                 fix_variance=fix_variance, variant=variant, name="lira_offline")
+  Raises:
+    ValueError: as `lira_online`, counting OUT shadow scores only.
+  """
+  return _lira(
+    shadow_scores,
+    shadow_keep,
+    target_scores,
+    offline=True,
+    fix_variance=fix_variance,
+    variant=variant,
+    name="lira_offline",
+  )
 
 
 def global_threshold(target_scores):
-    """The global-threshold baseline: the score itself, averaged over queries.
+  """The global-threshold baseline: the score itself, averaged over queries.
 
-    Args:
-      target_scores: float[targets, examples, queries].
+  Args:
+    target_scores: float[targets, examples, queries].
 
-    Returns:
-      float[targets, examples], higher = member (same as the reference's
-      negated prediction).
-    """
-    target = _as_real(target_scores, "target_scores", 3)
-    return _mean_queries(jnp.asarray(target, dtype=float))
+  Returns:
+    float[targets, examples], higher = member (same as the reference's
+    negated prediction).
+  """
+  target = _as_real(target_scores, "target_scores", 3)
+  return _mean_queries(jnp.asarray(target, dtype=float))
 
 
 @jax.jit
 def _mean_queries(x):
-    return jnp.mean(x, axis=-1)
+  return jnp.mean(x, axis=-1)
 
 
 # ------------------------------------------------------------------- RMIA
 
 
 def _pr_offline(mean_out, a):
-    return 0.5 * ((1 + a) * mean_out + (1 - a))
+  return 0.5 * ((1 + a) * mean_out + (1 - a))
 
 
 def _rank_against_population(ratio_x, ratio_z, gamma):
-    """Fraction of z with ratio(x) / ratio(z) > gamma, i.e. ratio(z) < ratio(x) / gamma.
+  """Fraction of z with ratio(x) / ratio(z) > gamma, i.e. ratio(z) < ratio(x) / gamma.
 
-    ratio_x float[targets, examples], ratio_z float[targets, population] -> float[targets, examples].
-    """
-    # Ratios are >= 0 and never nan; there (abs turns -0.0 into +0.0) the IEEE bit
-    # patterns read as signed integers keep the order, and XLA's CPU sort is
-    # several times faster on integers than on floats.
-    key = jnp.dtype(f"int{8 * ratio_z.dtype.itemsize}")
-    ordered = jax.lax.sort(jax.lax.bitcast_convert_type(jnp.abs(ratio_z), key),
-                           dimension=ratio_z.ndim - 1)
-    queries = jax.lax.bitcast_convert_type(jnp.abs(ratio_x / gamma).astype(ratio_z.dtype), key)
-    below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(ordered, queries)
-    return below.astype(ratio_x.dtype) / ratio_z.shape[-1]
+  ratio_x float[targets, examples], ratio_z float[targets, population] -> float[targets, examples].
+  """
+  # Ratios are >= 0 and never nan; there (abs turns -0.0 into +0.0) the IEEE bit
+  # patterns read as signed integers keep the order, and XLA's CPU sort is
+  # several times faster on integers than on floats.
+  key = jnp.dtype(f"int{8 * ratio_z.dtype.itemsize}")
+  ordered = jax.lax.sort(
+    jax.lax.bitcast_convert_type(jnp.abs(ratio_z), key),
+    dimension=ratio_z.ndim - 1,
+  )
+  queries = jax.lax.bitcast_convert_type(
+    jnp.abs(ratio_x / gamma).astype(ratio_z.dtype), key
+  )
+  below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(
+    ordered, queries
+  )
+  return below.astype(ratio_x.dtype) / ratio_z.shape[-1]
 
 
 @functools.partial(jax.jit, static_argnames=("offline",))
-def _rmia_core(p_shadow, keep, p_target, pz_shadow, pz_target, a, gamma, *, offline):
+def _rmia_core(
+  p_shadow, keep, p_target, pz_shadow, pz_target, a, gamma, *, offline
+):
+  if offline:
+    out = ~keep
+    mean_out = jnp.sum(jnp.where(out, p_shadow, 0), axis=0) / jnp.sum(
+      out, axis=0
+    )
+    pr_x = _pr_offline(mean_out, a)
+  else:
+    pr_x = jnp.mean(p_shadow, axis=0)
+  ratio_x = p_target / jnp.maximum(pr_x, _TINY)
+  if pz_shadow is None:
+    ratio_z = ratio_x
+  else:
+    pr_z = jnp.mean(pz_shadow, axis=0)
     if offline:
-        out = ~keep
-        mean_out = jnp.sum(jnp.where(out, p_shadow, 0), axis=0) / jnp.sum(out, axis=0)
-        pr_x = _pr_offline(mean_out, a)
-    else:
-        pr_x = jnp.mean(p_shadow, axis=0)
-    ratio_x = p_target / jnp.maximum(pr_x, _TINY)
-    if pz_shadow is None:
-        ratio_z = ratio_x
-    else:
-        pr_z = jnp.mean(pz_shadow, axis=0)
-        if offline:
-            pr_z = _pr_offline(pr_z, a)
-        ratio_z = pz_target / jnp.maximum(pr_z, _TINY)
-    return _rank_against_population(ratio_x, ratio_z, gamma)
+      pr_z = _pr_offline(pr_z, a)
+    ratio_z = pz_target / jnp.maximum(pr_z, _TINY)
+  return _rank_against_population(ratio_x, ratio_z, gamma)
 
 
 @functools.partial(jax.jit, static_argnames=("offline",))
 def _rmia_loo_core(p, keep, pz, a, gamma, *, offline):
-    models = p.shape[0]
+  models = p.shape[0]
+  if offline:
+    out = (~keep).astype(p.dtype)
+    sum_out = jnp.sum(p * out, axis=0)
+    n_out = jnp.sum(out, axis=0)
+    pr_x = _pr_offline((sum_out - p * out) / jnp.maximum(n_out - out, 1), a)
+  else:
+    pr_x = (jnp.sum(p, axis=0) - p) / (models - 1)
+  ratio_x = p / jnp.maximum(pr_x, _TINY)
+  if pz is None:
+    ratio_z = ratio_x
+  else:
+    pr_z = (jnp.sum(pz, axis=0) - pz) / (models - 1)
     if offline:
-        out = (~keep).astype(p.dtype)
-        sum_out = jnp.sum(p * out, axis=0)
-        n_out = jnp.sum(out, axis=0)
-        pr_x = _pr_offline((sum_out - p * out) / jnp.maximum(n_out - out, 1), a)
-    else:
-        pr_x = (jnp.sum(p, axis=0) - p) / (models - 1)
-    ratio_x = p / jnp.maximum(pr_x, _TINY)
-    if pz is None:
-        ratio_z = ratio_x
-    else:
-        pr_z = (jnp.sum(pz, axis=0) - pz) / (models - 1)
-        if offline:
-            pr_z = _pr_offline(pr_z, a)
-        ratio_z = pz / jnp.maximum(pr_z, _TINY)
-    return _rank_against_population(ratio_x, ratio_z, gamma)
+      pr_z = _pr_offline(pr_z, a)
+    ratio_z = pz / jnp.maximum(pr_z, _TINY)
+  return _rank_against_population(ratio_x, ratio_z, gamma)
 
 
 def _as_prob(x, name):
-    arr = _as_real(x, name, 3)
-    if arr.size and (arr.min() < 0 or arr.max() > 1 + 1e-6):
-        raise ValueError(
-            f"{name} must hold true-label probabilities in [0, 1] (e.g. scores.confidence), "
-            f"got values in [{arr.min():.4g}, {arr.max():.4g}]"
-        )
-    return arr
+  arr = _as_real(x, name, 3)
+  if arr.size and (arr.min() < 0 or arr.max() > 1 + 1e-6):
+    raise ValueError(
+      f"{name} must hold true-label probabilities in [0, 1] (e.g. scores.confidence), "
+      f"got values in [{arr.min():.4g}, {arr.max():.4g}]"
+    )
+  return arr
 
 
 def _check_rmia_params(a, gamma):
-    if not 0 <= a <= 1:
-        raise ValueError(f"a must be in [0, 1], got {a}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+  if not 0 <= a <= 1:
+    raise ValueError(f"a must be in [0, 1], got {a}")
+  if not gamma > 0:
+    raise ValueError(f"gamma must be > 0, got {gamma}")
 
 
-def rmia(shadow_conf, shadow_keep, target_conf, *, a=0.3, gamma=2.0, population_conf=None,
-         offline=False):
-    """RMIA (Zarifzadeh, Liu, Shokri, ICML 2024) on true-label probabilities.
+def rmia(
+  shadow_conf,
+  shadow_keep,
+  target_conf,
+  *,
+  a=0.3,
+  gamma=2.0,
+  population_conf=None,
+  offline=False,
+):
+  """RMIA (Zarifzadeh, Liu, Shokri, ICML 2024) on true-label probabilities.
 
-    Args:
-      shadow_conf: float[models, examples, queries], reference models' p_y in [0, 1]
-        (e.g. `scores.confidence`); averaged over queries.
-      shadow_keep: bool[models, examples]; used offline (OUT models only).
-      target_conf: float[targets, examples, queries], the attacked models' p_y.
-      a: offline approximation Pr(x) = ((1 + a) * mean_OUT + (1 - a)) / 2.
-      gamma: a population sample z counts when ratio(x) / ratio(z) > gamma.
-      population_conf: None (the examples themselves are the population) or a pair
-        (float[models, population, queries] of the reference models,
-        float[targets, population, queries] of the targets) on samples that no
-        model trained on; their Pr(z) is the mean over all reference models
-        (with the same offline approximation when offline=True).
-      offline: use only OUT reference models for Pr(x).
+  Args:
+    shadow_conf: float[models, examples, queries], reference models' p_y in [0, 1]
+      (e.g. `scores.confidence`); averaged over queries.
+    shadow_keep: bool[models, examples]; used offline (OUT models only).
+    target_conf: float[targets, examples, queries], the attacked models' p_y.
+    a: offline approximation Pr(x) = ((1 + a) * mean_OUT + (1 - a)) / 2.
+    gamma: a population sample z counts when ratio(x) / ratio(z) > gamma.
+    population_conf: None (the examples themselves are the population) or a pair
+      (float[models, population, queries] of the reference models,
+      float[targets, population, queries] of the targets) on samples that no
+      model trained on; their Pr(z) is the mean over all reference models
+      (with the same offline approximation when offline=True).
+    offline: use only OUT reference models for Pr(x).
 
-    Returns:
-      float[targets, examples] in [0, 1]: fraction of population samples the
-      example dominates; higher = member. float32 jax array.
+  Returns:
+    float[targets, examples] in [0, 1]: fraction of population samples the
+    example dominates; higher = member. float32 jax array.
 
-    Raises:
-      ValueError: bad shapes/dtypes, probabilities outside [0, 1], non-finite values,
-        or (offline) an example without OUT reference models.
-    """
-    _check_rmia_params(a, gamma)
-    shadow, keep, target = _check_shadow_target(
-        shadow_conf, shadow_keep, target_conf, names=("shadow_conf", "shadow_keep", "target_conf"))
-    shadow = _as_prob(shadow, "shadow_conf")
-    target = _as_prob(target, "target_conf")
-    if offline:
-        _check_counts((~keep).sum(0), 1, "OUT", "rmia(offline=True)",
-                      "Train more reference models or use offline=False.")
-    pz_shadow = pz_target = None
-    if population_conf is not None:
-        if not isinstance(population_conf, (tuple, list)) or len(population_conf) != 2:
-            raise ValueError("population_conf must be a pair (reference probabilities "
-                             "[models, population, queries], target probabilities "
-                             "[targets, population, queries])")
-        zs = _as_prob(population_conf[0], "population_conf[0]")
-        zt = _as_prob(population_conf[1], "population_conf[1]")
-        if zs.shape[0] != shadow.shape[0] or zs.shape[2] != shadow.shape[2] or zs.shape[1] < 1:
-            raise ValueError(f"population_conf[0] must have shape [{shadow.shape[0]}, population, "
-                             f"{shadow.shape[2]}], got {zs.shape}")
-        if zt.shape != (target.shape[0],) + zs.shape[1:]:
-            raise ValueError(f"population_conf[1] must have shape "
-                             f"{(target.shape[0],) + zs.shape[1:]}, got {zt.shape}")
-        pz_shadow = jnp.mean(jnp.asarray(zs, dtype=float), axis=-1)
-        pz_target = jnp.mean(jnp.asarray(zt, dtype=float), axis=-1)
-    return _rmia_core(
-        jnp.mean(jnp.asarray(shadow, dtype=float), axis=-1), jnp.asarray(keep),
-        jnp.mean(jnp.asarray(target, dtype=float), axis=-1), pz_shadow, pz_target,
-        float(a), float(gamma), offline=bool(offline),
+  Raises:
+    ValueError: bad shapes/dtypes, probabilities outside [0, 1], non-finite values,
+      or (offline) an example without OUT reference models.
+  """
+  _check_rmia_params(a, gamma)
+  shadow, keep, target = _check_shadow_target(
+    shadow_conf,
+    shadow_keep,
+    target_conf,
+    names=("shadow_conf", "shadow_keep", "target_conf"),
+  )
+  shadow = _as_prob(shadow, "shadow_conf")
+  target = _as_prob(target, "target_conf")
+  if offline:
+    _check_counts(
+      (~keep).sum(0),
+      1,
+      "OUT",
+      "rmia(offline=True)",
+      "Train more reference models or use offline=False.",
     )
+  pz_shadow = pz_target = None
+  if population_conf is not None:
+    if (
+      not isinstance(population_conf, (tuple, list))
+      or len(population_conf) != 2
+    ):
+      raise ValueError(
+        "population_conf must be a pair (reference probabilities "
+        "[models, population, queries], target probabilities "
+        "[targets, population, queries])"
+      )
+    zs = _as_prob(population_conf[0], "population_conf[0]")
+    zt = _as_prob(population_conf[1], "population_conf[1]")
+    if (
+      zs.shape[0] != shadow.shape[0]
+      or zs.shape[2] != shadow.shape[2]
+      or zs.shape[1] < 1
+    ):
+      raise ValueError(
+        f"population_conf[0] must have shape [{shadow.shape[0]}, population, "
+        f"{shadow.shape[2]}], got {zs.shape}"
+      )
+    if zt.shape != (target.shape[0],) + zs.shape[1:]:
+      raise ValueError(
+        f"population_conf[1] must have shape "
+        f"{(target.shape[0],) + zs.shape[1:]}, got {zt.shape}"
+      )
+    pz_shadow = jnp.mean(jnp.asarray(zs, dtype=float), axis=-1)
+    pz_target = jnp.mean(jnp.asarray(zt, dtype=float), axis=-1)
+  return _rmia_core(
+    jnp.mean(jnp.asarray(shadow, dtype=float), axis=-1),
+    jnp.asarray(keep),
+    jnp.mean(jnp.asarray(target, dtype=float), axis=-1),
+    pz_shadow,
+    pz_target,
+    float(a),
+    float(gamma),
+    offline=bool(offline),
+  )
 
 
 # ---------------------------------------------------------- leave-one-out
 
 
-def leave_one_out(scores, keep, *, attack="lira_online", fix_variance=False, variant="miajax",
-                  balanced=True, a=0.3, gamma=2.0, population=None):
-    """Every model in turn is the target, all the other models its shadows.
+def leave_one_out(
+  scores,
+  keep,
+  *,
+  attack="lira_online",
+  fix_variance=False,
+  variant="miajax",
+  balanced=True,
+  a=0.3,
+  gamma=2.0,
+  population=None,
+):
+  """Every model in turn is the target, all the other models its shadows.
 
-    Args:
-      scores: float[models, examples, queries]: LiRA scores (e.g. `logit_scaled`) for the
-        LiRA attacks and global_threshold, true-label probabilities for the RMIA ones.
-      keep: bool[models, examples]; also the membership labels of the pooled ROC.
-      attack: one of "lira_online", "lira_offline", "global_threshold", "rmia",
-        "rmia_offline".
-      fix_variance: LiRA only (see `lira_online`).
-      variant: "miajax" or "reference" (LiRA; global_threshold is the same in both;
-        RMIA has only "miajax").
-      balanced: LiRA with variant="miajax" only. True (default): for target t each
-        example's other group (OUT if t trained on it, else IN) also leaves out one
-        model (`leave_one_out_partners`), so the IN and OUT fits lose one model each
-        and a design with equal IN counts stays balanced. False: all other
-        models are shadows, and the fit of the target's own group always has one
-        model fewer, which biases the test against members under the null (module
-        docstring).
-      a, gamma: RMIA parameters (see `rmia`).
-      population: RMIA only: None (the examples stand in for the population) or
-        float[models, population, queries], every model's probabilities on samples
-        that no model trained on.
+  Args:
+    scores: float[models, examples, queries]: LiRA scores (e.g. `logit_scaled`) for the
+      LiRA attacks and global_threshold, true-label probabilities for the RMIA ones.
+    keep: bool[models, examples]; also the membership labels of the pooled ROC.
+    attack: one of "lira_online", "lira_offline", "global_threshold", "rmia",
+      "rmia_offline".
+    fix_variance: LiRA only (see `lira_online`).
+    variant: "miajax" or "reference" (LiRA; global_threshold is the same in both;
+      RMIA has only "miajax").
+    balanced: LiRA with variant="miajax" only. True (default): for target t each
+      example's other group (OUT if t trained on it, else IN) also leaves out one
+      model (`leave_one_out_partners`), so the IN and OUT fits lose one model each
+      and a design with equal IN counts stays balanced. False: all other
+      models are shadows, and the fit of the target's own group always has one
+      model fewer, which biases the test against members under the null (module
+      docstring).
+    a, gamma: RMIA parameters (see `rmia`).
+    population: RMIA only: None (the examples stand in for the population) or
+      float[models, population, queries], every model's probabilities on samples
+      that no model trained on.
 
-    Returns:
-      float[models, examples], row t = the attack on model t with the others as
-      shadows; higher = member. Pool it with `keep` for one ROC.
+  Returns:
+    float[models, examples], row t = the attack on model t with the others as
+    shadows; higher = member. Pool it with `keep` for one ROC.
 
-    Raises:
-      ValueError: bad arguments, or an example left with too few IN/OUT shadow
-        scores once a target is removed (LiRA: 2, or 1 with fix_variance; so an
-        example needs 3 IN models if any model trained on it).
-    """
-    if attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
-    _check_variant(variant)
-    x = _as_real(scores, "scores", 3)
-    if x.shape[0] < 2:
-        raise ValueError(f"leave_one_out needs at least 2 models, got scores of shape {x.shape}")
-    k = _as_keep(keep, "keep", x.shape[:2])
-    is_lira = attack.startswith("lira")
-    if fix_variance and not is_lira:
-        raise ValueError(f"fix_variance applies to the LiRA attacks only, not {attack!r}")
-    if population is not None and not attack.startswith("rmia"):
-        raise ValueError(f"population applies to the RMIA attacks only, not {attack!r}")
-
-    if attack == "global_threshold":
-        return global_threshold(x)
-
-    n_in, n_out = k.sum(0), (~k).sum(0)
-    # The fewest IN (OUT) shadows any target leaves an example with.
-    loo_in, loo_out = n_in - (n_in > 0), n_out - (n_out > 0)
-    if is_lira:
-        offline = attack == "lira_offline"
-        _check_lira_counts(
-            loo_in, loo_out, offline=offline, fix_variance=fix_variance,
-            context=f"leave_one_out({attack!r}, variant={variant!r}, fix_variance={fix_variance}) "
-                    "after removing the target,",
-            keep_name="keep",
-        )
-        if variant == "reference":
-            return _run_reference(
-                _lira_reference_loo, x, k, offline=offline, fix_variance=bool(fix_variance))
-        return _lira_miajax_loo(
-            jnp.asarray(x, dtype=float), jnp.asarray(k), offline=offline,
-            fix_variance=bool(fix_variance), balanced=bool(balanced),
-            batch_size=_batch_size(*x.shape),
-        )
-
-    if variant != "miajax":
-        raise ValueError(f"{attack} has only variant='miajax', got {variant!r}")
-    _check_rmia_params(a, gamma)
-    x = _as_prob(x, "scores")
-    offline = attack == "rmia_offline"
-    if offline:
-        _check_counts(loo_out, 1, "OUT", f"leave_one_out({attack!r}) after removing the target,",
-                      "Train more models.", keep_name="keep")
-    pz = None
-    if population is not None:
-        z = _as_prob(population, "population")
-        if z.shape[0] != x.shape[0] or z.shape[2] != x.shape[2] or z.shape[1] < 1:
-            raise ValueError(f"population must have shape [{x.shape[0]}, population, "
-                             f"{x.shape[2]}], got {z.shape}")
-        pz = jnp.mean(jnp.asarray(z, dtype=float), axis=-1)
-    return _rmia_loo_core(
-        jnp.mean(jnp.asarray(x, dtype=float), axis=-1), jnp.asarray(k), pz,
-        float(a), float(gamma), offline=offline,
+  Raises:
+    ValueError: bad arguments, or an example left with too few IN/OUT shadow
+      scores once a target is removed (LiRA: 2, or 1 with fix_variance; so an
+      example needs 3 IN models if any model trained on it).
+  """
+  if attack not in ATTACKS:
+    raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+  _check_variant(variant)
+  x = _as_real(scores, "scores", 3)
+  if x.shape[0] < 2:
+    raise ValueError(
+      f"leave_one_out needs at least 2 models, got scores of shape {x.shape}"
     )
+  k = _as_keep(keep, "keep", x.shape[:2])
+  is_lira = attack.startswith("lira")
+  if fix_variance and not is_lira:
+    raise ValueError(
+      f"fix_variance applies to the LiRA attacks only, not {attack!r}"
+    )
+  if population is not None and not attack.startswith("rmia"):
+    raise ValueError(
+      f"population applies to the RMIA attacks only, not {attack!r}"
+    )
+
+  if attack == "global_threshold":
+    return global_threshold(x)
+
+  n_in, n_out = k.sum(0), (~k).sum(0)
+  # The fewest IN (OUT) shadows any target leaves an example with.
+  loo_in, loo_out = n_in - (n_in > 0), n_out - (n_out > 0)
+  if is_lira:
+    offline = attack == "lira_offline"
+    _check_lira_counts(
+      loo_in,
+      loo_out,
+      offline=offline,
+      fix_variance=fix_variance,
+      context=f"leave_one_out({attack!r}, variant={variant!r}, fix_variance={fix_variance}) "
+      "after removing the target,",
+      keep_name="keep",
+    )
+    if variant == "reference":
+      return _run_reference(
+        _lira_reference_loo,
+        x,
+        k,
+        offline=offline,
+        fix_variance=bool(fix_variance),
+      )
+    return _lira_miajax_loo(
+      jnp.asarray(x, dtype=float),
+      jnp.asarray(k),
+      offline=offline,
+      fix_variance=bool(fix_variance),
+      balanced=bool(balanced),
+      batch_size=_batch_size(*x.shape),
+    )
+
+  if variant != "miajax":
+    raise ValueError(f"{attack} has only variant='miajax', got {variant!r}")
+  _check_rmia_params(a, gamma)
+  x = _as_prob(x, "scores")
+  offline = attack == "rmia_offline"
+  if offline:
+    _check_counts(
+      loo_out,
+      1,
+      "OUT",
+      f"leave_one_out({attack!r}) after removing the target,",
+      "Train more models.",
+      keep_name="keep",
+    )
+  pz = None
+  if population is not None:
+    z = _as_prob(population, "population")
+    if z.shape[0] != x.shape[0] or z.shape[2] != x.shape[2] or z.shape[1] < 1:
+      raise ValueError(
+        f"population must have shape [{x.shape[0]}, population, "
+        f"{x.shape[2]}], got {z.shape}"
+      )
+    pz = jnp.mean(jnp.asarray(z, dtype=float), axis=-1)
+  return _rmia_loo_core(
+    jnp.mean(jnp.asarray(x, dtype=float), axis=-1),
+    jnp.asarray(k),
+    pz,
+    float(a),
+    float(gamma),
+    offline=offline,
+  )

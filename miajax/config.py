@@ -39,8 +39,15 @@ import optax
 from miajax import defenses as defenses_lib
 from miajax import models as models_lib
 
-__all__ = ["TrainConfig", "ModelFns", "model_fns", "make_optimizer", "example_loss", "state_collections",
-           "model_fingerprint"]
+__all__ = [
+  "TrainConfig",
+  "ModelFns",
+  "model_fns",
+  "make_optimizer",
+  "example_loss",
+  "state_collections",
+  "model_fingerprint",
+]
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -88,9 +95,13 @@ class TrainConfig:
   augment: bool = False  # random flip + reflect-pad-4 crop (images only)
   models_per_step: int | None = None  # None: the memory planner picks
   steps_per_call: int | None = None  # None: one epoch per call
-  microbatch_size: int | None = None  # gradient accumulation inside a step; None: the lowering decides
+  microbatch_size: int | None = (
+    None  # gradient accumulation inside a step; None: the lowering decides
+  )
   compute_dtype: str = "float32"  # or "bfloat16" (float32 master weights)
-  model_axis: str | None = None  # "vmap", "unroll" or "loop"; None: the lowering decides
+  model_axis: str | None = (
+    None  # "vmap", "unroll" or "loop"; None: the lowering decides
+  )
   seed: int = 0
   defense: Any = None  # a miajax.defenses value; None means no defense
   loss: Callable | None = None
@@ -126,75 +137,127 @@ class TrainConfig:
     if self.model_name:
       return self.model_name
     obj = self.model if isinstance(self.model, nn.Module) else self.model[0]
-    return type(obj).__name__ if isinstance(obj, nn.Module) else getattr(obj, "__qualname__", repr(obj))
+    return (
+      type(obj).__name__
+      if isinstance(obj, nn.Module)
+      else getattr(obj, "__qualname__", repr(obj))
+    )
 
   def describe_optimizer(self) -> str:
     if self.builtin_optimizer:
       return self.optimizer
-    return getattr(self.optimizer, "__qualname__", type(self.optimizer).__name__)
+    return getattr(
+      self.optimizer, "__qualname__", type(self.optimizer).__name__
+    )
 
   def validate(self) -> None:
     _check_model(self)
     if self.builtin_optimizer:
       if self.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, an optax.GradientTransformation or a "
-                         f"function steps_per_epoch -> GradientTransformation, got {self.optimizer!r}")
-    elif not (isinstance(self.optimizer, optax.GradientTransformation) or callable(self.optimizer)):
-      raise ValueError(f"optimizer must be one of {OPTIMIZERS}, an optax.GradientTransformation or a function "
-                       f"steps_per_epoch -> GradientTransformation, got {type(self.optimizer).__name__}")
+        raise ValueError(
+          f"optimizer must be one of {OPTIMIZERS}, an optax.GradientTransformation or a "
+          f"function steps_per_epoch -> GradientTransformation, got {self.optimizer!r}"
+        )
+    elif not (
+      isinstance(self.optimizer, optax.GradientTransformation)
+      or callable(self.optimizer)
+    ):
+      raise ValueError(
+        f"optimizer must be one of {OPTIMIZERS}, an optax.GradientTransformation or a function "
+        f"steps_per_epoch -> GradientTransformation, got {type(self.optimizer).__name__}"
+      )
     if self.loss is not None and not callable(self.loss):
-      raise ValueError(f"loss must be a function loss(logits, labels) -> float[batch] or None, got {self.loss!r}")
+      raise ValueError(
+        f"loss must be a function loss(logits, labels) -> float[batch] or None, got {self.loss!r}"
+      )
     if self.loss is not None and defenses_lib.maps_targets(self._defense()):
-      raise ValueError("loss: a custom loss takes integer labels, so it cannot be combined with a defense that "
-                       f"changes the targets ({defenses_lib.short_name(self._defense())}); fold the soft "
-                       "targets into your loss instead")
+      raise ValueError(
+        "loss: a custom loss takes integer labels, so it cannot be combined with a defense that "
+        f"changes the targets ({defenses_lib.short_name(self._defense())}); fold the soft "
+        "targets into your loss instead"
+      )
     if self.schedule not in ("cosine", "constant"):
-      raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+      raise ValueError(
+        f"schedule must be 'cosine' or 'constant', got {self.schedule!r}"
+      )
     for name in ("epochs", "batch_size"):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+      ):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-      raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate!r}")
+      raise ValueError(
+        f"learning_rate must be positive and finite, got {self.learning_rate!r}"
+      )
     if self.weight_decay < 0:
       raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
     if self.models_per_step is not None and self.models_per_step < 1:
-      raise ValueError(f"models_per_step must be >= 1 or None, got {self.models_per_step!r}")
+      raise ValueError(
+        f"models_per_step must be >= 1 or None, got {self.models_per_step!r}"
+      )
     if self.steps_per_call is not None and self.steps_per_call < 1:
-      raise ValueError(f"steps_per_call must be >= 1 or None, got {self.steps_per_call!r}")
+      raise ValueError(
+        f"steps_per_call must be >= 1 or None, got {self.steps_per_call!r}"
+      )
     if self.microbatch_size is not None:
       m = self.microbatch_size
-      if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 or self.batch_size % m:
-        raise ValueError(f"microbatch_size must be a positive divisor of batch_size ({self.batch_size}) "
-                         f"or None, got {m!r}")
+      if (
+        isinstance(m, bool)
+        or not isinstance(m, (int, np.integer))
+        or m < 1
+        or self.batch_size % m
+      ):
+        raise ValueError(
+          f"microbatch_size must be a positive divisor of batch_size ({self.batch_size}) "
+          f"or None, got {m!r}"
+        )
       if m != self.batch_size and self.uses_batch_norm():
-        raise ValueError(f"microbatch_size must be None or batch_size for {self.model!r}: its batch "
-                         "norm statistics would be computed per micro-batch")
+        raise ValueError(
+          f"microbatch_size must be None or batch_size for {self.model!r}: its batch "
+          "norm statistics would be computed per micro-batch"
+        )
     if self.model_axis not in (None, "vmap", "unroll", "loop"):
-      raise ValueError(f"model_axis must be 'vmap', 'unroll', 'loop' or None, got {self.model_axis!r}")
+      raise ValueError(
+        f"model_axis must be 'vmap', 'unroll', 'loop' or None, got {self.model_axis!r}"
+      )
     if self.compute_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+      raise ValueError(
+        f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}"
+      )
 
 
 def _check_model(config: TrainConfig) -> None:
   m = config.model
   if isinstance(m, str):
     if m not in models_lib.MODEL_NAMES:
-      raise ValueError(f"model must be one of {list(models_lib.MODEL_NAMES)}, a flax.linen.Module or a pair "
-                       f"(init, apply), got {m!r}")
+      raise ValueError(
+        f"model must be one of {list(models_lib.MODEL_NAMES)}, a flax.linen.Module or a pair "
+        f"(init, apply), got {m!r}"
+      )
     return
   if isinstance(m, nn.Module):
     pass
-  elif isinstance(m, (tuple, list)) and len(m) == 2 and all(callable(f) for f in m):
+  elif (
+    isinstance(m, (tuple, list)) and len(m) == 2 and all(callable(f) for f in m)
+  ):
     pass
   else:
-    raise ValueError(f"model must be one of {list(models_lib.MODEL_NAMES)}, a flax.linen.Module or a pair "
-                     f"(init, apply) of functions, got {type(m).__name__}")
+    raise ValueError(
+      f"model must be one of {list(models_lib.MODEL_NAMES)}, a flax.linen.Module or a pair "
+      f"(init, apply) of functions, got {type(m).__name__}"
+    )
   if config.model_kwargs:
-    raise ValueError("model_kwargs apply to registry models only; configure your own model before passing it")
+    raise ValueError(
+      "model_kwargs apply to registry models only; configure your own model before passing it"
+    )
   if defenses_lib.dropout_rate(config._defense()):
-    raise ValueError("the dropout defense sets the dropout of registry models only; put dropout in your own "
-                     "model (it gets the 'dropout' RNG stream when train=True)")
+    raise ValueError(
+      "the dropout defense sets the dropout of registry models only; put dropout in your own "
+      "model (it gets the 'dropout' RNG stream when train=True)"
+    )
 
 
 def _takes(fn, name: str) -> bool:
@@ -209,7 +272,11 @@ def _module_fns(module: nn.Module) -> ModelFns:
 
   def init(key, x):
     kw = {"train": False} if takes_train else {}
-    return dict(module.init({"params": key, "dropout": jax.random.fold_in(key, 1)}, x, **kw))
+    return dict(
+      module.init(
+        {"params": key, "dropout": jax.random.fold_in(key, 1)}, x, **kw
+      )
+    )
 
   def apply(variables, x, *, train, rngs=None, mutable=()):
     kw = {"train": train} if takes_train else {}
@@ -221,7 +288,9 @@ def _module_fns(module: nn.Module) -> ModelFns:
 
 
 @functools.lru_cache(maxsize=64)
-def model_fns(config: TrainConfig, num_classes: int, *, conv_impl: str | None = None) -> ModelFns:
+def model_fns(
+  config: TrainConfig, num_classes: int, *, conv_impl: str | None = None
+) -> ModelFns:
   """The config's model as a :class:`ModelFns` (cached: the same functions, hence compilations, per config).
 
   ``conv_impl`` picks the convolution lowering of registry models (see
@@ -231,14 +300,18 @@ def model_fns(config: TrainConfig, num_classes: int, *, conv_impl: str | None = 
     kwargs = config.model_kwargs_dict()
     if conv_impl is not None and config.model != "mlp":
       kwargs.setdefault("conv_impl", conv_impl)
-    return _module_fns(models_lib.get_model(config.model, num_classes, **kwargs))
+    return _module_fns(
+      models_lib.get_model(config.model, num_classes, **kwargs)
+    )
   if isinstance(config.model, nn.Module):
     return _module_fns(config.model)
   init, apply = config.model
 
   def apply_pair(variables, x, *, train, rngs=None, mutable=()):
     if mutable:
-      raise ValueError("a plain (init, apply) model cannot update state during training; use a Flax module")
+      raise ValueError(
+        "a plain (init, apply) model cannot update state during training; use a Flax module"
+      )
     return apply(variables, x, train=train, rngs=rngs)
 
   return ModelFns(lambda key, x: dict(init(key, x)), apply_pair, False)
@@ -248,12 +321,17 @@ def state_collections(fns: ModelFns, input_shape: tuple) -> tuple[str, ...]:
   """Collections a training step updates: a Flax module's non-parameter collections (traced, not run)."""
   if not fns.is_module:
     return ()
-  shapes = jax.eval_shape(fns.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1,) + tuple(input_shape),
-                                                                               jnp.float32))
+  shapes = jax.eval_shape(
+    fns.init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32),
+  )
   return tuple(sorted(k for k in shapes if k != "params"))
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, bool]:
+def make_optimizer(
+  config: TrainConfig, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, bool]:
   """``(transformation, scaled)``.
 
   Built-in optimizers come with a *unit* peak learning rate and ``scaled=True``:
@@ -265,21 +343,35 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gra
       return config.optimizer, False
     tx = config.optimizer(steps_per_epoch)
     if not isinstance(tx, optax.GradientTransformation):
-      raise ValueError(f"optimizer({steps_per_epoch}) must return an optax.GradientTransformation, got "
-                       f"{type(tx).__name__}")
+      raise ValueError(
+        f"optimizer({steps_per_epoch}) must return an optax.GradientTransformation, got "
+        f"{type(tx).__name__}"
+      )
     return tx, False
   total = config.epochs * steps_per_epoch
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   if config.schedule == "cosine":
     if warmup:
-      sched = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total, warmup + 1), 0.0)
+      sched = optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, warmup, max(total, warmup + 1), 0.0
+      )
     else:  # optax warns about a zero-step warm-up; a plain cosine is the same schedule
       sched = optax.cosine_decay_schedule(1.0, max(total, 1), 0.0)
   else:
-    sched = optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)],
-                                 [warmup]) if warmup else optax.constant_schedule(1.0)
+    sched = (
+      optax.join_schedules(
+        [optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)],
+        [warmup],
+      )
+      if warmup
+      else optax.constant_schedule(1.0)
+    )
   if config.optimizer == "sgd":
-    parts = [optax.add_decayed_weights(config.weight_decay)] if config.weight_decay else []
+    parts = (
+      [optax.add_decayed_weights(config.weight_decay)]
+      if config.weight_decay
+      else []
+    )
     if config.momentum:
       parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
   else:
@@ -301,11 +393,20 @@ def example_loss(config: TrainConfig, logits, labels):
   return jnp.asarray(config.loss(logits, labels), jnp.float32) + extra
 
 
-def model_fingerprint(config: TrainConfig, input_shape: tuple, num_classes: int) -> dict:
+def model_fingerprint(
+  config: TrainConfig, input_shape: tuple, num_classes: int
+) -> dict:
   """JSON identity of a user model for run directories: its name and parameter tree shapes and dtypes."""
   fns = model_fns(config, num_classes)
-  shapes = jax.eval_shape(fns.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32))
+  shapes = jax.eval_shape(
+    fns.init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32),
+  )
   leaves = jax.tree_util.tree_leaves_with_path(shapes)
-  return {"name": config.describe_model(),
-          "variables": {jax.tree_util.keystr(p): [list(a.shape), str(a.dtype)] for p, a in leaves}}
+  return {
+    "name": config.describe_model(),
+    "variables": {
+      jax.tree_util.keystr(p): [list(a.shape), str(a.dtype)] for p, a in leaves
+    },
+  }

@@ -43,8 +43,14 @@ def use_all_cores(max_devices: int = 8) -> int:
   correctness one.  The cap keeps chunks of a few models from being padded to
   many devices on large machines (the gain measured is on 2 cores).
   """
-  if isinstance(max_devices, bool) or not isinstance(max_devices, int) or max_devices < 1:
-    raise ValueError(f"max_devices must be a positive integer, got {max_devices!r}")
+  if (
+    isinstance(max_devices, bool)
+    or not isinstance(max_devices, int)
+    or max_devices < 1
+  ):
+    raise ValueError(
+      f"max_devices must be a positive integer, got {max_devices!r}"
+    )
   forced = re.search(_FORCE_FLAG + r"=(\d+)", os.environ.get("XLA_FLAGS", ""))
   if forced:
     return int(forced.group(1))
@@ -56,6 +62,9 @@ def use_all_cores(max_devices: int = 8) -> int:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError:
     n = len(jax.devices("cpu"))
-    logging.warning("use_all_cores: JAX already started with %d CPU device(s); call it before any "
-                    "JAX computation to split the CPU into one device per core", n)
+    logging.warning(
+      "use_all_cores: JAX already started with %d CPU device(s); call it before any "
+      "JAX computation to split the CPU into one device per core",
+      n,
+    )
   return n

@@ -30,29 +30,56 @@ from miajax import config as config_lib
 from miajax import defenses as defenses_lib
 from miajax import models as models_lib
 
-__all__ = ["UNROLL_MIN_FLOPS", "UNROLL_MAX_MODELS", "MIN_MICROBATCH", "model_axis", "step_flops",
-           "microbatch_eligible", "microbatch_timings", "measure_microbatch", "accumulated_value_and_grad",
-           "unrolled", "run_loop_chunk"]
+__all__ = [
+  "UNROLL_MIN_FLOPS",
+  "UNROLL_MAX_MODELS",
+  "MIN_MICROBATCH",
+  "model_axis",
+  "step_flops",
+  "microbatch_eligible",
+  "microbatch_timings",
+  "measure_microbatch",
+  "accumulated_value_and_grad",
+  "unrolled",
+  "run_loop_chunk",
+]
 
-UNROLL_MIN_FLOPS = 1e8  # one model's step; below it, vmapped (batched) ops win on CPU
-UNROLL_MAX_MODELS = 8  # compile time grows with the models unrolled into one step
-MIN_MICROBATCH = 8  # thinner micro-batches make the per-example matmuls too thin
+UNROLL_MIN_FLOPS = (
+  1e8  # one model's step; below it, vmapped (batched) ops win on CPU
+)
+UNROLL_MAX_MODELS = (
+  8  # compile time grows with the models unrolled into one step
+)
+MIN_MICROBATCH = (
+  8  # thinner micro-batches make the per-example matmuls too thin
+)
 TIMED_STEPS = 3  # per candidate micro-batch size, after one compiling call; the fastest repeat counts
 
 
 def _init_shapes(fns: config_lib.ModelFns, input_shape: tuple):
-  return jax.eval_shape(fns.init, jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32))
+  return jax.eval_shape(
+    fns.init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32),
+  )
 
 
-def step_flops(config: config_lib.TrainConfig, input_shape: tuple, num_classes: int) -> float:
+def step_flops(
+  config: config_lib.TrainConfig, input_shape: tuple, num_classes: int
+) -> float:
   """Rough training FLOPs of one model's step: 3 x the forward pass's x batch (XLA's cost analysis)."""
   fns = config_lib.model_fns(config, num_classes, conv_impl="xla")
   variables = _init_shapes(fns, input_shape)
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
   try:
-    cost = jax.jit(lambda v, x: fns.apply(v, x, train=False)).lower(variables, x).cost_analysis()
-    flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0.0))
+    cost = (
+      jax.jit(lambda v, x: fns.apply(v, x, train=False))
+      .lower(variables, x)
+      .cost_analysis()
+    )
+    flops = float(
+      (cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0.0)
+    )
   except Exception:  # no cost analysis: 2 FLOPs per parameter and example
     flops = 0.0
   if not flops:
@@ -60,7 +87,9 @@ def step_flops(config: config_lib.TrainConfig, input_shape: tuple, num_classes: 
   return 3.0 * flops * config.batch_size
 
 
-def model_axis(config: config_lib.TrainConfig, input_shape: tuple, num_classes: int) -> str:
+def model_axis(
+  config: config_lib.TrainConfig, input_shape: tuple, num_classes: int
+) -> str:
   """CPU: ``"vmap"`` below :data:`UNROLL_MIN_FLOPS` per step, else ``"loop"`` for MLPs, ``"unroll"`` otherwise."""
   if step_flops(config, input_shape, num_classes) < UNROLL_MIN_FLOPS:
     return "vmap"
@@ -71,8 +100,13 @@ def microbatch_eligible(config: config_lib.TrainConfig, axis: str) -> bool:
   """Micro-batches only where they give the same step: not vmapped (small) models, not with batch norm
   (per-micro-batch statistics), DP-SGD (already per example) or dropout (masks per micro-batch)."""
   defense = config._defense()
-  return (axis != "vmap" and not config.uses_batch_norm() and defenses_lib.dp_params(defense) is None
-          and not config.model_kwargs_dict().get("dropout_rate") and config.batch_size >= 2 * MIN_MICROBATCH)
+  return (
+    axis != "vmap"
+    and not config.uses_batch_norm()
+    and defenses_lib.dp_params(defense) is None
+    and not config.model_kwargs_dict().get("dropout_rate")
+    and config.batch_size >= 2 * MIN_MICROBATCH
+  )
 
 
 def accumulated_value_and_grad(example_losses, params, xb, yb, key, micro: int):
@@ -88,21 +122,29 @@ def accumulated_value_and_grad(example_losses, params, xb, yb, key, micro: int):
   xs, ys = xb.reshape(k, micro, *xb.shape[1:]), yb.reshape(k, micro)
 
   def one(xm, ym, j):
-    return jax.value_and_grad(lambda p: example_losses(p, xm, ym, jax.random.fold_in(key, j)).sum())(params)
+    return jax.value_and_grad(
+      lambda p: example_losses(p, xm, ym, jax.random.fold_in(key, j)).sum()
+    )(params)
 
   def body(acc, inputs):
     return jax.tree_util.tree_map(jnp.add, acc, one(*inputs)), None
 
   # The first micro-batch seeds the carry (its types then match under shard_map).
   first = one(xs[0], ys[0], 0)
-  (loss, grads), _ = jax.lax.scan(body, first, (xs[1:], ys[1:], jnp.arange(1, k)))
+  (loss, grads), _ = jax.lax.scan(
+    body, first, (xs[1:], ys[1:], jnp.arange(1, k))
+  )
   scale = 1.0 / xb.shape[0]
   return loss * scale, jax.tree_util.tree_map(lambda g: g * scale, grads)
 
 
 @functools.lru_cache(maxsize=32)
-def microbatch_timings(config: config_lib.TrainConfig, input_shape: tuple, num_classes: int,
-                       conv_impl: str) -> dict[int, float]:
+def microbatch_timings(
+  config: config_lib.TrainConfig,
+  input_shape: tuple,
+  num_classes: int,
+  conv_impl: str,
+) -> dict[int, float]:
   """Seconds of one model's gradient step per candidate micro-batch size (best of :data:`TIMED_STEPS`).
 
   Candidates: the divisors of the batch from :data:`MIN_MICROBATCH` up, the
@@ -119,13 +161,17 @@ def microbatch_timings(config: config_lib.TrainConfig, input_shape: tuple, num_c
   params = variables.pop("params")
 
   def example_losses(p, xm, ym, key):
-    v = jax.tree_util.tree_map(lambda a: a.astype(dtype), {"params": p, **variables})
+    v = jax.tree_util.tree_map(
+      lambda a: a.astype(dtype), {"params": p, **variables}
+    )
     logits = fns.apply(v, xm.astype(dtype), train=True, rngs={"dropout": key})
     return config_lib.example_loss(config, logits.astype(jnp.float32), ym)
 
   timings = {}
   for m in [d for d in range(MIN_MICROBATCH, b + 1) if b % d == 0]:
-    step = jax.jit(functools.partial(accumulated_value_and_grad, example_losses, micro=m))
+    step = jax.jit(
+      functools.partial(accumulated_value_and_grad, example_losses, micro=m)
+    )
     jax.block_until_ready(step(params, x, y, jax.random.PRNGKey(1)))  # compile
     best = float("inf")
     for _ in range(TIMED_STEPS):
@@ -133,15 +179,24 @@ def microbatch_timings(config: config_lib.TrainConfig, input_shape: tuple, num_c
       jax.block_until_ready(step(params, x, y, jax.random.PRNGKey(1)))
       best = min(best, time.perf_counter() - t0)
     timings[m] = best
-  logging.getLogger(__name__).info("micro-batch timings (s per step) for %s: %s", config.describe_model(),
-                                   {m: round(t, 4) for m, t in timings.items()})
+  logging.getLogger(__name__).info(
+    "micro-batch timings (s per step) for %s: %s",
+    config.describe_model(),
+    {m: round(t, 4) for m, t in timings.items()},
+  )
   return timings
 
 
-def measure_microbatch(config: config_lib.TrainConfig, input_shape: tuple, num_classes: int,
-                       conv_impl: str) -> int:
+def measure_microbatch(
+  config: config_lib.TrainConfig,
+  input_shape: tuple,
+  num_classes: int,
+  conv_impl: str,
+) -> int:
   """The fastest micro-batch size of :func:`microbatch_timings` (a tie goes to the larger size)."""
-  timings = microbatch_timings(config, tuple(input_shape), int(num_classes), conv_impl)
+  timings = microbatch_timings(
+    config, tuple(input_shape), int(num_classes), conv_impl
+  )
   return min(timings, key=lambda m: (timings[m], -m))
 
 
@@ -151,16 +206,35 @@ def unrolled(step_one):
   Plain dots and convolutions instead of their batched (vmapped) forms, which
   XLA:CPU runs faster once a model's step is large.
   """
+
   def vstep(params, state, opt_state, alive, lr, keys, order, x, y, step):
     per_model = (params, state, opt_state, alive, lr, keys, order)
-    outs = [step_one(*jax.tree_util.tree_map(lambda a: a[i], per_model), x, y, step)
-            for i in range(alive.shape[0])]
+    outs = [
+      step_one(*jax.tree_util.tree_map(lambda a: a[i], per_model), x, y, step)
+      for i in range(alive.shape[0])
+    ]
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+
   return vstep
 
 
-def run_loop_chunk(fns: dict, *, padded, keys_host, learning_rates, keep, xs, ys, devices, epochs: int,
-                   steps_per_epoch: int, steps_per_call: int, batch_size: int, by_model, report_epoch):
+def run_loop_chunk(
+  fns: dict,
+  *,
+  padded,
+  keys_host,
+  learning_rates,
+  keep,
+  xs,
+  ys,
+  devices,
+  epochs: int,
+  steps_per_epoch: int,
+  steps_per_call: int,
+  batch_size: int,
+  by_model,
+  report_epoch,
+):
   """Trains one chunk with one model per call, each model's arrays on device ``m % devices``.
 
   No batched dots, and no stacking or slicing of the chunk's state between
@@ -168,24 +242,53 @@ def run_loop_chunk(fns: dict, *, padded, keys_host, learning_rates, keep, xs, ys
   and sharded ``by_model`` and ``losses`` a list of ``float[models]`` per epoch.
   """
   on = [devices[m % len(devices)] for m in range(len(padded))]
-  keys = [jax.device_put(keys_host[m:m + 1], d) for m, d in enumerate(on)]
-  carries = [fns["init_single"](k) + (jax.device_put(np.ones(1, bool), d),) for k, d in zip(keys, on)]
-  lrs = [jax.device_put(learning_rates[padded[m]:padded[m] + 1], d) for m, d in enumerate(on)]
-  keeps = [jax.device_put(keep[padded[m]:padded[m] + 1], d) for m, d in enumerate(on)]
+  keys = [jax.device_put(keys_host[m : m + 1], d) for m, d in enumerate(on)]
+  carries = [
+    fns["init_single"](k) + (jax.device_put(np.ones(1, bool), d),)
+    for k, d in zip(keys, on)
+  ]
+  lrs = [
+    jax.device_put(learning_rates[padded[m] : padded[m] + 1], d)
+    for m, d in enumerate(on)
+  ]
+  keeps = [
+    jax.device_put(keep[padded[m] : padded[m] + 1], d) for m, d in enumerate(on)
+  ]
   losses = []
   for epoch in range(epochs):
-    carries = [c + (jax.device_put(np.zeros(1, np.float32), d),) for c, d in zip(carries, on)]
-    orders = [fns["order"](kp, k, epoch, steps_per_epoch, batch_size) for kp, k in zip(keeps, keys)]
+    carries = [
+      c + (jax.device_put(np.zeros(1, np.float32), d),)
+      for c, d in zip(carries, on)
+    ]
+    orders = [
+      fns["order"](kp, k, epoch, steps_per_epoch, batch_size)
+      for kp, k in zip(keeps, keys)
+    ]
     for s in range(0, steps_per_epoch, steps_per_call):
       for m in range(len(on)):
         j = m % len(devices)
-        carries[m] = fns["single_step"](carries[m], lrs[m], keys[m], orders[m], xs[j], ys[j],
-                                         epoch * steps_per_epoch + s, steps_per_call)
+        carries[m] = fns["single_step"](
+          carries[m],
+          lrs[m],
+          keys[m],
+          orders[m],
+          xs[j],
+          ys[j],
+          epoch * steps_per_epoch + s,
+          steps_per_call,
+        )
     losses.append([c[4] for c in carries])
     carries = [c[:4] for c in carries]
     report_epoch(epoch, losses[-1], [c[0] for c in carries])
-  gather = lambda *a: jax.device_put(np.concatenate([np.asarray(b) for b in a]), by_model)
-  params, state = (jax.tree_util.tree_map(gather, *[c[i] for c in carries]) for i in (0, 1))
+  gather = lambda *a: jax.device_put(
+    np.concatenate([np.asarray(b) for b in a]), by_model
+  )
+  params, state = (
+    jax.tree_util.tree_map(gather, *[c[i] for c in carries]) for i in (0, 1)
+  )
   alive = np.concatenate([np.asarray(c[3]) for c in carries])
-  losses = [np.concatenate([np.asarray(v) for v in epoch_sums]) / steps_per_epoch for epoch_sums in losses]
+  losses = [
+    np.concatenate([np.asarray(v) for v in epoch_sums]) / steps_per_epoch
+    for epoch_sums in losses
+  ]
   return params, state, alive, losses

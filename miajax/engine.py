@@ -41,8 +41,17 @@ from miajax import defenses as defenses_lib
 from miajax import lowering as lowering_lib
 from miajax import models as models_lib
 
-__all__ = ["TrainResult", "train_models", "train_chunks", "plan_models_per_step", "models_mesh",
-           "check_inputs", "epoch_order", "model_keys", "steps_per_epoch"]
+__all__ = [
+  "TrainResult",
+  "train_models",
+  "train_chunks",
+  "plan_models_per_step",
+  "models_mesh",
+  "check_inputs",
+  "epoch_order",
+  "model_keys",
+  "steps_per_epoch",
+]
 
 TrainConfig = config_lib.TrainConfig
 
@@ -67,39 +76,61 @@ class TrainResult:
 def check_inputs(x, y, keep, config: TrainConfig, num_classes: int):
   """Validates everything before any compilation; returns ``(float32 x, int32 y)``."""
   config.validate()
-  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-    raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+  if (
+    isinstance(num_classes, bool)
+    or not isinstance(num_classes, (int, np.integer))
+    or num_classes < 2
+  ):
+    raise ValueError(
+      f"num_classes must be an integer >= 2, got {num_classes!r}"
+    )
   if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_:
-    raise ValueError(f"keep must be a numpy bool array [models, examples], got "
-                     f"{type(keep).__name__} of dtype {getattr(keep, 'dtype', None)}")
+    raise ValueError(
+      f"keep must be a numpy bool array [models, examples], got "
+      f"{type(keep).__name__} of dtype {getattr(keep, 'dtype', None)}"
+    )
   if keep.ndim != 2:
-    raise ValueError(f"keep must be 2-D [models, examples], got shape {keep.shape}")
+    raise ValueError(
+      f"keep must be 2-D [models, examples], got shape {keep.shape}"
+    )
   x, y = np.asarray(x), np.asarray(y)
   if keep.shape[1] != x.shape[0]:
-    raise ValueError(f"keep has {keep.shape[1]} columns but x has {x.shape[0]} examples; "
-                     "keep must be [models, examples]")
+    raise ValueError(
+      f"keep has {keep.shape[1]} columns but x has {x.shape[0]} examples; "
+      "keep must be [models, examples]"
+    )
   if y.shape != (x.shape[0],):
     raise ValueError(f"y must have shape ({x.shape[0]},), got {y.shape}")
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
   if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f"y must be in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
+    raise ValueError(
+      f"y must be in [0, {num_classes}), got range [{y.min()}, {y.max()}]"
+    )
   if not np.issubdtype(x.dtype, np.floating):
     raise ValueError(f"x must be floating point, got dtype {x.dtype}")
   if not np.all(np.isfinite(x)):
     raise ValueError("x contains non-finite values (nan or inf)")
   if keep.shape[0] == 0:
-    raise ValueError(f"keep must hold at least one model row [models, examples], got shape {keep.shape}")
+    raise ValueError(
+      f"keep must hold at least one model row [models, examples], got shape {keep.shape}"
+    )
   members = keep.sum(1)
   if members.min() == 0:
-    raise ValueError(f"keep: model {int(members.argmin())} has no members (an all-False row); "
-                     "every model needs training examples")
+    raise ValueError(
+      f"keep: model {int(members.argmin())} has no members (an all-False row); "
+      "every model needs training examples"
+    )
   if members.min() < config.batch_size:
     m = int(members.argmin())
-    raise ValueError(f"batch_size={config.batch_size} is larger than model {m}'s member count "
-                     f"{int(members[m])}; lower batch_size or raise pkeep")
+    raise ValueError(
+      f"batch_size={config.batch_size} is larger than model {m}'s member count "
+      f"{int(members[m])}; lower batch_size or raise pkeep"
+    )
   if config.augment and x.ndim != 4:
-    raise ValueError(f"augment=True needs images [N, H, W, C], got x of shape {x.shape}")
+    raise ValueError(
+      f"augment=True needs images [N, H, W, C], got x of shape {x.shape}"
+    )
   return x.astype(np.float32), y.astype(np.int32)
 
 
@@ -118,14 +149,18 @@ def _augment(x, key):
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
   dx = jax.random.randint(kx, (b,), 0, 2 * pad + 1)
   dy = jax.random.randint(ky, (b,), 0, 2 * pad + 1)
-  crop = lambda img, i, j: jax.lax.dynamic_slice(img, (i, j, 0), (h, w, img.shape[-1]))
+  crop = lambda img, i, j: jax.lax.dynamic_slice(
+    img, (i, j, 0), (h, w, img.shape[-1])
+  )
   return jax.vmap(crop)(xp, dy, dx)
 
 
 def model_keys(seed: int, model_indices):
   """``key[models]``: model ``m``'s root key ``fold_in(PRNGKey(seed), m)``."""
   base = jax.random.PRNGKey(seed)
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(model_indices, jnp.uint32))
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(
+    jnp.asarray(model_indices, jnp.uint32)
+  )
 
 
 def epoch_order(keep, keys, epoch, steps: int, batch_size: int):
@@ -136,17 +171,26 @@ def epoch_order(keep, keys, epoch, steps: int, batch_size: int):
   ``steps * batch_size`` wraps around, so every model takes the same number
   of steps and sees each of its members at least once per epoch.
   """
+
   def one(keep_row, key):
-    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), keep_row.shape)
+    u = jax.random.uniform(
+      jax.random.fold_in(jax.random.fold_in(key, 1), epoch), keep_row.shape
+    )
     order = jnp.argsort(jnp.where(keep_row, u, 2.0))
     pos = jnp.arange(steps * batch_size) % keep_row.sum()
     return order[pos].reshape(steps, batch_size).astype(jnp.int32)
+
   return jax.vmap(one)(keep, keys)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_fns(config: TrainConfig, low: lowering_lib.Lowering, num_classes: int, steps: int,
-                  input_shape: tuple):
+def _compiled_fns(
+  config: TrainConfig,
+  low: lowering_lib.Lowering,
+  num_classes: int,
+  steps: int,
+  input_shape: tuple,
+):
   """Jitted init / epoch-order / step functions for one configuration and lowering."""
   fns = config_lib.model_fns(config, num_classes, conv_impl=low.conv_impl)
   defense = config._defense()
@@ -154,15 +198,23 @@ def _compiled_fns(config: TrainConfig, low: lowering_lib.Lowering, num_classes: 
   dp = defenses_lib.dp_params(defense)
   mutable = config_lib.state_collections(fns, input_shape)
   if dp is not None and mutable:
-    raise ValueError(f"DP-SGD needs per-example gradients and cannot train {config.describe_model()!r}, "
-                     f"which updates {list(mutable)} during training (batch norm); pick a model without it")
+    raise ValueError(
+      f"DP-SGD needs per-example gradients and cannot train {config.describe_model()!r}, "
+      f"which updates {list(mutable)} during training (batch norm); pick a model without it"
+    )
   if mutable and low.microbatch != config.batch_size:
-    raise ValueError(f"microbatch_size must be None or batch_size for {config.describe_model()!r}: its "
-                     f"{list(mutable)} would be computed per micro-batch")
+    raise ValueError(
+      f"microbatch_size must be None or batch_size for {config.describe_model()!r}: its "
+      f"{list(mutable)} would be computed per micro-batch"
+    )
   dtype = jnp.dtype(low.compute_dtype)
 
   def init_one(key):
-    variables = dict(fns.init(jax.random.fold_in(key, 0), jnp.zeros((1,) + input_shape, jnp.float32)))
+    variables = dict(
+      fns.init(
+        jax.random.fold_in(key, 0), jnp.zeros((1,) + input_shape, jnp.float32)
+      )
+    )
     params = variables.pop("params")
     return params, variables, tx.init(params)
 
@@ -172,37 +224,62 @@ def _compiled_fns(config: TrainConfig, low: lowering_lib.Lowering, num_classes: 
       variables = jax.tree_util.tree_map(lambda a: a.astype(dtype), variables)
       xb = xb.astype(dtype)
     if mutable:
-      logits, new_state = fns.apply(variables, xb, train=True, rngs={"dropout": key}, mutable=mutable)
+      logits, new_state = fns.apply(
+        variables, xb, train=True, rngs={"dropout": key}, mutable=mutable
+      )
       return logits.astype(jnp.float32), {**state, **new_state}
-    return fns.apply(variables, xb, train=True, rngs={"dropout": key}).astype(jnp.float32), state
+    return fns.apply(variables, xb, train=True, rngs={"dropout": key}).astype(
+      jnp.float32
+    ), state
 
   def penalty_value_and_grad(params):
-    return jax.value_and_grad(lambda p: defenses_lib.param_penalty(defense, p))(params)
+    return jax.value_and_grad(lambda p: defenses_lib.param_penalty(defense, p))(
+      params
+    )
 
   def grads_of(params, state, xb, yb, key):
     if dp is not None:
       clip, noise = dp
+
       def one_example(p, xi, yi, i):
         # Each example its own dropout mask; the parameter penalty is added after clipping (it is
         # data-independent, so it costs no privacy and must not be clipped with the data term).
         logits, _ = forward(p, state, xi[None], jax.random.fold_in(key, i))
         return config_lib.example_loss(config, logits, yi[None]).sum()
-      losses, per_grads = jax.vmap(jax.value_and_grad(one_example), in_axes=(None, 0, 0, 0))(
-          params, xb, yb, jnp.arange(xb.shape[0]))
-      grads = defenses_lib.clip_and_noise(per_grads, jax.random.fold_in(key, 7), l2_norm_clip=clip,
-                                          noise_multiplier=noise)
+
+      losses, per_grads = jax.vmap(
+        jax.value_and_grad(one_example), in_axes=(None, 0, 0, 0)
+      )(params, xb, yb, jnp.arange(xb.shape[0]))
+      grads = defenses_lib.clip_and_noise(
+        per_grads,
+        jax.random.fold_in(key, 7),
+        l2_norm_clip=clip,
+        noise_multiplier=noise,
+      )
       loss, new_state = losses.mean(), state
     elif low.microbatch < xb.shape[0]:
-      losses_of = lambda p, xm, ym, k: config_lib.example_loss(config, forward(p, state, xm, k)[0], ym)
-      loss, grads = cpu_engine.accumulated_value_and_grad(losses_of, params, xb, yb, key, low.microbatch)
+      losses_of = lambda p, xm, ym, k: config_lib.example_loss(
+        config, forward(p, state, xm, k)[0], ym
+      )
+      loss, grads = cpu_engine.accumulated_value_and_grad(
+        losses_of, params, xb, yb, key, low.microbatch
+      )
       new_state = state
     else:
+
       def mean_loss(p):
         logits, new = forward(p, state, xb, key)
         return config_lib.example_loss(config, logits, yb).mean(), new
-      (loss, new_state), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+
+      (loss, new_state), grads = jax.value_and_grad(mean_loss, has_aux=True)(
+        params
+      )
     penalty, penalty_grads = penalty_value_and_grad(params)
-    return loss + penalty, new_state, jax.tree_util.tree_map(jnp.add, grads, penalty_grads)
+    return (
+      loss + penalty,
+      new_state,
+      jax.tree_util.tree_map(jnp.add, grads, penalty_grads),
+    )
 
   def step_one(params, state, opt_state, alive, lr, key, order, x, y, step):
     """One optimizer step of one model; ``order: int32[steps, batch]``."""
@@ -218,8 +295,16 @@ def _compiled_fns(config: TrainConfig, low: lowering_lib.Lowering, num_classes: 
     new_params = optax.apply_updates(params, updates)
     ok = alive & jnp.isfinite(loss)
     # A diverged model keeps its last finite state instead of poisoning the chunk.
-    pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-    return pick(new_params, params), pick(new_state, state), pick(new_opt, opt_state), ok, loss
+    pick = lambda new, old: jax.tree_util.tree_map(
+      lambda a, b: jnp.where(ok, a, b), new, old
+    )
+    return (
+      pick(new_params, params),
+      pick(new_state, state),
+      pick(new_opt, opt_state),
+      ok,
+      loss,
+    )
 
   if low.model_axis == "vmap":
     vstep = jax.vmap(step_one, in_axes=(0,) * 7 + (None,) * 3)
@@ -229,9 +314,17 @@ def _compiled_fns(config: TrainConfig, low: lowering_lib.Lowering, num_classes: 
   def multi_step(carry, lr, keys, order, x, y, step0, num_steps):
     def body(c, i):
       params, state, opt_state, alive, loss_sum = c
-      params, state, opt_state, alive, loss = vstep(params, state, opt_state, alive, lr, keys, order, x, y,
-                                                    step0 + i)
-      return (params, state, opt_state, alive, loss_sum + jnp.where(alive, loss, 0.0)), None
+      params, state, opt_state, alive, loss = vstep(
+        params, state, opt_state, alive, lr, keys, order, x, y, step0 + i
+      )
+      return (
+        params,
+        state,
+        opt_state,
+        alive,
+        loss_sum + jnp.where(alive, loss, 0.0),
+      ), None
+
     if num_steps == 1:
       return body(carry, 0)[0]
     return jax.lax.scan(body, carry, jnp.arange(num_steps))[0]
@@ -242,16 +335,24 @@ def _compiled_fns(config: TrainConfig, low: lowering_lib.Lowering, num_classes: 
   def sharded_multi_step(carry, lr, keys, order, x, y, step0, num_steps):
     # Each device steps only its own block of models (an unrolled step indexes single models, which
     # on a models-sharded array would otherwise make XLA gather across devices).
-    local = jax.shard_map(functools.partial(multi_step, num_steps=num_steps), mesh=mesh,
-                          in_specs=(by_model,) * 4 + (replicated,) * 3, out_specs=by_model)
+    local = jax.shard_map(
+      functools.partial(multi_step, num_steps=num_steps),
+      mesh=mesh,
+      in_specs=(by_model,) * 4 + (replicated,) * 3,
+      out_specs=by_model,
+    )
     return local(carry, lr, keys, order, x, y, step0)
 
   return dict(
-      init=jax.jit(jax.vmap(init_one)),
-      init_single=jax.jit(lambda key: jax.tree_util.tree_map(lambda a: a[None], init_one(key[0]))),
-      order=jax.jit(epoch_order, static_argnums=(3, 4)),
-      multi_step=jax.jit(sharded_multi_step, static_argnums=(7,), donate_argnums=(0,)),
-      single_step=jax.jit(multi_step, static_argnums=(7,), donate_argnums=(0,)),
+    init=jax.jit(jax.vmap(init_one)),
+    init_single=jax.jit(
+      lambda key: jax.tree_util.tree_map(lambda a: a[None], init_one(key[0]))
+    ),
+    order=jax.jit(epoch_order, static_argnums=(3, 4)),
+    multi_step=jax.jit(
+      sharded_multi_step, static_argnums=(7,), donate_argnums=(0,)
+    ),
+    single_step=jax.jit(multi_step, static_argnums=(7,), donate_argnums=(0,)),
   )
 
 
@@ -288,39 +389,75 @@ def _pad_to_devices(idx: np.ndarray, num_devices: int) -> np.ndarray:
   return np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
 
 
-def plan_models_per_step(config: TrainConfig, num_classes: int, input_shape: tuple, num_models: int, *,
-                         memory_fraction: float = 0.4, bytes_available: int | None = None,
-                         lowering: lowering_lib.Lowering | None = None) -> int:
+def plan_models_per_step(
+  config: TrainConfig,
+  num_classes: int,
+  input_shape: tuple,
+  num_models: int,
+  *,
+  memory_fraction: float = 0.4,
+  bytes_available: int | None = None,
+  lowering: lowering_lib.Lowering | None = None,
+) -> int:
   """How many models fit one step: parameters, optimizer state and activations vs free memory."""
   if config.models_per_step is not None:
     return int(min(config.models_per_step, num_models))
-  low = lowering or lowering_lib.resolve_lowering(config, input_shape, num_classes)
+  low = lowering or lowering_lib.resolve_lowering(
+    config, input_shape, num_classes
+  )
   if low.model_axis in ("unroll", "loop"):
-    num_models = min(num_models, cpu_engine.UNROLL_MAX_MODELS * jax.local_device_count())
+    num_models = min(
+      num_models, cpu_engine.UNROLL_MAX_MODELS * jax.local_device_count()
+    )
   fns = config_lib.model_fns(config, num_classes)
-  shapes = jax.eval_shape(fns.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32))
-  per_model = 4 * models_lib.count_params(shapes) * 6  # params, grads, 2 optimizer moments, updates, slack
-  per_model += 4 * config.batch_size * int(np.prod(input_shape)) * 64  # generous activation estimate
-  budget = (bytes_available if bytes_available is not None else _bytes_available()) * memory_fraction
+  shapes = jax.eval_shape(
+    fns.init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32),
+  )
+  per_model = (
+    4 * models_lib.count_params(shapes) * 6
+  )  # params, grads, 2 optimizer moments, updates, slack
+  per_model += (
+    4 * config.batch_size * int(np.prod(input_shape)) * 64
+  )  # generous activation estimate
+  budget = (
+    bytes_available if bytes_available is not None else _bytes_available()
+  ) * memory_fraction
   k = int(max(1, min(num_models, budget // per_model)))
   n_dev = jax.local_device_count()
   if k < num_models and k >= n_dev:
-    k -= k % n_dev  # whole models per device: padding would waste a slot on every chunk
+    k -= (
+      k % n_dev
+    )  # whole models per device: padding would waste a slot on every chunk
   return k
 
 
 def _model_shards(params) -> tuple[tuple[int, int], ...]:
   """``(device id, models held)`` per shard of the chunk's parameters (shapes only, no transfer)."""
   if isinstance(params, list):  # one model per array (loop mode)
-    return tuple((next(iter(jax.tree_util.tree_leaves(p)[0].devices())).id, 1) for p in params)
+    return tuple(
+      (next(iter(jax.tree_util.tree_leaves(p)[0].devices())).id, 1)
+      for p in params
+    )
   leaf = jax.tree_util.tree_leaves(params)[0]
-  return tuple((s.device.id, int(s.data.shape[0])) for s in leaf.addressable_shards)
+  return tuple(
+    (s.device.id, int(s.data.shape[0])) for s in leaf.addressable_shards
+  )
 
 
-def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_rates=None,
-                 chunks: Sequence[Sequence[int]] | None = None, progress: Callable[[dict], None] | None = None,
-                 lowering: lowering_lib.Lowering | None = None) -> Iterator[TrainResult]:
+def train_chunks(
+  x,
+  y,
+  keep,
+  config: TrainConfig,
+  *,
+  num_classes: int,
+  learning_rates=None,
+  chunks: Sequence[Sequence[int]] | None = None,
+  progress: Callable[[dict], None] | None = None,
+  lowering: lowering_lib.Lowering | None = None,
+) -> Iterator[TrainResult]:
   """Yields one :class:`TrainResult` per chunk of models, as each finishes.
 
   Args:
@@ -339,22 +476,35 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
   x, y = check_inputs(x, y, keep, config, num_classes)
   num_models = keep.shape[0]
   if learning_rates is not None and not config.builtin_optimizer:
-    raise ValueError("learning_rates: per-model learning rates need a built-in optimizer ('sgd', 'adam'); "
-                     "a user optax transformation owns its learning rate")
+    raise ValueError(
+      "learning_rates: per-model learning rates need a built-in optimizer ('sgd', 'adam'); "
+      "a user optax transformation owns its learning rate"
+    )
   if learning_rates is None:
     learning_rates = np.full(num_models, config.learning_rate, np.float32)
   learning_rates = np.asarray(learning_rates, np.float32)
   if learning_rates.shape != (num_models,):
-    raise ValueError(f"learning_rates must have shape ({num_models},), got {learning_rates.shape}")
+    raise ValueError(
+      f"learning_rates must have shape ({num_models},), got {learning_rates.shape}"
+    )
   shape = tuple(x.shape[1:])
   low = lowering or lowering_lib.resolve_lowering(config, shape, num_classes)
   steps = steps_per_epoch(keep, config.batch_size)
   k = plan_models_per_step(config, num_classes, shape, num_models, lowering=low)
   if chunks is None:
-    chunks = [list(range(s, min(s + k, num_models))) for s in range(0, num_models, k)]
+    chunks = [
+      list(range(s, min(s + k, num_models))) for s in range(0, num_models, k)
+    ]
   # Chunk size, seed and learning rate are runtime values: share the compiled functions across them.
-  fns = _compiled_fns(dataclasses.replace(config, models_per_step=None, seed=0, learning_rate=1.0), low,
-                      num_classes, steps, shape)
+  fns = _compiled_fns(
+    dataclasses.replace(
+      config, models_per_step=None, seed=0, learning_rate=1.0
+    ),
+    low,
+    num_classes,
+    steps,
+    shape,
+  )
   spc = low.steps_per_call or steps
   if steps % spc:
     spc = math.gcd(steps, spc)
@@ -362,8 +512,13 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
   by_model = NamedSharding(mesh, PartitionSpec("models"))
   replicated = NamedSharding(mesh, PartitionSpec())
   devices = list(mesh.devices.flat)
-  if low.model_axis == "loop":  # per-device copies: each model's step runs on its own device
-    xs, ys = [jax.device_put(x, d) for d in devices], [jax.device_put(y, d) for d in devices]
+  if (
+    low.model_axis == "loop"
+  ):  # per-device copies: each model's step runs on its own device
+    xs, ys = (
+      [jax.device_put(x, d) for d in devices],
+      [jax.device_put(y, d) for d in devices],
+    )
   else:
     xd, yd = jax.device_put(x, replicated), jax.device_put(y, replicated)
   done = 0
@@ -376,18 +531,43 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
     keys_host = np.asarray(model_keys(config.seed, padded))
 
     def report_epoch(epoch, loss_sums, params):
-      if progress is not None:  # the only host sync of an epoch, and only when someone listens
+      if (
+        progress is not None
+      ):  # the only host sync of an epoch, and only when someone listens
         jax.block_until_ready(loss_sums)
         elapsed = time.perf_counter() - t0
-        progress(dict(models_done=done, chunk_models=len(idx), epoch=epoch + 1, epochs=config.epochs,
-                      model_shards=_model_shards(params),
-                      examples_per_s=len(idx) * (epoch + 1) * steps * config.batch_size / elapsed))
+        progress(
+          dict(
+            models_done=done,
+            chunk_models=len(idx),
+            epoch=epoch + 1,
+            epochs=config.epochs,
+            model_shards=_model_shards(params),
+            examples_per_s=len(idx)
+            * (epoch + 1)
+            * steps
+            * config.batch_size
+            / elapsed,
+          )
+        )
 
     if low.model_axis == "loop":
       params, state, alive, losses = cpu_engine.run_loop_chunk(
-          fns, padded=padded, keys_host=keys_host, learning_rates=learning_rates, keep=keep, xs=xs, ys=ys,
-          devices=devices, epochs=config.epochs, steps_per_epoch=steps, steps_per_call=spc,
-          batch_size=config.batch_size, by_model=by_model, report_epoch=report_epoch)
+        fns,
+        padded=padded,
+        keys_host=keys_host,
+        learning_rates=learning_rates,
+        keep=keep,
+        xs=xs,
+        ys=ys,
+        devices=devices,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        steps_per_call=spc,
+        batch_size=config.batch_size,
+        by_model=by_model,
+        report_epoch=report_epoch,
+      )
     else:
       keys = jax.device_put(keys_host, by_model)
       params, state, opt_state = jax.device_put(fns["init"](keys), by_model)
@@ -397,9 +577,17 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
       losses = []
       for epoch in range(config.epochs):
         order = fns["order"](keep_d, keys, epoch, steps, config.batch_size)
-        carry = (params, state, opt_state, alive, jax.device_put(np.zeros(len(padded), np.float32), by_model))
+        carry = (
+          params,
+          state,
+          opt_state,
+          alive,
+          jax.device_put(np.zeros(len(padded), np.float32), by_model),
+        )
         for s in range(0, steps, spc):
-          carry = fns["multi_step"](carry, lr, keys, order, xd, yd, epoch * steps + s, spc)
+          carry = fns["multi_step"](
+            carry, lr, keys, order, xd, yd, epoch * steps + s, spc
+          )
         params, state, opt_state, alive, loss_sum = carry
         losses.append(loss_sum / steps)
         report_epoch(epoch, loss_sum, params)
@@ -415,8 +603,17 @@ def train_chunks(x, y, keep, config: TrainConfig, *, num_classes: int, learning_
     yield TrainResult(idx, variables, loss, ~alive_np, time.perf_counter() - t0)
 
 
-def train_models(x, y, keep, config: TrainConfig | None = None, *, num_classes: int, learning_rates=None,
-                 progress=None, lowering: lowering_lib.Lowering | None = None) -> TrainResult:
+def train_models(
+  x,
+  y,
+  keep,
+  config: TrainConfig | None = None,
+  *,
+  num_classes: int,
+  learning_rates=None,
+  progress=None,
+  lowering: lowering_lib.Lowering | None = None,
+) -> TrainResult:
   """Trains one model per row of ``keep`` and returns them stacked.
 
   Args:
@@ -433,13 +630,23 @@ def train_models(x, y, keep, config: TrainConfig | None = None, *, num_classes: 
     A :class:`TrainResult` whose ``variables`` have a leading ``[models]`` axis.
   """
   config = config or TrainConfig()
-  parts = list(train_chunks(x, y, keep, config, num_classes=num_classes, learning_rates=learning_rates,
-                            progress=progress, lowering=lowering))
+  parts = list(
+    train_chunks(
+      x,
+      y,
+      keep,
+      config,
+      num_classes=num_classes,
+      learning_rates=learning_rates,
+      progress=progress,
+      lowering=lowering,
+    )
+  )
   cat = lambda *leaves: jnp.concatenate(leaves, 0)
   return TrainResult(
-      model_indices=np.concatenate([p.model_indices for p in parts]),
-      variables=jax.tree_util.tree_map(cat, *[p.variables for p in parts]),
-      loss=np.concatenate([p.loss for p in parts]),
-      diverged=np.concatenate([p.diverged for p in parts]),
-      train_seconds=sum(p.train_seconds for p in parts),
+    model_indices=np.concatenate([p.model_indices for p in parts]),
+    variables=jax.tree_util.tree_map(cat, *[p.variables for p in parts]),
+    loss=np.concatenate([p.loss for p in parts]),
+    diverged=np.concatenate([p.diverged for p in parts]),
+    train_seconds=sum(p.train_seconds for p in parts),
   )

@@ -57,11 +57,18 @@ class Lowering:
 
 def _key(config: config_lib.TrainConfig) -> config_lib.TrainConfig:
   # Seed, learning rate and chunking do not change the lowering: share one decision across them.
-  return dataclasses.replace(config, seed=0, learning_rate=1.0, models_per_step=None)
+  return dataclasses.replace(
+    config, seed=0, learning_rate=1.0, models_per_step=None
+  )
 
 
-def resolve_lowering(config: config_lib.TrainConfig, input_shape, num_classes: int, *,
-                     backend: str | None = None) -> Lowering:
+def resolve_lowering(
+  config: config_lib.TrainConfig,
+  input_shape,
+  num_classes: int,
+  *,
+  backend: str | None = None,
+) -> Lowering:
   """The :class:`Lowering` of ``config`` for inputs of ``input_shape`` on ``backend``.
 
   Args:
@@ -76,19 +83,34 @@ def resolve_lowering(config: config_lib.TrainConfig, input_shape, num_classes: i
     backend = jax.default_backend()
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-  return _resolve(_key(config), tuple(int(d) for d in input_shape), int(num_classes), backend)
+  return _resolve(
+    _key(config), tuple(int(d) for d in input_shape), int(num_classes), backend
+  )
 
 
 @functools.lru_cache(maxsize=64)
 def _resolve(config, input_shape, num_classes, backend) -> Lowering:
   batch = config.batch_size
   if backend != "cpu":
-    return Lowering(backend, config.model_axis or "vmap", "xla", config.microbatch_size or batch,
-                    config.steps_per_call, config.compute_dtype)
-  axis = config.model_axis or cpu_engine.model_axis(config, input_shape, num_classes)
+    return Lowering(
+      backend,
+      config.model_axis or "vmap",
+      "xla",
+      config.microbatch_size or batch,
+      config.steps_per_call,
+      config.compute_dtype,
+    )
+  axis = config.model_axis or cpu_engine.model_axis(
+    config, input_shape, num_classes
+  )
   conv = "patches" if axis == "vmap" else "winograd"
   micro = config.microbatch_size
   if micro is None:
-    micro = (cpu_engine.measure_microbatch(config, input_shape, num_classes, conv)
-             if cpu_engine.microbatch_eligible(config, axis) else batch)
-  return Lowering(backend, axis, conv, int(micro), config.steps_per_call, config.compute_dtype)
+    micro = (
+      cpu_engine.measure_microbatch(config, input_shape, num_classes, conv)
+      if cpu_engine.microbatch_eligible(config, axis)
+      else batch
+    )
+  return Lowering(
+    backend, axis, conv, int(micro), config.steps_per_call, config.compute_dtype
+  )

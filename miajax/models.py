@@ -37,7 +37,16 @@ from jax import lax
 
 from miajax import winograd
 
-__all__ = ["Conv", "MLP", "LeNet5", "MLLeaksCNN", "CNNSmall", "WideResNet", "get_model", "MODEL_NAMES"]
+__all__ = [
+  "Conv",
+  "MLP",
+  "LeNet5",
+  "MLLeaksCNN",
+  "CNNSmall",
+  "WideResNet",
+  "get_model",
+  "MODEL_NAMES",
+]
 
 
 CONV_IMPLS = ("winograd", "hybrid", "patches", "xla_patches", "xla")
@@ -45,12 +54,16 @@ CONV_IMPLS = ("winograd", "hybrid", "patches", "xla_patches", "xla")
 
 def _resolve_conv_impl(impl: str) -> str:
   if impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl must be one of {list(CONV_IMPLS)}, got {impl!r}")
+    raise ValueError(
+      f"conv_impl must be one of {list(CONV_IMPLS)}, got {impl!r}"
+    )
   return impl
 
 
 def _xla_conv(x, kernel, strides, padding):
-  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(
+    x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -73,8 +86,16 @@ def _hybrid_bwd(strides, padding, residuals, g):
   x, kernel = residuals
   kh, kw, cin, cout = kernel.shape
   patches = _patches(x, kh, kw, strides, padding)
-  dkernel = jnp.einsum("...k,...f->kf", patches.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
-                       preferred_element_type=jnp.float32).astype(kernel.dtype).reshape(kernel.shape)
+  dkernel = (
+    jnp.einsum(
+      "...k,...f->kf",
+      patches.reshape(-1, kh * kw * cin),
+      g.reshape(-1, cout),
+      preferred_element_type=jnp.float32,
+    )
+    .astype(kernel.dtype)
+    .reshape(kernel.shape)
+  )
   dx = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)[1](g)[0]
   return dx, dkernel
 
@@ -95,14 +116,29 @@ def _patches(x, kh: int, kw: int, strides, padding: str):
     out_h, out_w = -(-h // sh), -(-w // sw)
     pad_h = max((out_h - 1) * sh + kh - h, 0)
     pad_w = max((out_w - 1) * sw + kw - w, 0)
-    x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((pad_h // 2, pad_h - pad_h // 2),
-                                               (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    x = jnp.pad(
+      x,
+      ((0, 0),) * (x.ndim - 3)
+      + (
+        (pad_h // 2, pad_h - pad_h // 2),
+        (pad_w // 2, pad_w - pad_w // 2),
+        (0, 0),
+      ),
+    )
   elif padding == "VALID":
     out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
   else:
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-  cols = [x[..., i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw, :]
-          for i in range(kh) for j in range(kw)]
+  cols = [
+    x[
+      ...,
+      i : i + (out_h - 1) * sh + 1 : sh,
+      j : j + (out_w - 1) * sw + 1 : sw,
+      :,
+    ]
+    for i in range(kh)
+    for j in range(kw)
+  ]
   return jnp.concatenate(cols, axis=-1)
 
 
@@ -125,35 +161,58 @@ class Conv(nn.Module):
   def __call__(self, x):
     kh, kw = self.kernel_size
     cin = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features))
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (kh, kw, cin, self.features)
+    )
     dtype = self.dtype or x.dtype
     kernel = kernel.astype(dtype)
     x = x.astype(dtype)
     impl = _resolve_conv_impl(self.impl)
-    if impl == "winograd" and not winograd.supported(x.shape, kernel.shape, self.strides, self.padding, dtype):
+    if impl == "winograd" and not winograd.supported(
+      x.shape, kernel.shape, self.strides, self.padding, dtype
+    ):
       impl = "hybrid"  # other shapes and strides, thin inputs, bfloat16
     if impl == "winograd":
       y = winograd.conv3x3(x, kernel)
     elif impl == "hybrid":
       y = _hybrid_conv(x, kernel, tuple(self.strides), self.padding)
     elif impl == "patches":
-      y = _patches(x, kh, kw, self.strides, self.padding) @ kernel.reshape(kh * kw * cin, self.features)
+      y = _patches(x, kh, kw, self.strides, self.padding) @ kernel.reshape(
+        kh * kw * cin, self.features
+      )
     elif impl == "xla_patches":
       patches = lax.conv_general_dilated_patches(
-          x, (kh, kw), self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x,
+        (kh, kw),
+        self.strides,
+        self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
       # Patch features come out channel-major: (cin, kh, kw).
       w = kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, self.features)
       y = patches @ w
     else:
       y = lax.conv_general_dilated(
-          x, kernel, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x,
+        kernel,
+        self.strides,
+        self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
+      y = y + self.param(
+        "bias", nn.initializers.zeros, (self.features,)
+      ).astype(dtype)
     return y
 
 
 def _activation(name: str) -> Callable:
-  table = {"relu": nn.relu, "tanh": jnp.tanh, "leaky_relu": nn.leaky_relu, "gelu": nn.gelu}
+  table = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "leaky_relu": nn.leaky_relu,
+    "gelu": nn.gelu,
+  }
   if name not in table:
     raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
   return table[name]
@@ -197,7 +256,9 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for features in (6, 16):
-      x = nn.relu(Conv(features, (5, 5), impl=self.conv_impl, dtype=self.dtype)(x))
+      x = nn.relu(
+        Conv(features, (5, 5), impl=self.conv_impl, dtype=self.dtype)(x)
+      )
       x = nn.max_pool(x, (2, 2), (2, 2), padding=_pool_padding(x, 2))
     x = x.reshape((x.shape[0], -1))
     for width in (120, 84):
@@ -220,10 +281,16 @@ class MLLeaksCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu(Conv(32, (5, 5), padding="SAME", impl=self.conv_impl, dtype=self.dtype)(x))
+    x = nn.relu(
+      Conv(32, (5, 5), padding="SAME", impl=self.conv_impl, dtype=self.dtype)(x)
+    )
     x = nn.max_pool(x, (2, 2), (2, 2), padding=_pool_padding(x, 2))
     padding = "VALID" if min(x.shape[1:3]) >= 6 else "SAME"
-    x = nn.relu(Conv(32, (5, 5), padding=padding, impl=self.conv_impl, dtype=self.dtype)(x))
+    x = nn.relu(
+      Conv(32, (5, 5), padding=padding, impl=self.conv_impl, dtype=self.dtype)(
+        x
+      )
+    )
     x = nn.max_pool(x, (2, 2), (2, 2), padding=_pool_padding(x, 2))
     x = x.reshape((x.shape[0], -1))
     x = jnp.tanh(nn.Dense(128, dtype=self.dtype)(x))
@@ -256,7 +323,11 @@ class CNNSmall(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for block in range(3):
-      x = nn.leaky_relu(Conv(self.width * 2**block, (3, 3), impl=self.conv_impl, dtype=self.dtype)(x))
+      x = nn.leaky_relu(
+        Conv(
+          self.width * 2**block, (3, 3), impl=self.conv_impl, dtype=self.dtype
+        )(x)
+      )
       x = _avg_pool2(x)
     x = x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -272,17 +343,37 @@ class _WideBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
+    norm = lambda: nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, dtype=self.dtype
+    )
     y = nn.relu(norm()(x))
     shortcut = x
     if x.shape[-1] != self.features or self.strides != 1:
-      shortcut = Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False,
-                      impl=self.conv_impl, dtype=self.dtype)(y)
-    y = Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False,
-             impl=self.conv_impl, dtype=self.dtype)(y)
+      shortcut = Conv(
+        self.features,
+        (1, 1),
+        (self.strides, self.strides),
+        use_bias=False,
+        impl=self.conv_impl,
+        dtype=self.dtype,
+      )(y)
+    y = Conv(
+      self.features,
+      (3, 3),
+      (self.strides, self.strides),
+      use_bias=False,
+      impl=self.conv_impl,
+      dtype=self.dtype,
+    )(y)
     y = nn.relu(norm()(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = Conv(self.features, (3, 3), use_bias=False, impl=self.conv_impl, dtype=self.dtype)(y)
+    y = Conv(
+      self.features,
+      (3, 3),
+      use_bias=False,
+      impl=self.conv_impl,
+      dtype=self.dtype,
+    )(y)
     return shortcut + y
 
 
@@ -301,24 +392,34 @@ class WideResNet(nn.Module):
     if (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
     blocks = (self.depth - 4) // 6
-    x = Conv(16, (3, 3), use_bias=False, impl=self.conv_impl, dtype=self.dtype)(x)
-    for stage, features in enumerate((16 * self.width, 32 * self.width, 64 * self.width)):
+    x = Conv(16, (3, 3), use_bias=False, impl=self.conv_impl, dtype=self.dtype)(
+      x
+    )
+    for stage, features in enumerate(
+      (16 * self.width, 32 * self.width, 64 * self.width)
+    ):
       for i in range(blocks):
         strides = 2 if (stage > 0 and i == 0) else 1
-        x = _WideBlock(features, strides, self.dropout_rate, self.conv_impl, self.dtype)(x, train)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+        x = _WideBlock(
+          features, strides, self.dropout_rate, self.conv_impl, self.dtype
+        )(x, train)
+    x = nn.relu(
+      nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, dtype=self.dtype
+      )(x)
+    )
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "lenet5": LeNet5,
-    "mlleaks_cnn": MLLeaksCNN,
-    "cnn_small": CNNSmall,
-    "wrn": WideResNet,
-    "wrn16-4": lambda **kw: WideResNet(depth=16, width=4, **kw),
-    "wrn28-2": lambda **kw: WideResNet(depth=28, width=2, **kw),
+  "mlp": MLP,
+  "lenet5": LeNet5,
+  "mlleaks_cnn": MLLeaksCNN,
+  "cnn_small": CNNSmall,
+  "wrn": WideResNet,
+  "wrn16-4": lambda **kw: WideResNet(depth=16, width=4, **kw),
+  "wrn28-2": lambda **kw: WideResNet(depth=28, width=2, **kw),
 }
 MODEL_NAMES = tuple(sorted(_REGISTRY))
 

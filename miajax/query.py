@@ -28,11 +28,15 @@ def query_views(x, queries: str):
   un-augmented input.
   """
   if queries not in QUERY_SETS:
-    raise ValueError(f"queries must be one of {list(QUERY_SETS)}, got {queries!r}")
+    raise ValueError(
+      f"queries must be one of {list(QUERY_SETS)}, got {queries!r}"
+    )
   if queries == "identity":
     return x[None]
   if x.ndim != 4:
-    raise ValueError(f"queries={queries!r} needs images [N, H, W, C], got shape {x.shape}")
+    raise ValueError(
+      f"queries={queries!r} needs images [N, H, W, C], got shape {x.shape}"
+    )
   flips = [x, x[:, :, ::-1]]
   if queries == "mirror":
     return jnp.stack(flips)
@@ -40,10 +44,14 @@ def query_views(x, queries: str):
   h, w = x.shape[1:3]
   views = []
   for img in flips:
-    padded = jnp.pad(img, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    padded = jnp.pad(
+      img, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect"
+    )
     for dy in (0, -4, 4):
       for dx in (0, -4, 4):
-        views.append(padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w])
+        views.append(
+          padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        )
   return jnp.stack(views)
 
 
@@ -53,8 +61,16 @@ def _predict_fn(fns: config_lib.ModelFns, per_model: bool):
   return jax.jit(one if per_model else jax.vmap(one, in_axes=(0, None)))
 
 
-def predict(config: config_lib.TrainConfig, variables, x, *, num_classes: int, queries: str = "identity",
-            batch_size: int = 1024, lowering: lowering_lib.Lowering | None = None) -> np.ndarray:
+def predict(
+  config: config_lib.TrainConfig,
+  variables,
+  x,
+  *,
+  num_classes: int,
+  queries: str = "identity",
+  batch_size: int = 1024,
+  lowering: lowering_lib.Lowering | None = None,
+) -> np.ndarray:
   """Logits ``float32[models, examples, queries, classes]`` of stacked models.
 
   Args:
@@ -66,43 +82,66 @@ def predict(config: config_lib.TrainConfig, variables, x, *, num_classes: int, q
     batch_size: examples per compiled call.
     lowering: default: resolved for this backend, as in training.
   """
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  if (
+    isinstance(batch_size, bool)
+    or not isinstance(batch_size, (int, np.integer))
+    or batch_size < 1
+  ):
+    raise ValueError(
+      f"batch_size must be a positive integer, got {batch_size!r}"
+    )
   x = np.asarray(x, np.float32)
   if x.shape[0] == 0:
     raise ValueError("x must contain at least one example")
   query_views(x[:1], queries)  # validates queries against the input's shape
-  base = dataclasses.replace(config, seed=0, learning_rate=1.0, models_per_step=None)
+  base = dataclasses.replace(
+    config, seed=0, learning_rate=1.0, models_per_step=None
+  )
   base.validate()
-  low = lowering or lowering_lib.resolve_lowering(base, tuple(x.shape[1:]), num_classes)
+  low = lowering or lowering_lib.resolve_lowering(
+    base, tuple(x.shape[1:]), num_classes
+  )
   fns = config_lib.model_fns(base, num_classes, conv_impl=low.conv_impl)
   mesh = engine.models_mesh()
   leaves = jax.tree_util.tree_leaves(variables)
   if not leaves or any(np.ndim(a) == 0 for a in leaves):
-    raise ValueError("variables must be stacked on a leading [models] axis (e.g. TrainResult.variables), got "
-                     f"{type(variables).__name__} with {len(leaves)} array leaves")
+    raise ValueError(
+      "variables must be stacked on a leading [models] axis (e.g. TrainResult.variables), got "
+      f"{type(variables).__name__} with {len(leaves)} array leaves"
+    )
   num_models = leaves[0].shape[0]
   padded = engine._pad_to_devices(np.arange(num_models), mesh.size)
   if len(padded) != num_models:
-    variables = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[padded], variables)
-  variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec("models")))
+    variables = jax.tree_util.tree_map(
+      lambda a: jnp.asarray(a)[padded], variables
+    )
+  variables = jax.device_put(
+    variables, NamedSharding(mesh, PartitionSpec("models"))
+  )
   replicated = NamedSharding(mesh, PartitionSpec())
   per_model = low.model_axis in ("unroll", "loop")
   fn = _predict_fn(fns, per_model)
   if per_model:  # as in training: one plain program per model beats the vmapped (grouped) form on CPU
-    models = [jax.tree_util.tree_map(lambda a: a[m], variables) for m in range(num_models)]
+    models = [
+      jax.tree_util.tree_map(lambda a: a[m], variables)
+      for m in range(num_models)
+    ]
   n = x.shape[0]
   bs = min(batch_size, n)
   out = []
   for s in range(0, n, bs):
-    xb = x[s:s + bs]
+    xb = x[s : s + bs]
     pad = bs - xb.shape[0]
     if pad:  # one compiled shape for every batch
       xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
     views = query_views(jax.device_put(xb, replicated), queries)
     if per_model:
-      logits = jnp.stack([jnp.stack([fn(vm, v) for vm in models]) for v in views], 2)
+      logits = jnp.stack(
+        [jnp.stack([fn(vm, v) for vm in models]) for v in views], 2
+      )
     else:
-      logits = jnp.stack([fn(variables, v) for v in views], 2)  # [models, batch, queries, classes]
-    out.append(np.asarray(logits[:num_models, :bs - pad], np.float32))
+      logits = jnp.stack(
+        [fn(variables, v) for v in views], 2
+      )  # [models, batch, queries, classes]
+    out.append(np.asarray(logits[:num_models, : bs - pad], np.float32))
   return np.concatenate(out, 1)

@@ -20,221 +20,280 @@ import numpy as np
 
 from miajax import metrics as _m
 
-__all__ = ["FPR_LEVELS", "FNR_LEVELS", "attack_summary", "format_table", "level_key",
-           "to_jsonable", "write_json_atomic"]
+__all__ = [
+  "FPR_LEVELS",
+  "FNR_LEVELS",
+  "attack_summary",
+  "format_table",
+  "level_key",
+  "to_jsonable",
+  "write_json_atomic",
+]
 
 FPR_LEVELS = (0.01, 0.001, 1e-05)
 FNR_LEVELS = (0.001,)
 
 
 def level_key(level: float) -> str:
-    """The JSON key of a level: ``str(float)``, i.e. "0.01", "0.001", "1e-05"."""
-    return str(float(level))
+  """The JSON key of a level: ``str(float)``, i.e. "0.01", "0.001", "1e-05"."""
+  return str(float(level))
 
 
 def _num(x):
-    x = float(x)
-    return None if math.isnan(x) else x
+  x = float(x)
+  return None if math.isnan(x) else x
 
 
 def _pair(low_high):
-    low, high = low_high
-    return None if math.isnan(low) or math.isnan(high) else [float(low), float(high)]
+  low, high = low_high
+  return (
+    None if math.isnan(low) or math.isnan(high) else [float(low), float(high)]
+  )
 
 
-def attack_summary(scores, is_member, *, confidence: float = 0.95, seed: int = 0,
-                   num_bootstrap: int = 1000, num_draws: int = 2000,
-                   fpr_levels=FPR_LEVELS, fnr_levels=FNR_LEVELS, delta: float = 0.0) -> dict:
-    """Metrics of one attack, JSON-ready.
+def attack_summary(
+  scores,
+  is_member,
+  *,
+  confidence: float = 0.95,
+  seed: int = 0,
+  num_bootstrap: int = 1000,
+  num_draws: int = 2000,
+  fpr_levels=FPR_LEVELS,
+  fnr_levels=FNR_LEVELS,
+  delta: float = 0.0,
+) -> dict:
+  """Metrics of one attack, JSON-ready.
 
-    Every number equals what the corresponding ``miajax.metrics`` function
-    returns with the same ``seed`` (the scores are sorted once and shared).
+  Every number equals what the corresponding ``miajax.metrics`` function
+  returns with the same ``seed`` (the scores are sorted once and shared).
 
-    Cost on 2,000,000 scores: about 2-4 s on 2 CPU cores, dominated by the
-    AUC/balanced-accuracy bootstrap (``num_bootstrap`` = 1000 replicates drawn
-    as multinomial counts over at most 4096 score groups); the TPR/TNR
-    intervals use ``num_draws`` = 2000 Monte Carlo draws at O(1) each.
+  Cost on 2,000,000 scores: about 2-4 s on 2 CPU cores, dominated by the
+  AUC/balanced-accuracy bootstrap (``num_bootstrap`` = 1000 replicates drawn
+  as multinomial counts over at most 4096 score groups); the TPR/TNR
+  intervals use ``num_draws`` = 2000 Monte Carlo draws at O(1) each.
 
-    Args:
-      scores: ``float[...]``, higher = member.
-      is_member: ``bool[...]``, same shape.
-      confidence: level of every interval and of the epsilon bound.
-      seed: integer seed shared by all intervals.
-      num_bootstrap: replicates for the AUC and balanced-accuracy intervals.
-      num_draws: draws for the TPR@FPR / TNR@FNR intervals.
-      fpr_levels, fnr_levels: levels for the ``tpr_at_fpr`` / ``tnr_at_fnr`` keys.
-      delta: the delta of the epsilon lower bound.
+  Args:
+    scores: ``float[...]``, higher = member.
+    is_member: ``bool[...]``, same shape.
+    confidence: level of every interval and of the epsilon bound.
+    seed: integer seed shared by all intervals.
+    num_bootstrap: replicates for the AUC and balanced-accuracy intervals.
+    num_draws: draws for the TPR@FPR / TNR@FNR intervals.
+    fpr_levels, fnr_levels: levels for the ``tpr_at_fpr`` / ``tnr_at_fnr`` keys.
+    delta: the delta of the epsilon lower bound.
 
-    Returns:
-      ``{"auc", "auc_ci": [lo, hi], "balanced_accuracy", "balanced_accuracy_ci",
-      "tpr_at_fpr": {key: value}, "tpr_at_fpr_ci": {key: [lo, hi]},
-      "tnr_at_fnr": {...}, "tnr_at_fnr_ci": {...}, "epsilon_lower_bound",
-      "num_members", "num_non_members"}`` with keys from :func:`level_key`;
-      ``None`` for unresolvable levels and their intervals.
-    """
-    fpr_levels = [_m._check_level("fpr_levels", x) for x in fpr_levels]
-    fnr_levels = [_m._check_level("fnr_levels", x) for x in fnr_levels]
-    confidence, num_bootstrap = _m._check_interval_args(confidence, num_bootstrap)
-    num_draws = _m._check_count("num_draws", num_draws, 10)
-    _m._check_count("seed", seed, 0)
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0.0 <= delta < 1.0:
-        raise ValueError(f"delta must be a float in [0, 1), got {delta!r}")
+  Returns:
+    ``{"auc", "auc_ci": [lo, hi], "balanced_accuracy", "balanced_accuracy_ci",
+    "tpr_at_fpr": {key: value}, "tpr_at_fpr_ci": {key: [lo, hi]},
+    "tnr_at_fnr": {...}, "tnr_at_fnr_ci": {...}, "epsilon_lower_bound",
+    "num_members", "num_non_members"}`` with keys from :func:`level_key`;
+    ``None`` for unresolvable levels and their intervals.
+  """
+  fpr_levels = [_m._check_level("fpr_levels", x) for x in fpr_levels]
+  fnr_levels = [_m._check_level("fnr_levels", x) for x in fnr_levels]
+  confidence, num_bootstrap = _m._check_interval_args(confidence, num_bootstrap)
+  num_draws = _m._check_count("num_draws", num_draws, 10)
+  _m._check_count("seed", seed, 0)
+  if (
+    isinstance(delta, bool)
+    or not isinstance(delta, numbers.Real)
+    or not 0.0 <= delta < 1.0
+  ):
+    raise ValueError(f"delta must be a float in [0, 1), got {delta!r}")
 
-    split = _m._split(scores, is_member)
-    swapped = _m._swap(split)
-    ranked = _m._ranked(split)
-    auc_value = _m._auc(split, ranked)
-    bal_value = _m._balanced_accuracy(split, ranked)
-    auc_reps, bal_reps = _m._bootstrap_auc_bal(split, ranked, num_bootstrap, _m._rng(seed))
+  split = _m._split(scores, is_member)
+  swapped = _m._swap(split)
+  ranked = _m._ranked(split)
+  auc_value = _m._auc(split, ranked)
+  bal_value = _m._balanced_accuracy(split, ranked)
+  auc_reps, bal_reps = _m._bootstrap_auc_bal(
+    split, ranked, num_bootstrap, _m._rng(seed)
+  )
 
-    unresolved = []
-    with warnings.catch_warnings():
-        # One summary warning below instead of one per level and interval.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        tpr, tpr_ci, tnr, tnr_ci = {}, {}, {}, {}
-        for table, table_ci, levels, data, role in (
-                (tpr, tpr_ci, fpr_levels, split, "TPR@FPR"),
-                (tnr, tnr_ci, fnr_levels, swapped, "TNR@FNR")):
-            for level in levels:
-                key = level_key(level)
-                table[key] = _num(_m._tpr_at(data, level, role, ""))
-                table_ci[key] = _pair(_m._tpr_interval(data, level, confidence, num_draws,
-                                                       _m._rng(seed), "fiducial", role, ""))
-                if table[key] is None:
-                    unresolved.append(f"{role} {key}")
-    if unresolved:
-        warnings.warn(f"attack_summary: {', '.join(unresolved)} unresolvable with "
-                      f"{split.pos.size} members and {split.neg.size} non-members; "
-                      "reported as None", RuntimeWarning, stacklevel=2)
-    epsilon = _m._epsilon_lower_bound(split, float(delta), confidence, _m._rng(seed))
-    return {
-        "auc": auc_value,
-        "auc_ci": list(_m._percentile(auc_reps, confidence)),
-        "balanced_accuracy": bal_value,
-        "balanced_accuracy_ci": list(_m._basic(bal_reps, bal_value, confidence)),
-        "tpr_at_fpr": tpr,
-        "tpr_at_fpr_ci": tpr_ci,
-        "tnr_at_fnr": tnr,
-        "tnr_at_fnr_ci": tnr_ci,
-        "epsilon_lower_bound": epsilon,
-        "num_members": int(split.pos.size),
-        "num_non_members": int(split.neg.size),
-    }
+  unresolved = []
+  with warnings.catch_warnings():
+    # One summary warning below instead of one per level and interval.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    tpr, tpr_ci, tnr, tnr_ci = {}, {}, {}, {}
+    for table, table_ci, levels, data, role in (
+      (tpr, tpr_ci, fpr_levels, split, "TPR@FPR"),
+      (tnr, tnr_ci, fnr_levels, swapped, "TNR@FNR"),
+    ):
+      for level in levels:
+        key = level_key(level)
+        table[key] = _num(_m._tpr_at(data, level, role, ""))
+        table_ci[key] = _pair(
+          _m._tpr_interval(
+            data,
+            level,
+            confidence,
+            num_draws,
+            _m._rng(seed),
+            "fiducial",
+            role,
+            "",
+          )
+        )
+        if table[key] is None:
+          unresolved.append(f"{role} {key}")
+  if unresolved:
+    warnings.warn(
+      f"attack_summary: {', '.join(unresolved)} unresolvable with "
+      f"{split.pos.size} members and {split.neg.size} non-members; "
+      "reported as None",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+  epsilon = _m._epsilon_lower_bound(
+    split, float(delta), confidence, _m._rng(seed)
+  )
+  return {
+    "auc": auc_value,
+    "auc_ci": list(_m._percentile(auc_reps, confidence)),
+    "balanced_accuracy": bal_value,
+    "balanced_accuracy_ci": list(_m._basic(bal_reps, bal_value, confidence)),
+    "tpr_at_fpr": tpr,
+    "tpr_at_fpr_ci": tpr_ci,
+    "tnr_at_fnr": tnr,
+    "tnr_at_fnr_ci": tnr_ci,
+    "epsilon_lower_bound": epsilon,
+    "num_members": int(split.pos.size),
+    "num_non_members": int(split.neg.size),
+  }
 
 
 def _fmt(value, ci=None, *, rate: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    # Small rates (e.g. TPR at 0.001 % FPR) need more digits to differ from 0.
-    if rate and 0 < abs(value) < 0.001:
-        spec = ".1e"
-    elif rate and 0 < abs(value) < 0.01:
-        spec = ".4f"
-    else:
-        spec = ".3f"
-    text = format(value, spec)
-    if ci is not None and all(c is not None and not math.isnan(c) for c in ci):
-        text += f" [{format(ci[0], spec)}, {format(ci[1], spec)}]"
-    return text
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "n/a"
+  # Small rates (e.g. TPR at 0.001 % FPR) need more digits to differ from 0.
+  if rate and 0 < abs(value) < 0.001:
+    spec = ".1e"
+  elif rate and 0 < abs(value) < 0.01:
+    spec = ".4f"
+  else:
+    spec = ".3f"
+  text = format(value, spec)
+  if ci is not None and all(c is not None and not math.isnan(c) for c in ci):
+    text += f" [{format(ci[0], spec)}, {format(ci[1], spec)}]"
+  return text
 
 
 def _percent(level: float) -> str:
-    return f"{100 * level:g}%"
+  return f"{100 * level:g}%"
 
 
-def format_table(attacks: dict, *, fpr_levels=FPR_LEVELS, fnr_levels=FNR_LEVELS) -> str:
-    """A Markdown table with one row per attack.
+def format_table(
+  attacks: dict, *, fpr_levels=FPR_LEVELS, fnr_levels=FNR_LEVELS
+) -> str:
+  """A Markdown table with one row per attack.
 
-    Columns: AUC, bal. acc, TPR at each FPR level, TNR at each FNR level and the
-    empirical epsilon lower bound (when present). Cells read
-    ``0.084 [0.071, 0.098]`` where the summary holds an interval and ``n/a``
-    where the value is unresolvable or missing.
+  Columns: AUC, bal. acc, TPR at each FPR level, TNR at each FNR level and the
+  empirical epsilon lower bound (when present). Cells read
+  ``0.084 [0.071, 0.098]`` where the summary holds an interval and ``n/a``
+  where the value is unresolvable or missing.
 
-    Args:
-      attacks: ``{name: summary}`` with summaries as from :func:`attack_summary`
-        (the plain schema without intervals works too).
+  Args:
+    attacks: ``{name: summary}`` with summaries as from :func:`attack_summary`
+      (the plain schema without intervals works too).
 
-    Returns:
-      str, the table without a trailing newline.
-    """
-    if not isinstance(attacks, dict):
-        raise TypeError(f"attacks must be a dict name -> summary, got {type(attacks).__name__}")
-    with_eps = any("epsilon_lower_bound" in s for s in attacks.values())
-    header = (["attack", "AUC", "bal. acc"]
-              + [f"TPR@{_percent(x)}FPR" for x in fpr_levels]
-              + [f"TNR@{_percent(x)}FNR" for x in fnr_levels]
-              + (["eps lower bound"] if with_eps else []))
-    rule = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
-    lines = ["| " + " | ".join(header) + " |", rule]
-    for name, summary in attacks.items():
-        if not isinstance(summary, dict):
-            raise TypeError(f"attacks[{name!r}] must be a summary dict, "
-                            f"got {type(summary).__name__}")
-        row = [str(name),
-               _fmt(summary.get("auc"), summary.get("auc_ci")),
-               _fmt(summary.get("balanced_accuracy"), summary.get("balanced_accuracy_ci"))]
-        for table, levels in (("tpr_at_fpr", fpr_levels), ("tnr_at_fnr", fnr_levels)):
-            values = summary.get(table) or {}
-            intervals = summary.get(table + "_ci") or {}
-            row += [_fmt(values.get(level_key(x)), intervals.get(level_key(x)), rate=True)
-                    for x in levels]
-        if with_eps:
-            eps = summary.get("epsilon_lower_bound")
-            row.append("n/a" if eps is None else f"{eps:.2f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+  Returns:
+    str, the table without a trailing newline.
+  """
+  if not isinstance(attacks, dict):
+    raise TypeError(
+      f"attacks must be a dict name -> summary, got {type(attacks).__name__}"
+    )
+  with_eps = any("epsilon_lower_bound" in s for s in attacks.values())
+  header = (
+    ["attack", "AUC", "bal. acc"]
+    + [f"TPR@{_percent(x)}FPR" for x in fpr_levels]
+    + [f"TNR@{_percent(x)}FNR" for x in fnr_levels]
+    + (["eps lower bound"] if with_eps else [])
+  )
+  rule = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
+  lines = ["| " + " | ".join(header) + " |", rule]
+  for name, summary in attacks.items():
+    if not isinstance(summary, dict):
+      raise TypeError(
+        f"attacks[{name!r}] must be a summary dict, "
+        f"got {type(summary).__name__}"
+      )
+    row = [
+      str(name),
+      _fmt(summary.get("auc"), summary.get("auc_ci")),
+      _fmt(
+        summary.get("balanced_accuracy"), summary.get("balanced_accuracy_ci")
+      ),
+    ]
+    for table, levels in (
+      ("tpr_at_fpr", fpr_levels),
+      ("tnr_at_fnr", fnr_levels),
+    ):
+      values = summary.get(table) or {}
+      intervals = summary.get(table + "_ci") or {}
+      row += [
+        _fmt(values.get(level_key(x)), intervals.get(level_key(x)), rate=True)
+        for x in levels
+      ]
+    if with_eps:
+      eps = summary.get("epsilon_lower_bound")
+      row.append("n/a" if eps is None else f"{eps:.2f}")
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
 
 
 def to_jsonable(obj):
-    """``obj`` with numpy values made plain Python and NaN/inf made ``None``.
+  """``obj`` with numpy values made plain Python and NaN/inf made ``None``.
 
-    dict keys become ``str``; tuples and arrays become lists.
-    """
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj
+  dict keys become ``str``; tuples and arrays become lists.
+  """
+  if isinstance(obj, dict):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return [to_jsonable(v) for v in obj.tolist()]
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  return obj
 
 
 def write_json_atomic(path, obj, *, indent: int = 2) -> None:
-    """Write ``to_jsonable(obj)`` as JSON so that readers never see a partial file.
+  """Write ``to_jsonable(obj)`` as JSON so that readers never see a partial file.
 
-    The text is serialised first (a failure leaves the old file untouched),
-    written to a temporary file in the same directory, fsynced, then moved
-    over ``path`` with ``os.replace`` (atomic on POSIX and Windows).
-    """
-    path = os.fspath(path)
-    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        # mkstemp creates the file 0600; a report should be readable like any file.
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        # Persist the rename itself; not possible on every platform.
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+  The text is serialised first (a failure leaves the old file untouched),
+  written to a temporary file in the same directory, fsynced, then moved
+  over ``path`` with ``os.replace`` (atomic on POSIX and Windows).
+  """
+  path = os.fspath(path)
+  text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+  )
+  try:
+    # mkstemp creates the file 0600; a report should be readable like any file.
+    os.chmod(tmp, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  try:
+    # Persist the rename itself; not possible on every platform.
+    dir_fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(dir_fd)
+  except OSError:
+    pass
+  finally:
+    os.close(dir_fd)

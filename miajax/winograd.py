@@ -34,33 +34,59 @@ TILE = 4  # output tile side m
 SPAN = TILE + 2  # input tile side m + r - 1
 
 # F(4, 3) transforms (cross-correlation form, as in convolutional nets).
-_BT = np.array([[4, 0, -5, 0, 1, 0],
-                [0, -4, -4, 1, 1, 0],
-                [0, 4, -4, -1, 1, 0],
-                [0, -2, -1, 2, 1, 0],
-                [0, 2, -1, -2, 1, 0],
-                [0, 4, 0, -5, 0, 1]], np.float32)
-_G = np.array([[1 / 4, 0, 0],
-               [-1 / 6, -1 / 6, -1 / 6],
-               [-1 / 6, 1 / 6, -1 / 6],
-               [1 / 24, 1 / 12, 1 / 6],
-               [1 / 24, -1 / 12, 1 / 6],
-               [0, 0, 1]], np.float32)
-_AT = np.array([[1, 1, 1, 1, 1, 0],
-                [0, 1, -1, 2, -2, 0],
-                [0, 1, 1, 4, 4, 0],
-                [0, 1, -1, 8, -8, 1]], np.float32)
+_BT = np.array(
+  [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+  ],
+  np.float32,
+)
+_G = np.array(
+  [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+  ],
+  np.float32,
+)
+_AT = np.array(
+  [
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+  ],
+  np.float32,
+)
 
-MIN_CHANNELS = 16  # below it the [tiles, C_in] matmuls are too thin to beat im2col
+MIN_CHANNELS = (
+  16  # below it the [tiles, C_in] matmuls are too thin to beat im2col
+)
 
 
 def supported(x_shape, kernel_shape, strides, padding, dtype) -> bool:
   """Whether :func:`conv3x3` computes this convolution (and is worth it)."""
-  if len(x_shape) != 4 or tuple(kernel_shape[:2]) != (3, 3) or tuple(strides) != (1, 1):
+  if (
+    len(x_shape) != 4
+    or tuple(kernel_shape[:2]) != (3, 3)
+    or tuple(strides) != (1, 1)
+  ):
     return False
   _, h, w, cin = x_shape
-  return (padding == "SAME" and h % TILE == 0 and w % TILE == 0 and cin >= MIN_CHANNELS
-          and jnp.dtype(dtype) == jnp.float32)
+  return (
+    padding == "SAME"
+    and h % TILE == 0
+    and w % TILE == 0
+    and cin >= MIN_CHANNELS
+    and jnp.dtype(dtype) == jnp.float32
+  )
 
 
 def _combine(parts, coeffs):
@@ -84,10 +110,18 @@ def _input_transform(x):
   """``float[N, H, W, C]`` -> ``float[36, N * H/4 * W/4, C]`` (B^T d B of every 6x6 tile)."""
   n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  rows = [xp[:, r:r + h:TILE] for r in range(SPAN)]  # [N, H/4, W+2, C]: row r of every tile
-  mixed = jnp.stack([_combine(rows, _BT[p]) for p in range(SPAN)])  # [6, N, H/4, W+2, C]
-  cols = [mixed[:, :, :, s:s + w:TILE] for s in range(SPAN)]  # [6, N, H/4, W/4, C]
-  return jnp.stack([_combine(cols, _BT[q]) for q in range(SPAN)], 1).reshape(SPAN * SPAN, -1, c)
+  rows = [
+    xp[:, r : r + h : TILE] for r in range(SPAN)
+  ]  # [N, H/4, W+2, C]: row r of every tile
+  mixed = jnp.stack(
+    [_combine(rows, _BT[p]) for p in range(SPAN)]
+  )  # [6, N, H/4, W+2, C]
+  cols = [
+    mixed[:, :, :, s : s + w : TILE] for s in range(SPAN)
+  ]  # [6, N, H/4, W/4, C]
+  return jnp.stack([_combine(cols, _BT[q]) for q in range(SPAN)], 1).reshape(
+    SPAN * SPAN, -1, c
+  )
 
 
 def _kernel_transform(kernel):
@@ -114,9 +148,12 @@ def _output_transform_adjoint(g):
   n, h, w, d = g.shape
   rows = [g[:, i::TILE] for i in range(TILE)]  # [N, H/4, W, C]
   mixed = [_combine(rows, _AT[:, p]) for p in range(SPAN)]
-  cols = [[mixed[p][:, :, j::TILE] for j in range(TILE)] for p in range(SPAN)]  # [N, H/4, W/4, C]
-  return jnp.stack([_combine(cols[p], _AT[:, q]) for p in range(SPAN) for q in range(SPAN)]).reshape(
-      SPAN * SPAN, -1, d)
+  cols = [
+    [mixed[p][:, :, j::TILE] for j in range(TILE)] for p in range(SPAN)
+  ]  # [N, H/4, W/4, C]
+  return jnp.stack(
+    [_combine(cols[p], _AT[:, q]) for p in range(SPAN) for q in range(SPAN)]
+  ).reshape(SPAN * SPAN, -1, d)
 
 
 def _forward(x, kernel):
@@ -142,9 +179,16 @@ def conv3x3(x, kernel):
 
 def _check(x, kernel):
   # Also called from the VJP's forward rule, which is what runs under jax.grad.
-  if x.ndim != 4 or x.shape[1] % TILE or x.shape[2] % TILE or kernel.shape[:2] != (3, 3):
-    raise ValueError(f"conv3x3 needs x [N, H, W, C] with H, W multiples of {TILE} and a 3x3 kernel, "
-                     f"got x {x.shape} and kernel {kernel.shape}")
+  if (
+    x.ndim != 4
+    or x.shape[1] % TILE
+    or x.shape[2] % TILE
+    or kernel.shape[:2] != (3, 3)
+  ):
+    raise ValueError(
+      f"conv3x3 needs x [N, H, W, C] with H, W multiples of {TILE} and a 3x3 kernel, "
+      f"got x {x.shape} and kernel {kernel.shape}"
+    )
 
 
 def _conv3x3_fwd(x, kernel):

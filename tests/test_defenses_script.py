@@ -12,16 +12,42 @@ import numpy as np
 from miajax import data, defenses
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ATTACKS = {"lira_online", "lira_offline", "global_threshold", "max_confidence", "label_aug", "label_aug_lira",
-           "label_noise", "label_noise_lira"}
-ARGS = ["--num_models=8", "--epochs=2", "--dp_epochs=2", "--widths=32", "--batch_size=64",
-        "--rows=none,topk,rounding,temperature,label_only,dp_eps8", "--dropout_sweep="]
+ATTACKS = {
+  "lira_online",
+  "lira_offline",
+  "global_threshold",
+  "max_confidence",
+  "label_aug",
+  "label_aug_lira",
+  "label_noise",
+  "label_noise_lira",
+}
+ARGS = [
+  "--num_models=8",
+  "--epochs=2",
+  "--dp_epochs=2",
+  "--widths=32",
+  "--batch_size=64",
+  "--rows=none,topk,rounding,temperature,label_only,dp_eps8",
+  "--dropout_sweep=",
+]
 
 
 def _run(out):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  return subprocess.run([sys.executable, str(ROOT / "experiments" / "defenses.py"), f"--output_dir={out}", *ARGS],
-                        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+  return subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "experiments" / "defenses.py"),
+      f"--output_dir={out}",
+      *ARGS,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+    cwd=ROOT,
+  )
 
 
 def test_defense_table_small(tmp_path):
@@ -30,15 +56,28 @@ def test_defense_table_small(tmp_path):
   rep = json.loads((tmp_path / "report.json").read_text())
 
   rows = {r["name"]: r for r in rep["rows"]}
-  assert list(rows) == ["none", "topk", "rounding", "temperature", "label_only", "dp_eps8"]
+  assert list(rows) == [
+    "none",
+    "topk",
+    "rounding",
+    "temperature",
+    "label_only",
+    "dp_eps8",
+  ]
   assert rep["dropout_sweep"] == []
   for r in rows.values():
     assert set(r["attacks"]) == ATTACKS
     for a in r["attacks"].values():
       assert 0.0 <= a["auc"] <= 1.0 and 0.5 <= a["balanced_accuracy"] <= 1.0
-      assert set(a["tpr_at_fpr"]) == {"0.01", "0.001", "1e-05"} and set(a["tnr_at_fnr"]) == {"0.001"}
+      assert set(a["tpr_at_fpr"]) == {"0.01", "0.001", "1e-05"} and set(
+        a["tnr_at_fnr"]
+      ) == {"0.001"}
       assert a["num_members"] + a["num_non_members"] == 8 * 1297
-    assert math.isclose(r["train_test_gap"], r["train_accuracy"] - r["test_accuracy"], abs_tol=1e-12)
+    assert math.isclose(
+      r["train_test_gap"],
+      r["train_accuracy"] - r["test_accuracy"],
+      abs_tol=1e-12,
+    )
     emp = r["empirical_epsilon"]
     assert emp["epsilon"] == max(emp["per_attack"].values()) >= 0.0
   assert rep["config"]["num_models"] == 8 and rep["baseline_row"] == "none"
@@ -50,15 +89,28 @@ def test_defense_table_small(tmp_path):
   assert rows["topk"]["test_accuracy"] == rows["none"]["test_accuracy"]
   assert rows["topk"]["output"] == {"name": "top_k", "k": 1}
   # Equal up to float32 rounding of the log/exp round trip (different scores would move the AUC by >= 1e-5).
-  assert math.isclose(rows["topk"]["attacks"]["max_confidence"]["auc"],
-                      rows["none"]["attacks"]["max_confidence"]["auc"], rel_tol=1e-6)
-  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted({r["run"] for r in rows.values()})
+  assert math.isclose(
+    rows["topk"]["attacks"]["max_confidence"]["auc"],
+    rows["none"]["attacks"]["max_confidence"]["auc"],
+    rel_tol=1e-6,
+  )
+  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
+    {r["run"] for r in rows.values()}
+  )
   # The output rows share the undefended models and keep the top-1 label: the label-only attacks cannot move,
   # while a label-only output leaves LiRA no more than the correctness bit.
   for name in ("rounding", "temperature", "label_only"):
     assert rows[name]["run"] == rows["none"]["run"]
-    for attack in ("label_aug", "label_aug_lira", "label_noise", "label_noise_lira"):
-      assert rows[name]["attacks"][attack]["auc"] == rows["none"]["attacks"][attack]["auc"]
+    for attack in (
+      "label_aug",
+      "label_aug_lira",
+      "label_noise",
+      "label_noise_lira",
+    ):
+      assert (
+        rows[name]["attacks"][attack]["auc"]
+        == rows["none"]["attacks"][attack]["auc"]
+      )
   # Only the label is released, so the top released probability is 1 for every example: no signal at all.
   assert rows["label_only"]["attacks"]["max_confidence"]["auc"] == 0.5
   assert rows["none"]["attacks"]["max_confidence"]["auc"] != 0.5
@@ -70,23 +122,41 @@ def test_defense_table_small(tmp_path):
   members = keep.sum(1)
   rate, steps = 64 / members.min(), 2 * math.ceil(members.max() / 64)
   assert (members.min(), members.max(), steps) == (648, 649, 22)
-  assert dp["sample_rate"] == rate and dp["steps"] == steps and dp["delta"] == 1e-5
+  assert (
+    dp["sample_rate"] == rate and dp["steps"] == steps and dp["delta"] == 1e-5
+  )
   assert dp["l2_norm_clip"] == 1.0 and rows["dp_eps8"]["epochs"] == 2
-  assert dp["noise_multiplier"] == defenses.dp_noise_multiplier(target_epsilon=8.0, sample_rate=rate, steps=steps,
-                                                                delta=1e-5)
-  direct = defenses.dp_epsilon(noise_multiplier=dp["noise_multiplier"], sample_rate=rate, steps=steps, delta=1e-5)
+  assert dp["noise_multiplier"] == defenses.dp_noise_multiplier(
+    target_epsilon=8.0, sample_rate=rate, steps=steps, delta=1e-5
+  )
+  direct = defenses.dp_epsilon(
+    noise_multiplier=dp["noise_multiplier"],
+    sample_rate=rate,
+    steps=steps,
+    delta=1e-5,
+  )
   assert dp["epsilon"] == direct and 7.99 < direct <= 8.0
-  assert dp["empirical_epsilon_below_accountant"] == (rows["dp_eps8"]["empirical_epsilon"]["epsilon"] <= direct)
+  assert dp["empirical_epsilon_below_accountant"] == (
+    rows["dp_eps8"]["empirical_epsilon"]["epsilon"] <= direct
+  )
 
-  assert (tmp_path / "privacy_utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (tmp_path / "privacy_utility.png").read_bytes()[
+    :8
+  ] == b"\x89PNG\r\n\x1a\n"
   assert not (tmp_path / "dropout_sweep.png").exists()
   table = (tmp_path / "table.md").read_text()
-  assert "| dp_eps8 |" in table and "| none / lira_online |" in table and table in proc.stdout
+  assert (
+    "| dp_eps8 |" in table
+    and "| none / lira_online |" in table
+    and table in proc.stdout
+  )
 
   # A rerun trains nothing and reproduces the table's numbers.
   again = _run(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("resuming: 1 chunks already on disk, 0 to train") == 2
+  assert (
+    again.stderr.count("resuming: 1 chunks already on disk, 0 to train") == 2
+  )
   assert "| label_only |" in table
   rep2 = json.loads((tmp_path / "report.json").read_text())
   for r1, r2 in zip(rep["rows"], rep2["rows"]):

@@ -18,9 +18,16 @@ def test_patch_conv_equals_xla_conv(padding, strides, kernel):
   variables = conv.init(jax.random.PRNGKey(1), x)
   got = conv.apply(variables, x)
   w, b = variables["params"]["kernel"], variables["params"]["bias"]
-  want = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+  want = (
+    lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    + b
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  both = models.Conv(4, kernel, strides, padding, impl="xla_patches").apply(variables, x)
+  both = models.Conv(4, kernel, strides, padding, impl="xla_patches").apply(
+    variables, x
+  )
   np.testing.assert_allclose(both, want, rtol=1e-5, atol=1e-5)
 
 
@@ -36,11 +43,20 @@ def test_patch_conv_gradient_matches_xla():
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,shape", [
-    ("mlp", (3, 600)), ("mlp", (3, 8, 8, 1)), ("lenet5", (3, 8, 8, 1)), ("lenet5", (3, 28, 28, 1)),
-    ("mlleaks_cnn", (3, 32, 32, 3)), ("mlleaks_cnn", (3, 8, 8, 1)), ("cnn_small", (3, 32, 32, 3)),
-    ("wrn16-4", (2, 8, 8, 3)), ("wrn28-2", (2, 8, 8, 3)),
-])
+@pytest.mark.parametrize(
+  "name,shape",
+  [
+    ("mlp", (3, 600)),
+    ("mlp", (3, 8, 8, 1)),
+    ("lenet5", (3, 8, 8, 1)),
+    ("lenet5", (3, 28, 28, 1)),
+    ("mlleaks_cnn", (3, 32, 32, 3)),
+    ("mlleaks_cnn", (3, 8, 8, 1)),
+    ("cnn_small", (3, 32, 32, 3)),
+    ("wrn16-4", (2, 8, 8, 3)),
+    ("wrn28-2", (2, 8, 8, 3)),
+  ],
+)
 def test_every_model_maps_inputs_to_logits(name, shape):
   model = models.get_model(name, 7, dropout_rate=0.25)
   x = jnp.ones(shape)
@@ -50,7 +66,13 @@ def test_every_model_maps_inputs_to_logits(name, shape):
   assert np.isfinite(np.asarray(out)).all()
   # Dropout is active only with train=True, and it draws from the 'dropout' stream.
   mutable = ["batch_stats"] if models.uses_batch_norm(name) else False
-  a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=mutable)
+  a = model.apply(
+    variables,
+    x,
+    train=True,
+    rngs={"dropout": jax.random.PRNGKey(1)},
+    mutable=mutable,
+  )
   a = a[0] if mutable else a
   assert not np.allclose(a, out)
 
@@ -59,16 +81,26 @@ def test_mlp_default_widths_are_the_purchase_recipe():
   model = models.get_model("mlp", 100)
   variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 600)))
   kernels = [v["kernel"].shape for v in variables["params"].values()]
-  assert kernels == [(600, 1024), (1024, 512), (512, 256), (256, 128), (128, 100)]
+  assert kernels == [
+    (600, 1024),
+    (1024, 512),
+    (512, 256),
+    (256, 128),
+    (128, 100),
+  ]
 
 
 def test_batch_norm_statistics_stay_per_model_under_vmap():
   model = models.get_model("wrn", 10, depth=10, width=1)
-  xs = jnp.stack([jnp.zeros((4, 8, 8, 3)), 3.0 + jnp.ones((4, 8, 8, 3))])  # different data per model
+  xs = jnp.stack(
+    [jnp.zeros((4, 8, 8, 3)), 3.0 + jnp.ones((4, 8, 8, 3))]
+  )  # different data per model
   init = jax.vmap(lambda k: model.init(k, xs[0], train=False))
   variables = init(jax.random.split(jax.random.PRNGKey(0), 2))
+
   def step(v, x):
     return model.apply(v, x, train=True, mutable=["batch_stats"])[1]
+
   new = jax.vmap(step)(variables, xs)
   mean = jax.tree_util.tree_leaves(new["batch_stats"])[0]
   assert mean.shape[0] == 2
@@ -87,22 +119,40 @@ def test_unknown_model_and_bad_arguments_are_rejected():
 def test_reshape_pooling_equals_avg_pool():
   import flax.linen as nn
   from miajax.models import _avg_pool2
+
   rng = np.random.default_rng(0)
   for shape in [(2, 8, 8, 3), (2, 4, 6, 1), (1, 2, 2, 5)]:
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    np.testing.assert_allclose(_avg_pool2(x), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6, atol=1e-6)
-  x = jnp.asarray(rng.normal(size=(2, 1, 1, 3)), jnp.float32)  # odd size: SAME pooling as before
-  np.testing.assert_allclose(_avg_pool2(x), nn.avg_pool(x, (2, 2), (2, 2), padding="SAME"), rtol=1e-6)
+    np.testing.assert_allclose(
+      _avg_pool2(x), nn.avg_pool(x, (2, 2), (2, 2)), rtol=1e-6, atol=1e-6
+    )
+  x = jnp.asarray(
+    rng.normal(size=(2, 1, 1, 3)), jnp.float32
+  )  # odd size: SAME pooling as before
+  np.testing.assert_allclose(
+    _avg_pool2(x), nn.avg_pool(x, (2, 2), (2, 2), padding="SAME"), rtol=1e-6
+  )
 
 
 def test_hybrid_conv_gradients_equal_xla_conv():
   from miajax.models import _hybrid_conv, _xla_conv
+
   rng = np.random.default_rng(1)
-  for strides, padding, shape in [((1, 1), "SAME", (2, 9, 9, 3)), ((2, 2), "SAME", (2, 8, 8, 4)),
-                                  ((1, 1), "VALID", (1, 7, 7, 2))]:
+  for strides, padding, shape in [
+    ((1, 1), "SAME", (2, 9, 9, 3)),
+    ((2, 2), "SAME", (2, 8, 8, 4)),
+    ((1, 1), "VALID", (1, 7, 7, 2)),
+  ]:
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 5)), jnp.float32)
     f = lambda conv: lambda x, w: (conv(x, w, strides, padding) ** 2).sum()
-    np.testing.assert_allclose(_hybrid_conv(x, w, strides, padding), _xla_conv(x, w, strides, padding), rtol=1e-5)
-    for a, b in zip(jax.grad(f(_hybrid_conv), (0, 1))(x, w), jax.grad(f(_xla_conv), (0, 1))(x, w)):
+    np.testing.assert_allclose(
+      _hybrid_conv(x, w, strides, padding),
+      _xla_conv(x, w, strides, padding),
+      rtol=1e-5,
+    )
+    for a, b in zip(
+      jax.grad(f(_hybrid_conv), (0, 1))(x, w),
+      jax.grad(f(_xla_conv), (0, 1))(x, w),
+    ):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -18,174 +18,233 @@ LABELS = RNG.integers(0, C, size=(4, 5)).astype(np.int32)
 
 
 def np_softmax(z):
-    z = np.asarray(z, np.float64)
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+  z = np.asarray(z, np.float64)
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
 
 
 def np_top_k_mask(p, k):
-    order = np.argsort(-p, axis=-1, kind="stable")[..., :k]
-    mask = np.zeros(p.shape, bool)
-    np.put_along_axis(mask, order, True, axis=-1)
-    return mask
+  order = np.argsort(-p, axis=-1, kind="stable")[..., :k]
+  mask = np.zeros(p.shape, bool)
+  np.put_along_axis(mask, order, True, axis=-1)
+  return mask
 
 
 def np_hamp(z, u):
-    rank = np.argsort(np.argsort(z, axis=-1, kind="stable"), axis=-1, kind="stable")
-    return np_softmax(np.take_along_axis(np.sort(u, axis=-1), rank, axis=-1))
+  rank = np.argsort(
+    np.argsort(z, axis=-1, kind="stable"), axis=-1, kind="stable"
+  )
+  return np_softmax(np.take_along_axis(np.sort(u, axis=-1), rank, axis=-1))
 
 
 def test_temperature_matches_formula():
-    for t in (0.5, 2.0, 10.0):
-        view = O.apply_output(O.temperature(t), LOGITS)
-        np.testing.assert_allclose(np.exp(view), np_softmax(LOGITS / t), rtol=2e-5, atol=1e-7)
+  for t in (0.5, 2.0, 10.0):
+    view = O.apply_output(O.temperature(t), LOGITS)
+    np.testing.assert_allclose(
+      np.exp(view), np_softmax(LOGITS / t), rtol=2e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("k", [1, 3, C])
 def test_top_k_matches_ml_leaks_masking(k):
-    p = np_softmax(LOGITS)
-    mask = np_top_k_mask(p, k)
-    released = np.where(mask, p, 0.0)  # no renormalisation
-    np.testing.assert_allclose(O.released_probabilities(O.top_k(k), LOGITS), released, rtol=2e-5, atol=1e-7)
-    view = np.asarray(O.apply_output(O.top_k(k), LOGITS), np.float64)
-    np.testing.assert_allclose(view[mask], np.log(p[mask]), rtol=2e-5, atol=1e-5)
-    if k < C:
-        fill = np.log((1 - released.sum(-1, keepdims=True)) / (C - k))
-        np.testing.assert_allclose(view[~mask], np.broadcast_to(fill, p.shape)[~mask], atol=2e-3)
-        # the attacker's softmax of the view gives back the released probabilities on kept classes
-        np.testing.assert_allclose(np_softmax(view)[mask], p[mask], rtol=1e-4)
-    floor = np.asarray(O.apply_output(O.top_k(k), LOGITS, fill="floor"))
-    if k < C:
-        assert np.all(floor[~mask] == np.float32(O.FLOOR_LOG_PROB))
+  p = np_softmax(LOGITS)
+  mask = np_top_k_mask(p, k)
+  released = np.where(mask, p, 0.0)  # no renormalisation
+  np.testing.assert_allclose(
+    O.released_probabilities(O.top_k(k), LOGITS), released, rtol=2e-5, atol=1e-7
+  )
+  view = np.asarray(O.apply_output(O.top_k(k), LOGITS), np.float64)
+  np.testing.assert_allclose(view[mask], np.log(p[mask]), rtol=2e-5, atol=1e-5)
+  if k < C:
+    fill = np.log((1 - released.sum(-1, keepdims=True)) / (C - k))
+    np.testing.assert_allclose(
+      view[~mask], np.broadcast_to(fill, p.shape)[~mask], atol=2e-3
+    )
+    # the attacker's softmax of the view gives back the released probabilities on kept classes
+    np.testing.assert_allclose(np_softmax(view)[mask], p[mask], rtol=1e-4)
+  floor = np.asarray(O.apply_output(O.top_k(k), LOGITS, fill="floor"))
+  if k < C:
+    assert np.all(floor[~mask] == np.float32(O.FLOOR_LOG_PROB))
 
 
 @pytest.mark.parametrize("d", [0, 1, 2, 3])
 def test_rounding_matches_formula(d):
-    p = np_softmax(LOGITS)
-    want = np.round(p, d)
-    got = np.asarray(O.released_probabilities(O.rounding(d), LOGITS))
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    view = np.asarray(O.apply_output(O.rounding(d), LOGITS), np.float64)
-    assert np.all(np.isfinite(view))
-    nz = want > 0
-    np.testing.assert_allclose(view[nz], np.log(want[nz]), atol=1e-5)
-    assert np.all(view[~nz] <= np.log(0.5 * 10.0 ** -d) + 1e-6)
+  p = np_softmax(LOGITS)
+  want = np.round(p, d)
+  got = np.asarray(O.released_probabilities(O.rounding(d), LOGITS))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  view = np.asarray(O.apply_output(O.rounding(d), LOGITS), np.float64)
+  assert np.all(np.isfinite(view))
+  nz = want > 0
+  np.testing.assert_allclose(view[nz], np.log(want[nz]), atol=1e-5)
+  assert np.all(view[~nz] <= np.log(0.5 * 10.0**-d) + 1e-6)
 
 
 def test_label_only_is_one_hot_argmax():
-    view = np.asarray(O.apply_output(O.label_only(), LOGITS))
-    top = np.argmax(LOGITS, -1)
-    np.testing.assert_array_equal(O.released_probabilities(O.label_only(), LOGITS), np.eye(C)[top])
-    np.testing.assert_array_equal(np.argmax(view, -1), top)
-    assert np.all(view[np.eye(C)[top] > 0] == 0.0)
-    assert np.all(view[np.eye(C)[top] == 0] == np.float32(O.FLOOR_LOG_PROB))
-    # logit-scaled becomes a two-valued correctness signal
-    s = np.asarray(scores.logit_scaled(view, LABELS))
-    correct = top == LABELS
-    np.testing.assert_allclose(s[correct], -O.FLOOR_LOG_PROB - np.log(C - 1), rtol=1e-5)
-    assert np.all(s[~correct] < -60)
+  view = np.asarray(O.apply_output(O.label_only(), LOGITS))
+  top = np.argmax(LOGITS, -1)
+  np.testing.assert_array_equal(
+    O.released_probabilities(O.label_only(), LOGITS), np.eye(C)[top]
+  )
+  np.testing.assert_array_equal(np.argmax(view, -1), top)
+  assert np.all(view[np.eye(C)[top] > 0] == 0.0)
+  assert np.all(view[np.eye(C)[top] == 0] == np.float32(O.FLOOR_LOG_PROB))
+  # logit-scaled becomes a two-valued correctness signal
+  s = np.asarray(scores.logit_scaled(view, LABELS))
+  correct = top == LABELS
+  np.testing.assert_allclose(
+    s[correct], -O.FLOOR_LOG_PROB - np.log(C - 1), rtol=1e-5
+  )
+  assert np.all(s[~correct] < -60)
 
 
 def test_hamp_output_matches_formula():
-    view = O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM)
-    want = np_hamp(LOGITS, RANDOM)
-    np.testing.assert_allclose(np.exp(view), want, rtol=2e-5, atol=1e-7)
-    # the confidence profile is the random input's: same multiset of probabilities
-    np.testing.assert_allclose(np.sort(np.exp(view), -1), np.sort(np_softmax(RANDOM), -1), rtol=2e-5, atol=1e-7)
-    # ranking of every class kept
-    np.testing.assert_array_equal(np.argsort(view, -1), np.argsort(LOGITS, -1))
-    # one random vector broadcast over queries
-    view1 = O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM[0, 0])
-    np.testing.assert_allclose(np.exp(view1), np_hamp(LOGITS, np.broadcast_to(RANDOM[0, 0], LOGITS.shape)),
-                               rtol=2e-5, atol=1e-7)
+  view = O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM)
+  want = np_hamp(LOGITS, RANDOM)
+  np.testing.assert_allclose(np.exp(view), want, rtol=2e-5, atol=1e-7)
+  # the confidence profile is the random input's: same multiset of probabilities
+  np.testing.assert_allclose(
+    np.sort(np.exp(view), -1),
+    np.sort(np_softmax(RANDOM), -1),
+    rtol=2e-5,
+    atol=1e-7,
+  )
+  # ranking of every class kept
+  np.testing.assert_array_equal(np.argsort(view, -1), np.argsort(LOGITS, -1))
+  # one random vector broadcast over queries
+  view1 = O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM[0, 0])
+  np.testing.assert_allclose(
+    np.exp(view1),
+    np_hamp(LOGITS, np.broadcast_to(RANDOM[0, 0], LOGITS.shape)),
+    rtol=2e-5,
+    atol=1e-7,
+  )
 
 
-CHAINS = [O.temperature(3.0), O.top_k(1), O.top_k(3), O.rounding(1), O.rounding(3), O.label_only(),
-          O.hamp_output(), O.chain_outputs(O.temperature(2.0), O.top_k(3), O.rounding(2)),
-          O.chain_outputs(O.hamp_output(), O.top_k(2)), O.identity_output()]
+CHAINS = [
+  O.temperature(3.0),
+  O.top_k(1),
+  O.top_k(3),
+  O.rounding(1),
+  O.rounding(3),
+  O.label_only(),
+  O.hamp_output(),
+  O.chain_outputs(O.temperature(2.0), O.top_k(3), O.rounding(2)),
+  O.chain_outputs(O.hamp_output(), O.top_k(2)),
+  O.identity_output(),
+]
 
 
 @pytest.mark.parametrize("t", CHAINS, ids=O.output_short_name)
 def test_label_preserved_and_finite(t):
-    big = LOGITS.copy()
-    big[0] *= 1e4  # gaps far beyond float32 exp range
-    big[1, 0] = [1e30, -1e30] + [0.0] * (C - 2)
-    for z in (LOGITS, big):
-        view = np.asarray(O.apply_output(t, z, random_logits=RANDOM))
-        assert view.dtype == np.float32 and view.shape == z.shape
-        assert np.all(np.isfinite(view)), O.output_short_name(t)
-        argmax_same = np.argmax(view, -1) == np.argmax(z, -1)
-        if isinstance(t, O.Rounding) or O.output_short_name(t).count("rounding"):
-            # rounding may tie the top two classes; every mismatch must be such a tie
-            r = np.asarray(O.released_probabilities(t, z, random_logits=RANDOM))
-            top2 = np.sort(r, -1)[..., -2:]
-            assert np.all(argmax_same | (top2[..., 0] == top2[..., 1]))
-        else:
-            assert np.all(argmax_same)
-        assert np.all(np.isfinite(scores.logit_scaled(view, LABELS)))
+  big = LOGITS.copy()
+  big[0] *= 1e4  # gaps far beyond float32 exp range
+  big[1, 0] = [1e30, -1e30] + [0.0] * (C - 2)
+  for z in (LOGITS, big):
+    view = np.asarray(O.apply_output(t, z, random_logits=RANDOM))
+    assert view.dtype == np.float32 and view.shape == z.shape
+    assert np.all(np.isfinite(view)), O.output_short_name(t)
+    argmax_same = np.argmax(view, -1) == np.argmax(z, -1)
+    if isinstance(t, O.Rounding) or O.output_short_name(t).count("rounding"):
+      # rounding may tie the top two classes; every mismatch must be such a tie
+      r = np.asarray(O.released_probabilities(t, z, random_logits=RANDOM))
+      top2 = np.sort(r, -1)[..., -2:]
+      assert np.all(argmax_same | (top2[..., 0] == top2[..., 1]))
+    else:
+      assert np.all(argmax_same)
+    assert np.all(np.isfinite(scores.logit_scaled(view, LABELS)))
 
 
 def test_documented_invariances():
-    z = LOGITS.copy()
-    z[0, :, :] += 40 * np.eye(C)[LABELS[0]]  # very confident rows: 1 - p_y ~ 1e-17, far below float32 eps
-    p = np_softmax(z)
-    # top-k keeps the top-1 confidence: a max-confidence threshold attack is unchanged
-    for k in (1, 3):
-        view = O.apply_output(O.top_k(k), z)
-        np.testing.assert_allclose(scores.max_confidence(view), p.max(-1), rtol=1e-5)
-        # p_y signals unchanged for labels among the k largest, confident rows included
-        kept = np.take_along_axis(np_top_k_mask(p, k), LABELS[..., None], -1)[..., 0]
-        assert kept[0].all() and kept.sum() < kept.size
-        np.testing.assert_allclose(np.asarray(scores.logit_scaled(view, LABELS))[kept],
-                                   np.asarray(scores.logit_scaled(z, LABELS))[kept], rtol=1e-5, atol=1e-4)
-    # two classes: temperature divides the logit-scaled score by t
-    z2 = LOGITS[..., :2]
-    y2 = LABELS % 2
-    np.testing.assert_allclose(scores.logit_scaled(O.apply_output(O.temperature(4.0), z2), y2),
-                               np.asarray(scores.logit_scaled(z2, y2)) / 4.0, rtol=1e-4, atol=1e-5)
+  z = LOGITS.copy()
+  z[0, :, :] += (
+    40 * np.eye(C)[LABELS[0]]
+  )  # very confident rows: 1 - p_y ~ 1e-17, far below float32 eps
+  p = np_softmax(z)
+  # top-k keeps the top-1 confidence: a max-confidence threshold attack is unchanged
+  for k in (1, 3):
+    view = O.apply_output(O.top_k(k), z)
+    np.testing.assert_allclose(
+      scores.max_confidence(view), p.max(-1), rtol=1e-5
+    )
+    # p_y signals unchanged for labels among the k largest, confident rows included
+    kept = np.take_along_axis(np_top_k_mask(p, k), LABELS[..., None], -1)[
+      ..., 0
+    ]
+    assert kept[0].all() and kept.sum() < kept.size
+    np.testing.assert_allclose(
+      np.asarray(scores.logit_scaled(view, LABELS))[kept],
+      np.asarray(scores.logit_scaled(z, LABELS))[kept],
+      rtol=1e-5,
+      atol=1e-4,
+    )
+  # two classes: temperature divides the logit-scaled score by t
+  z2 = LOGITS[..., :2]
+  y2 = LABELS % 2
+  np.testing.assert_allclose(
+    scores.logit_scaled(O.apply_output(O.temperature(4.0), z2), y2),
+    np.asarray(scores.logit_scaled(z2, y2)) / 4.0,
+    rtol=1e-4,
+    atol=1e-5,
+  )
 
 
 def test_jit_with_transform_argument():
-    t = O.chain_outputs(O.temperature(2.0), O.top_k(3))
-    f = jax.jit(lambda tr, z: O.apply_output(tr, z))
-    np.testing.assert_allclose(f(t, LOGITS), O.apply_output(t, LOGITS), rtol=1e-6)
+  t = O.chain_outputs(O.temperature(2.0), O.top_k(3))
+  f = jax.jit(lambda tr, z: O.apply_output(tr, z))
+  np.testing.assert_allclose(f(t, LOGITS), O.apply_output(t, LOGITS), rtol=1e-6)
 
 
 def test_random_inputs():
-    key = jax.random.PRNGKey(0)
-    u = np.asarray(O.random_inputs(key, (64, 8, 8, 1), low=-1.0, high=1.0))
-    assert u.shape == (64, 8, 8, 1) and u.min() >= -1 and u.max() < 1 and abs(u.mean()) < 0.05
-    b = np.asarray(O.random_inputs(key, (2000, 5), distribution="bernoulli"))
-    assert set(np.unique(b)) == {0.0, 1.0} and abs(b.mean() - 0.5) < 0.03
-    with pytest.raises(ValueError, match="distribution"):
-        O.random_inputs(key, (2,), distribution="normal")
+  key = jax.random.PRNGKey(0)
+  u = np.asarray(O.random_inputs(key, (64, 8, 8, 1), low=-1.0, high=1.0))
+  assert (
+    u.shape == (64, 8, 8, 1)
+    and u.min() >= -1
+    and u.max() < 1
+    and abs(u.mean()) < 0.05
+  )
+  b = np.asarray(O.random_inputs(key, (2000, 5), distribution="bernoulli"))
+  assert set(np.unique(b)) == {0.0, 1.0} and abs(b.mean() - 0.5) < 0.03
+  with pytest.raises(ValueError, match="distribution"):
+    O.random_inputs(key, (2,), distribution="normal")
 
 
 def test_structure_and_validation():
-    t = O.chain_outputs(O.temperature(2.0), O.chain_outputs(O.top_k(3), None), O.rounding(2))
-    assert [p.name for p in t.parts] == ["temperature", "top_k", "rounding"]
-    assert O.chain_outputs(O.top_k(2)) == O.top_k(2)
-    assert O.needs_random_logits(O.chain_outputs(O.hamp_output(), O.top_k(1)))
-    assert not O.needs_random_logits(t)
-    desc = D.describe(t)
-    assert json.loads(json.dumps(desc)) == desc and desc["parts"][1] == {"name": "top_k", "k": 3}
-    assert D.short_name(t) == "temperature(2)+top_k(3)+rounding(2)"
-    assert O.describe_output(None) == {"name": "identity"}
-    for bad in (lambda: O.top_k(0), lambda: O.rounding(-1), lambda: O.rounding(11), lambda: O.temperature(0.0),
-                lambda: O.temperature(float("inf"))):
-        with pytest.raises(ValueError):
-            bad()
-    with pytest.raises(TypeError):
-        O.top_k(2.5)
-    with pytest.raises(TypeError, match="output transform"):
-        O.chain_outputs(O.top_k(1), D.label_smoothing(0.1))
-    with pytest.raises(ValueError, match="k <= classes"):
-        O.apply_output(O.top_k(C + 1), LOGITS)
-    with pytest.raises(ValueError, match="random_logits"):
-        O.apply_output(O.hamp_output(), LOGITS)
-    with pytest.raises(ValueError, match="random_logits"):
-        O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM[..., :3])
-    with pytest.raises(ValueError, match="fill"):
-        O.apply_output(O.top_k(1), LOGITS, fill="zero")
-    with pytest.raises(ValueError, match="classes"):
-        O.apply_output(O.top_k(1), LOGITS[..., :1])
+  t = O.chain_outputs(
+    O.temperature(2.0), O.chain_outputs(O.top_k(3), None), O.rounding(2)
+  )
+  assert [p.name for p in t.parts] == ["temperature", "top_k", "rounding"]
+  assert O.chain_outputs(O.top_k(2)) == O.top_k(2)
+  assert O.needs_random_logits(O.chain_outputs(O.hamp_output(), O.top_k(1)))
+  assert not O.needs_random_logits(t)
+  desc = D.describe(t)
+  assert json.loads(json.dumps(desc)) == desc and desc["parts"][1] == {
+    "name": "top_k",
+    "k": 3,
+  }
+  assert D.short_name(t) == "temperature(2)+top_k(3)+rounding(2)"
+  assert O.describe_output(None) == {"name": "identity"}
+  for bad in (
+    lambda: O.top_k(0),
+    lambda: O.rounding(-1),
+    lambda: O.rounding(11),
+    lambda: O.temperature(0.0),
+    lambda: O.temperature(float("inf")),
+  ):
+    with pytest.raises(ValueError):
+      bad()
+  with pytest.raises(TypeError):
+    O.top_k(2.5)
+  with pytest.raises(TypeError, match="output transform"):
+    O.chain_outputs(O.top_k(1), D.label_smoothing(0.1))
+  with pytest.raises(ValueError, match="k <= classes"):
+    O.apply_output(O.top_k(C + 1), LOGITS)
+  with pytest.raises(ValueError, match="random_logits"):
+    O.apply_output(O.hamp_output(), LOGITS)
+  with pytest.raises(ValueError, match="random_logits"):
+    O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM[..., :3])
+  with pytest.raises(ValueError, match="fill"):
+    O.apply_output(O.top_k(1), LOGITS, fill="zero")
+  with pytest.raises(ValueError, match="classes"):
+    O.apply_output(O.top_k(1), LOGITS[..., :1])

@@ -17,8 +17,12 @@ def digits():
 @pytest.fixture(scope="module")
 def eight_models(digits):
   keep = data.paired_keep(8, len(digits.x_train), seed=0)
-  cfg = train.TrainConfig(model="mlp", model_kwargs=MLP, epochs=30, batch_size=64, learning_rate=0.1)
-  result = train.train_models(digits.x_train, digits.y_train, keep, cfg, num_classes=10)
+  cfg = train.TrainConfig(
+    model="mlp", model_kwargs=MLP, epochs=30, batch_size=64, learning_rate=0.1
+  )
+  result = train.train_models(
+    digits.x_train, digits.y_train, keep, cfg, num_classes=10
+  )
   logits = train.predict(cfg, result.variables, digits.x_train, num_classes=10)
   return keep, cfg, result, logits
 
@@ -47,19 +51,39 @@ def test_random_labels_are_memorised_only_by_the_models_that_saw_them(digits):
   rng = np.random.RandomState(0)
   y = rng.randint(0, 10, len(digits.y_train)).astype(np.int32)
   keep = data.paired_keep(2, len(y), seed=1)
-  cfg = train.TrainConfig(model="mlp", model_kwargs=MLP, epochs=60, batch_size=64, learning_rate=0.1,
-                          weight_decay=0.0)
+  cfg = train.TrainConfig(
+    model="mlp",
+    model_kwargs=MLP,
+    epochs=60,
+    batch_size=64,
+    learning_rate=0.1,
+    weight_decay=0.0,
+  )
   result = train.train_models(digits.x_train, y, keep, cfg, num_classes=10)
-  correct = train.predict(cfg, result.variables, digits.x_train, num_classes=10)[:, :, 0].argmax(-1) == y
+  correct = (
+    train.predict(cfg, result.variables, digits.x_train, num_classes=10)[
+      :, :, 0
+    ].argmax(-1)
+    == y
+  )
   for m in range(2):
     assert correct[m, keep[m]].mean() >= 0.95  # memorised its own random labels
-    assert correct[m, ~keep[m]].mean() < 0.2  # chance (0.1) on labels it never saw
+    assert (
+      correct[m, ~keep[m]].mean() < 0.2
+    )  # chance (0.1) on labels it never saw
 
 
 def test_same_seed_same_logits_and_chunking_does_not_matter(digits):
   x, y = digits.x_train[:400], digits.y_train[:400]
   keep = data.lira_keep(4, 400, seed=3)
-  base = dict(model="mlp", model_kwargs=MLP, epochs=3, batch_size=32, learning_rate=0.05, seed=5)
+  base = dict(
+    model="mlp",
+    model_kwargs=MLP,
+    epochs=3,
+    batch_size=32,
+    learning_rate=0.05,
+    seed=5,
+  )
   outs = []
   for per_step in (4, 4, 1, 3):  # 3 leaves a ragged last chunk of 1
     cfg = train.TrainConfig(models_per_step=per_step, **base)
@@ -70,14 +94,25 @@ def test_same_seed_same_logits_and_chunking_does_not_matter(digits):
   np.testing.assert_allclose(outs[3], outs[0], atol=1e-4, rtol=0)
   other = train.TrainConfig(models_per_step=4, **{**base, "seed": 6})
   r = train.train_models(x, y, keep, other, num_classes=10)
-  assert np.abs(train.predict(other, r.variables, x, num_classes=10) - outs[0]).max() > 1e-2
+  assert (
+    np.abs(train.predict(other, r.variables, x, num_classes=10) - outs[0]).max()
+    > 1e-2
+  )
 
 
-def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(digits):
+def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(
+  digits,
+):
   x, y = digits.x_train[:400], digits.y_train[:400]
   keep = data.paired_keep(4, 400, seed=0)
-  cfg = train.TrainConfig(model="mlp", model_kwargs=MLP, epochs=4, batch_size=32, learning_rate=0.05,
-                          models_per_step=4)
+  cfg = train.TrainConfig(
+    model="mlp",
+    model_kwargs=MLP,
+    epochs=4,
+    batch_size=32,
+    learning_rate=0.05,
+    models_per_step=4,
+  )
   lrs = np.array([0.05, 1e9, 0.05, 0.05], np.float32)
   r = train.train_models(x, y, keep, cfg, num_classes=10, learning_rates=lrs)
   np.testing.assert_array_equal(r.diverged, [False, True, False, False])
@@ -92,12 +127,22 @@ def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(dig
 def test_queries_and_augmented_training(digits):
   x, y = digits.x_train[:256], digits.y_train[:256]
   keep = data.paired_keep(2, 256, seed=0)
-  cfg = train.TrainConfig(model="lenet5", epochs=1, batch_size=32, learning_rate=0.05, augment=True)
+  cfg = train.TrainConfig(
+    model="lenet5", epochs=1, batch_size=32, learning_rate=0.05, augment=True
+  )
   r = train.train_models(x, y, keep, cfg, num_classes=10)
   plain = train.predict(cfg, r.variables, x[:10], num_classes=10)
-  mirror = train.predict(cfg, r.variables, x[:10], num_classes=10, queries="mirror")
-  shifts = train.predict(cfg, r.variables, x[:10], num_classes=10, queries="shifts")
-  assert plain.shape == (2, 10, 1, 10) and mirror.shape == (2, 10, 2, 10) and shifts.shape == (2, 10, 18, 10)
+  mirror = train.predict(
+    cfg, r.variables, x[:10], num_classes=10, queries="mirror"
+  )
+  shifts = train.predict(
+    cfg, r.variables, x[:10], num_classes=10, queries="shifts"
+  )
+  assert (
+    plain.shape == (2, 10, 1, 10)
+    and mirror.shape == (2, 10, 2, 10)
+    and shifts.shape == (2, 10, 18, 10)
+  )
   np.testing.assert_allclose(mirror[:, :, 0], plain[:, :, 0], atol=1e-5)
   np.testing.assert_allclose(shifts[:, :, 0], plain[:, :, 0], atol=1e-5)
   flipped = train.predict(cfg, r.variables, x[:10, :, ::-1], num_classes=10)
@@ -123,23 +168,65 @@ def test_epoch_order_uses_only_members_and_covers_them():
     assert set(order[m].ravel()) == set(np.flatnonzero(keep[m]))
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda k, x, y, c: (k.astype(int), x, y, c), "keep must be a numpy bool array"),
-    (lambda k, x, y, c: (k[:, :-1], x, y, c), "keep has 199 columns but x has 200"),
-    (lambda k, x, y, c: (k, x, y, train.TrainConfig(model="nope")), "model must be one of"),
-    (lambda k, x, y, c: (k, x, y, train.TrainConfig(batch_size=150)), "batch_size=150 is larger"),
-    (lambda k, x, y, c: (k, np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y, c),
-     "non-finite"),
+@pytest.mark.parametrize(
+  "mutate,match",
+  [
+    (
+      lambda k, x, y, c: (k.astype(int), x, y, c),
+      "keep must be a numpy bool array",
+    ),
+    (
+      lambda k, x, y, c: (k[:, :-1], x, y, c),
+      "keep has 199 columns but x has 200",
+    ),
+    (
+      lambda k, x, y, c: (k, x, y, train.TrainConfig(model="nope")),
+      "model must be one of",
+    ),
+    (
+      lambda k, x, y, c: (k, x, y, train.TrainConfig(batch_size=150)),
+      "batch_size=150 is larger",
+    ),
+    (
+      lambda k, x, y, c: (
+        k,
+        np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x),
+        y,
+        c,
+      ),
+      "non-finite",
+    ),
     (lambda k, x, y, c: (k, x, y.astype(np.float32), c), "integer labels"),
     (lambda k, x, y, c: (k, x, y + 10, c), r"y must be in \[0, 10\)"),
-    (lambda k, x, y, c: (k, x, y, train.TrainConfig(epochs=0)), "epochs must be a positive integer"),
-    (lambda k, x, y, c: (k, x, y, train.TrainConfig(optimizer="lbfgs")), "optimizer"),
+    (
+      lambda k, x, y, c: (k, x, y, train.TrainConfig(epochs=0)),
+      "epochs must be a positive integer",
+    ),
+    (
+      lambda k, x, y, c: (k, x, y, train.TrainConfig(optimizer="lbfgs")),
+      "optimizer",
+    ),
     (lambda k, x, y, c: (k[0], x, y, c), "keep must be 2-D"),
-    (lambda k, x, y, c: (k, x, y, train.TrainConfig(batch_size=32, microbatch_size=5)),
-     r"microbatch_size must be a positive divisor of batch_size \(32\)"),
-    (lambda k, x, y, c: (k, x, y, train.TrainConfig(model="wrn16-4", batch_size=32, microbatch_size=8)),
-     "batch norm"),
-])
+    (
+      lambda k, x, y, c: (
+        k,
+        x,
+        y,
+        train.TrainConfig(batch_size=32, microbatch_size=5),
+      ),
+      r"microbatch_size must be a positive divisor of batch_size \(32\)",
+    ),
+    (
+      lambda k, x, y, c: (
+        k,
+        x,
+        y,
+        train.TrainConfig(model="wrn16-4", batch_size=32, microbatch_size=8),
+      ),
+      "batch norm",
+    ),
+  ],
+)
 def test_bad_inputs_fail_before_training(digits, mutate, match):
   x, y = digits.x_train[:200], digits.y_train[:200]
   keep = data.paired_keep(2, 200, seed=0)
@@ -150,8 +237,12 @@ def test_bad_inputs_fail_before_training(digits, mutate, match):
 
 def test_memory_planner_chunks_by_free_memory():
   cfg = train.TrainConfig(model="mlp", batch_size=128, model_axis="vmap")
-  many = train.plan_models_per_step(cfg, 100, (600,), 256, bytes_available=64 << 30)
-  few = train.plan_models_per_step(cfg, 100, (600,), 256, bytes_available=1 << 30)
+  many = train.plan_models_per_step(
+    cfg, 100, (600,), 256, bytes_available=64 << 30
+  )
+  few = train.plan_models_per_step(
+    cfg, 100, (600,), 256, bytes_available=1 << 30
+  )
   assert many == 256 and 1 <= few < 64
   override = train.TrainConfig(model="mlp", models_per_step=7)
   assert train.plan_models_per_step(override, 100, (600,), 256) == 7
@@ -161,15 +252,25 @@ def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
   # The axis is what is tested here; the micro-batch timing has its own test.
   monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a: {8: 1.0})
   lowering._resolve.cache_clear()
-  big_mlp = train.TrainConfig(model="mlp", batch_size=128)  # Purchase-shaped: ~1e9 FLOPs per step
-  small_mlp = train.TrainConfig(model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64)
+  big_mlp = train.TrainConfig(
+    model="mlp", batch_size=128
+  )  # Purchase-shaped: ~1e9 FLOPs per step
+  small_mlp = train.TrainConfig(
+    model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64
+  )
   cnn = train.TrainConfig(model="cnn_small", batch_size=128)
   assert train.model_axis(small_mlp, (8, 8, 1), 10) == "vmap"
   if jax.default_backend() == "cpu":
     assert train.model_axis(big_mlp, (600,), 100) == "loop"
-    assert train.plan_models_per_step(big_mlp, 100, (600,), 256) <= train.UNROLL_MAX_MODELS * jax.local_device_count()
+    assert (
+      train.plan_models_per_step(big_mlp, 100, (600,), 256)
+      <= train.UNROLL_MAX_MODELS * jax.local_device_count()
+    )
     assert train.model_axis(cnn, (32, 32, 3), 10) == "unroll"
-    assert train.plan_models_per_step(cnn, 10, (32, 32, 3), 256) <= train.UNROLL_MAX_MODELS
+    assert (
+      train.plan_models_per_step(cnn, 10, (32, 32, 3), 256)
+      <= train.UNROLL_MAX_MODELS
+    )
   else:
     assert train.model_axis(big_mlp, (600,), 100) == "vmap"
   with pytest.raises(ValueError, match="model_axis must be"):
@@ -181,32 +282,65 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
   x, y = digits.x_train[:256], digits.y_train[:256]
   keep = data.paired_keep(4, 256, seed=3)
   base = dict(model="lenet5", epochs=2, batch_size=32, models_per_step=4)
-  ref = train.train_models(x, y, keep, train.TrainConfig(**base, model_axis="vmap"), num_classes=10)
-  got = train.train_models(x, y, keep, train.TrainConfig(**base, model_axis=axis), num_classes=10)
+  ref = train.train_models(
+    x, y, keep, train.TrainConfig(**base, model_axis="vmap"), num_classes=10
+  )
+  got = train.train_models(
+    x, y, keep, train.TrainConfig(**base, model_axis=axis), num_classes=10
+  )
   np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(got.variables), jax.tree_util.tree_leaves(ref.variables)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(got.variables),
+    jax.tree_util.tree_leaves(ref.variables),
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("model,axis,defense", [("cnn_small", "unroll", None), ("cnn_small", "unroll", "smoothing+l2"),
-                                                 ("mlp", "vmap", "smoothing+l2")])
+@pytest.mark.parametrize(
+  "model,axis,defense",
+  [
+    ("cnn_small", "unroll", None),
+    ("cnn_small", "unroll", "smoothing+l2"),
+    ("mlp", "vmap", "smoothing+l2"),
+  ],
+)
 def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
   # Gradient accumulation over micro-batches is the same SGD step: cnn_small (Winograd layers on
   # CPU) and vmapped MLPs, with and without a per-example loss transform and a parameter penalty.
   from miajax import defenses
+
   rng = np.random.default_rng(0)
   x = rng.standard_normal((96, 16, 16, 3)).astype(np.float32)
   y = rng.integers(0, 10, 96)
   keep = data.paired_keep(2, 96, seed=1)
-  d = None if defense is None else defenses.chain(defenses.label_smoothing(0.1), defenses.l2(1e-3))
+  d = (
+    None
+    if defense is None
+    else defenses.chain(defenses.label_smoothing(0.1), defenses.l2(1e-3))
+  )
   kwargs = (("width", 16),) if model == "cnn_small" else (("widths", (32,)),)
-  base = dict(model=model, model_kwargs=kwargs, epochs=2, batch_size=16,
-              learning_rate=0.05, models_per_step=2, model_axis=axis, defense=d)
-  whole = train.train_models(x, y, keep, train.TrainConfig(**base, microbatch_size=16), num_classes=10)
-  micro = train.train_models(x, y, keep, train.TrainConfig(**base, microbatch_size=4), num_classes=10)
+  base = dict(
+    model=model,
+    model_kwargs=kwargs,
+    epochs=2,
+    batch_size=16,
+    learning_rate=0.05,
+    models_per_step=2,
+    model_axis=axis,
+    defense=d,
+  )
+  whole = train.train_models(
+    x, y, keep, train.TrainConfig(**base, microbatch_size=16), num_classes=10
+  )
+  micro = train.train_models(
+    x, y, keep, train.TrainConfig(**base, microbatch_size=4), num_classes=10
+  )
   assert not np.allclose(whole.loss[:, 0], whole.loss[:, 1])  # it trained
   np.testing.assert_allclose(micro.loss, whole.loss, rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(micro.variables), jax.tree_util.tree_leaves(whole.variables)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(micro.variables),
+    jax.tree_util.tree_leaves(whole.variables),
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -217,23 +351,46 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
   monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a: fake)
   lowering._resolve.cache_clear()
   try:
-    assert lowering.resolve_lowering(cnn, shape, 10, backend="cpu").microbatch == 16
-    assert lowering.resolve_lowering(cnn, shape, 10, backend="gpu").microbatch == 128  # whole batches
+    assert (
+      lowering.resolve_lowering(cnn, shape, 10, backend="cpu").microbatch == 16
+    )
+    assert (
+      lowering.resolve_lowering(cnn, shape, 10, backend="gpu").microbatch == 128
+    )  # whole batches
     # Never with dropout, batch norm, vmapped small models; an explicit size wins.
-    dropout = train.TrainConfig(model="cnn_small", batch_size=128, model_kwargs=(("dropout_rate", 0.1),))
-    assert lowering.resolve_lowering(dropout, shape, 10, backend="cpu").microbatch == 128
+    dropout = train.TrainConfig(
+      model="cnn_small", batch_size=128, model_kwargs=(("dropout_rate", 0.1),)
+    )
+    assert (
+      lowering.resolve_lowering(dropout, shape, 10, backend="cpu").microbatch
+      == 128
+    )
     wrn = train.TrainConfig(model="wrn16-4", batch_size=128)
-    assert lowering.resolve_lowering(wrn, shape, 10, backend="cpu").microbatch == 128
-    small = train.TrainConfig(model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64)
-    assert lowering.resolve_lowering(small, (8, 8, 1), 10, backend="cpu").microbatch == 64
+    assert (
+      lowering.resolve_lowering(wrn, shape, 10, backend="cpu").microbatch == 128
+    )
+    small = train.TrainConfig(
+      model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64
+    )
+    assert (
+      lowering.resolve_lowering(small, (8, 8, 1), 10, backend="cpu").microbatch
+      == 64
+    )
     fixed = train.TrainConfig(model="cnn_small", microbatch_size=32)
-    assert lowering.resolve_lowering(fixed, shape, 10, backend="cpu").microbatch == 32
+    assert (
+      lowering.resolve_lowering(fixed, shape, 10, backend="cpu").microbatch
+      == 32
+    )
   finally:
     lowering._resolve.cache_clear()
 
 
 def test_microbatch_timings_time_every_divisor_and_the_pick_is_their_minimum():
-  cfg = train.TrainConfig(model="cnn_small", model_kwargs=(("width", 8),), batch_size=32)
+  cfg = train.TrainConfig(
+    model="cnn_small", model_kwargs=(("width", 8),), batch_size=32
+  )
   timings = cpu_engine.microbatch_timings(cfg, (16, 16, 3), 10, "winograd")
   assert sorted(timings) == [8, 16, 32] and all(t > 0 for t in timings.values())
-  assert cpu_engine.measure_microbatch(cfg, (16, 16, 3), 10, "winograd") == min(timings, key=timings.get)
+  assert cpu_engine.measure_microbatch(cfg, (16, 16, 3), 10, "winograd") == min(
+    timings, key=timings.get
+  )
