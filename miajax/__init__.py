@@ -2,74 +2,106 @@
 
 Layers, each importable on its own: ``data`` -> ``models``/``train`` (the
 engine) -> ``scores`` -> ``attacks`` -> ``metrics`` -> ``report``/``plots``,
-with ``defenses`` plugged into training and querying.  ``scores``, ``attacks``
+with ``defenses`` plugged into training and querying. ``scores``, ``attacks``
 and ``metrics`` are pure array functions that work on logits from any
 framework.
+
+The package is lazy (PEP 562): ``import miajax.metrics`` loads numpy and scipy
+only, not Flax, optax, the engine or TensorFlow Datasets. A public name
+below is imported from its module the first time it is used.
 """
 
-from miajax import (
-  attacks,
-  config,
-  cpu,
-  cpu_engine,
-  data,
-  defenses,
-  designs,
-  engine,
-  label_only,
-  lowering,
-  metrics,
-  mlleaks,
-  models,
-  query,
-  report,
-  runs,
-  scores,
-  shokri,
-  store,
-  train,
-  winograd,
-)
-from miajax.cpu import use_all_cores
-from miajax.attacks import (
-  global_threshold,
-  leave_one_out,
-  lira_offline,
-  lira_online,
-  rmia,
-)
-from miajax.label_only import LabelOnlyQueries
-from miajax.data import Dataset, disjoint_split, lira_keep, load, paired_keep
-from miajax.defenses import chain, dp_epsilon, dp_noise_multiplier
-from miajax.metrics import (
-  auc,
-  auc_interval,
-  balanced_accuracy,
-  epsilon_lower_bound,
-  precision_recall_f1,
-  roc_curve,
-  tnr_at_fnr,
-  tpr_at_fpr,
-  tpr_at_fpr_interval,
-)
-from miajax.models import get_model
-from miajax.store import ensure_shadows, load_store
-from miajax.scores import (
-  confidence,
-  cross_entropy,
-  entropy,
-  logit_scaled,
-  max_confidence,
-  modified_entropy,
-  top_k_probabilities,
-)
-from miajax.train import (
-  Lowering,
-  ModelFns,
-  TrainConfig,
-  predict,
-  resolve_lowering,
-  train_models,
-)
+import importlib
 
 __version__ = "0.1.0"
+
+_SUBMODULES = frozenset(
+  {
+    "attacks",
+    "config",
+    "cpu",
+    "cpu_engine",
+    "data",
+    "defenses",
+    "designs",
+    "engine",
+    "label_only",
+    "lowering",
+    "metrics",
+    "mlleaks",
+    "models",
+    "outputs",
+    "plots",
+    "privacy",
+    "query",
+    "report",
+    "runs",
+    "scores",
+    "shokri",
+    "store",
+    "train",
+    "winograd",
+  }
+)
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+  "use_all_cores": "cpu",
+  "global_threshold": "attacks",
+  "leave_one_out": "attacks",
+  "lira_offline": "attacks",
+  "lira_online": "attacks",
+  "rmia": "attacks",
+  "LabelOnlyQueries": "label_only",
+  "Dataset": "data",
+  "disjoint_split": "data",
+  "lira_keep": "data",
+  "load": "data",
+  "paired_keep": "data",
+  "chain": "defenses",
+  "dp_epsilon": "defenses",
+  "dp_noise_multiplier": "defenses",
+  "auc": "metrics",
+  "auc_interval": "metrics",
+  "balanced_accuracy": "metrics",
+  "epsilon_lower_bound": "metrics",
+  "precision_recall_f1": "metrics",
+  "roc_curve": "metrics",
+  "tnr_at_fnr": "metrics",
+  "tpr_at_fpr": "metrics",
+  "tpr_at_fpr_interval": "metrics",
+  "get_model": "models",
+  "ensure_shadows": "store",
+  "load_store": "store",
+  "confidence": "scores",
+  "cross_entropy": "scores",
+  "entropy": "scores",
+  "logit_scaled": "scores",
+  "max_confidence": "scores",
+  "modified_entropy": "scores",
+  "top_k_probabilities": "scores",
+  "Lowering": "train",
+  "ModelFns": "train",
+  "TrainConfig": "train",
+  "predict": "train",
+  "resolve_lowering": "train",
+  "train_models": "train",
+}
+
+__all__ = sorted(_SUBMODULES | set(_EXPORTS))
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  if name in _EXPORTS:
+    value = getattr(
+      importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name
+    )
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return __all__
