@@ -10,7 +10,7 @@ every time (float64).
 Run as a script to time both on [256 models, 50,000 examples, 2 queries]:
 
     python experiments/lira_numpy.py                # miajax on all, numpy on a subset
-    python experiments/lira_numpy.py --examples 5000 --numpy-examples 100
+    python experiments/lira_numpy.py --examples=5000 --numpy_examples=100
 
 The numpy loop's cost is the same for every example (each does M targets x M
 models of work), so its time on a subset of examples is scaled linearly to
@@ -19,11 +19,11 @@ the full count.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
 
 import numpy as np
+from absl import app, flags
 from scipy.special import log_ndtr
 
 _STD_FLOOR = 1e-6  # same floor as miajax.attacks
@@ -135,17 +135,24 @@ def benchmark(
   }
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--models", type=int, default=256)
-  parser.add_argument("--examples", type=int, default=50_000)
-  parser.add_argument("--queries", type=int, default=2)
-  parser.add_argument("--numpy-examples", type=int, default=200)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
-  r = benchmark(
-    args.models, args.examples, args.queries, args.numpy_examples, args.seed
+def define_flags():
+  flags.DEFINE_integer("models", 256, "Models (targets and shadows).")
+  flags.DEFINE_integer("examples", 50_000, "Examples scored by miajax.")
+  flags.DEFINE_integer("queries", 2, "Queries (augmentations) per example.")
+  flags.DEFINE_integer(
+    "numpy_examples", 200, "Examples the numpy loop scores (scaled to all)."
   )
+  flags.DEFINE_integer("seed", 0, "Seed of the synthetic scores.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  for name in ("models", "examples", "queries", "numpy_examples"):
+    if f[name].value < 1:
+      raise app.UsageError(f"--{name} must be >= 1, got {f[name].value}")
+  r = benchmark(f.models, f.examples, f.queries, f.numpy_examples, f.seed)
   m, n, q = r["shape"]
   print(
     f"LiRA leave-one-out online + offline on [{m} models, {n} examples, {q} queries]"
@@ -164,4 +171,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)
