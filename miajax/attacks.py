@@ -1,13 +1,36 @@
 """Membership-inference attacks on shadow-model scores: LiRA, global threshold, RMIA.
 
-Every function takes per-model scores, never models: `shadow_scores float[models,
-examples, queries]` with `shadow_keep bool[models, examples]` (which shadow model
-trained on which example) and `target_scores float[targets, examples, queries]`,
-and returns `float[targets, examples]`, higher = more likely a member. Inputs are
-checked eagerly (shapes, dtypes, finiteness, IN/OUT counts) and then handed to
-jit-compiled code that is vectorised over examples; ragged IN/OUT counts are
-handled with masks. The public functions therefore need concrete arrays and are
-not themselves meant to be traced.
+LiRA: N. Carlini, S. Chien, M. Nasr, S. Song, A. Terzis, F. Tramèr,
+"Membership Inference Attacks From First Principles", IEEE S&P 2022.
+RMIA: S. Zarifzadeh, P. Liu, P. Cheng, R. Shokri, "Low-Cost High-Power
+Membership Inference Attacks", ICML 2024.
+
+Every function takes per-model scores, never models, in two layers.
+
+Cores: pure `jax.numpy` functions that check only shapes (static under
+tracing), so they work under `jax.jit`, `jax.vmap` and inside a caller's own
+compiled code. A fit is computed once from the shadow (reference) models; a
+score function scores one target model, `[examples, queries] -> [examples]`,
+and `jax.vmap` over targets scores many:
+
+  fit = lira_fit(shadow_scores, keep, fix_variance=False)  # a LiraFit
+  lira_online_score(fit, target_scores), lira_offline_score(fit, target_scores)
+  fit = rmia_fit(ref_probs, keep, population_probs, a=0.3, offline=False)
+  rmia_score(fit, target_probs, target_population_probs, gamma=2.0)
+
+They implement `variant="miajax"` below and do not check values: an example
+with too few IN or OUT shadow scores gets the floored std (huge, finite
+scores) and non-finite inputs give non-finite scores. `LiraFit.n_in` and
+`n_out` hold the counts for a caller who wants to check them.
+
+Wrappers (`lira_online`, `lira_offline`, `rmia`, `global_threshold`,
+`leave_one_out`): `shadow_scores float[models, examples, queries]` with
+`shadow_keep bool[models, examples]` (which shadow model trained on which
+example) and `target_scores float[targets, examples, queries]`, returning
+`float[targets, examples]`, higher = more likely a member. They check their
+inputs eagerly (shapes, dtypes, finiteness, IN/OUT counts, naming the bad
+argument) and then call the cores, so they need concrete arrays; ragged IN/OUT
+counts are handled with masks.
 
 LiRA, `variant="miajax"` (default) versus `variant="reference"`
 -----------------------------------------------------------------
@@ -97,9 +120,9 @@ The reference variant computes in float64 (inside `jax.enable_x64(True)`,
 without changing the global setting) and returns a float64 numpy array; the
 miajax variant returns a float32 jax array.
 
-RMIA (`rmia`)
--------------
-Zarifzadeh, Liu, Shokri (ICML 2024) on true-label probabilities `p_y`:
+RMIA (`rmia`, `rmia_fit`, `rmia_score`)
+---------------------------------------
+Zarifzadeh et al. (ICML 2024) on true-label probabilities `p_y`:
 `p(x|theta)` is the target's probability averaged over queries; `Pr(x)` is the
 mean of the reference (shadow) models' probabilities, over all of them online,
 and `((1 + a) * mean_OUT + (1 - a)) / 2` over the OUT ones offline;
@@ -277,18 +300,26 @@ class _Stats(NamedTuple):
   m2_top_out: jax.Array
 
 
-def _group_stats(y_t, mask_t) -> _Stats:
-  """Fit of the masked models from model-minor arrays (reductions over the last,
-  contiguous axis are several times faster on CPU than over the first).
+def _moments(y_t, mask_t):
+  """Count, mean, m2 and masked deviations of the masked models.
 
-  y_t float[examples, queries, models] (centred), mask_t bool[examples, models].
+  Model-minor arrays because reductions over the last, contiguous axis are
+  several times faster on CPU than over the first. y_t float[examples,
+  queries, models] (centred), mask_t bool[examples, models].
   """
-  models = y_t.shape[-1]
   w = mask_t[:, None, :]
   n = jnp.sum(mask_t, axis=-1).astype(y_t.dtype)
   mean = jnp.sum(jnp.where(w, y_t, 0), axis=-1) / jnp.maximum(n, 1)[:, None]
   dev = jnp.where(w, y_t - mean[..., None], 0)
   m2 = jnp.sum(jnp.square(dev), axis=-1)
+  return n, mean, m2, dev
+
+
+def _group_stats(y_t, mask_t) -> _Stats:
+  """`_moments` plus the fit without the model of largest |deviation|."""
+  models = y_t.shape[-1]
+  w = mask_t[:, None, :]
+  n, mean, m2, dev = _moments(y_t, mask_t)
   # Members' deviations straddle 0, so the masked zeros change neither max nor min.
   dev_max, dev_min = jnp.max(dev, axis=-1), jnp.min(dev, axis=-1)
   dev_top = jnp.where(dev_max >= -dev_min, dev_max, dev_min)
@@ -305,10 +336,15 @@ def _group_stats(y_t, mask_t) -> _Stats:
   return _Stats(n, mean, m2, top, mean_top_out, m2_top_out)
 
 
+def _centred(scores):
+  """Model 0's scores and the centred float[examples, queries, models]."""
+  center = scores[0]
+  return center, jnp.transpose(scores - center, (1, 2, 0))
+
+
 def _centred_stats(scores, keep):
   """Centre on model 0's scores; IN and OUT stats of scores float[models, examples, queries]."""
-  center = scores[0]
-  y_t = jnp.transpose(scores - center, (1, 2, 0))
+  center, y_t = _centred(scores)
   return center, _group_stats(y_t, keep.T), _group_stats(y_t, ~keep.T)
 
 
@@ -393,32 +429,168 @@ def _floored_std(var, mean):
 
 
 def _scale(n, mean, m2, center, fix_variance):
-  """Floored std float[examples, queries]: per example (ddof=1) or pooled over examples."""
-  if fix_variance:
-    dof = jnp.sum(jnp.maximum(n - 1, 0))
-    var = jnp.sum(m2, axis=0, keepdims=True) / jnp.maximum(dof, 1)
+  """Floored std float[examples, queries]: per example (ddof=1) or pooled.
+
+  fix_variance: a Python bool picks one branch; a traced bool (a core under
+  the caller's jit) computes both and selects.
+  """
+  per_example = m2 / jnp.maximum(n - 1, 1)[:, None]
+  dof = jnp.sum(jnp.maximum(n - 1, 0))
+  pooled = jnp.sum(m2, axis=0, keepdims=True) / jnp.maximum(dof, 1)
+  if isinstance(fix_variance, bool):
+    var = pooled if fix_variance else per_example
   else:
-    var = m2 / jnp.maximum(n - 1, 1)[:, None]
+    var = jnp.where(fix_variance, pooled, per_example)
   return _floored_std(var, center + mean)
 
 
-def _lira_score(y, center, fit_in, fit_out, offline, fix_variance):
-  """Score centred target scores y float[examples, queries] -> float[examples].
-
-  fit_in, fit_out: (n, mean, m2) of the IN and OUT shadow scores (fit_in unused offline).
-  """
-  s_out = _scale(*fit_out, center, fix_variance)
-  z_out = (y - fit_out[1]) / s_out
-  if offline:
-    return jnp.mean(offline_log_odds(z_out), axis=-1)
-  s_in = _scale(*fit_in, center, fix_variance)
-  z_in = (y - fit_in[1]) / s_in
+def _online_llr(y, mean_in, std_in, mean_out, std_out):
+  """Mean over queries of log N(y; IN) - log N(y; OUT): float[..., examples]."""
+  z_out = (y - mean_out) / std_out
+  z_in = (y - mean_in) / std_in
   llr = (
     0.5 * (jnp.square(z_out) - jnp.square(z_in))
-    + jnp.log(s_out)
-    - jnp.log(s_in)
+    + jnp.log(std_out)
+    - jnp.log(std_in)
   )
   return jnp.mean(llr, axis=-1)
+
+
+def _offline_llr(y, mean_out, std_out):
+  """Mean over queries of the OUT fit's CDF log-odds: float[..., examples]."""
+  return jnp.mean(offline_log_odds((y - mean_out) / std_out), axis=-1)
+
+
+class LiraFit(NamedTuple):
+  """Per-example Gaussian fits of IN and OUT shadow scores (`lira_fit`).
+
+  All score arrays are float[examples, queries]. Means are stored relative to
+  `center` (model 0's shadow scores): scores that share a large offset (say
+  300 +- 0.01) keep their float32 resolution. The IN Gaussian of example i,
+  query q is N(center + mean_in, std_in^2), likewise OUT.
+
+  Attributes:
+    center: float[examples, queries], the reference the means are taken from.
+    mean_in: float[examples, queries], IN mean minus `center`.
+    std_in: float[examples, queries], floored IN std (ddof=1, or pooled).
+    mean_out: float[examples, queries], OUT mean minus `center`.
+    std_out: float[examples, queries], floored OUT std.
+    n_in: int32[examples], IN shadow scores per example.
+    n_out: int32[examples], OUT shadow scores per example.
+  """
+
+  center: jax.Array
+  mean_in: jax.Array
+  std_in: jax.Array
+  mean_out: jax.Array
+  std_out: jax.Array
+  n_in: jax.Array
+  n_out: jax.Array
+
+
+def _as_float(x):
+  x = jnp.asarray(x)
+  # Integer and half-precision scores are computed in (at least) float32.
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+@jax.jit
+def lira_fit(shadow_scores, keep, *, fix_variance=False) -> LiraFit:
+  """Fit LiRA's per-example IN and OUT Gaussians once for all targets.
+
+  Carlini, Chien, Nasr, Song, Terzis, Tramèr, "Membership Inference Attacks
+  From First Principles", IEEE S&P 2022 (the `variant="miajax"` estimators:
+  mean, ddof=1 std floored at `1e-6 * (1 + |mean|)`, all shadow scores; see
+  the module docstring). Pure `jax.numpy`: jit-able (`fix_variance` may be
+  traced) and vmap-able; no value checks.
+
+  Args:
+    shadow_scores: float[models, examples, queries], e.g. `logit_scaled`.
+    keep: bool[models, examples], True where the shadow model trained on the
+      example.
+    fix_variance: False: per-example variances (needs >= 2 IN and >= 2 OUT
+      scores per example). True: one pooled variance per query and group,
+      the spread around each example's own mean, `sum_i m2_i / sum_i (n_i -
+      1)`; better with few shadow models.
+
+  Returns:
+    A `LiraFit` of float[examples, queries] arrays (counts int32[examples]).
+  """
+  shadow = _as_float(shadow_scores)
+  keep = jnp.asarray(keep)
+  if shadow.ndim != 3:
+    raise ValueError(
+      "shadow_scores must be float[models, examples, queries], got shape "
+      f"{shadow.shape}"
+    )
+  if keep.dtype != jnp.bool_ or keep.shape != shadow.shape[:2]:
+    raise ValueError(
+      f"keep must be bool[models, examples] = {shadow.shape[:2]}, got "
+      f"{keep.dtype}{list(keep.shape)}"
+    )
+  center, y_t = _centred(shadow)
+  fits = []
+  for mask in (keep.T, ~keep.T):
+    n, mean, m2, _ = _moments(y_t, mask)
+    fits += [mean, _scale(n, mean, m2, center, fix_variance)]
+  counts = jnp.sum(keep, axis=0, dtype=jnp.int32)
+  return LiraFit(center, *fits, counts, keep.shape[0] - counts)
+
+
+def _align(fit: LiraFit, target_scores):
+  """target_scores as float[examples, queries] (1-D if there is one query)."""
+  target = _as_float(target_scores)
+  shape = fit.center.shape
+  if target.shape == shape:
+    return target
+  if shape[1] == 1 and target.shape == shape[:1]:
+    return target[:, None]
+  raise ValueError(
+    f"target_scores must be float{list(shape)} [examples, queries] like the "
+    f"fit (one target; jax.vmap for several), got shape {target.shape}"
+  )
+
+
+@jax.jit
+def lira_online_score(fit: LiraFit, target_scores) -> jax.Array:
+  """LiRA online score of one target model: the IN/OUT likelihood ratio.
+
+  Carlini et al., "Membership Inference Attacks From First Principles"
+  (S&P 2022), online attack: log N(x; IN fit) - log N(x; OUT fit), averaged
+  over queries. Jit- and vmap-able; `jax.vmap(lira_online_score, in_axes=(None,
+  0))(fit, targets)` scores float[targets, examples, queries].
+
+  Args:
+    fit: from `lira_fit`.
+    target_scores: float[examples, queries] (or float[examples] with one
+      query), the target model's scores in the fit's signal.
+
+  Returns:
+    float[examples], higher = member.
+  """
+  y = _align(fit, target_scores) - fit.center
+  return _online_llr(y, fit.mean_in, fit.std_in, fit.mean_out, fit.std_out)
+
+
+@jax.jit
+def lira_offline_score(fit: LiraFit, target_scores) -> jax.Array:
+  """LiRA offline score of one target model, against the OUT fit only.
+
+  Carlini et al., "Membership Inference Attacks From First Principles"
+  (S&P 2022), offline attack, one-sided: `offline_log_odds((x - mean_out) /
+  std_out)` = log Phi(z) - log Phi(-z), averaged over queries (a monotone
+  function of the paper's log Phi(z) without its float32 ties at 0). Only
+  the OUT half of `fit` is used. Jit- and vmap-able like `lira_online_score`.
+
+  Args:
+    fit: from `lira_fit`.
+    target_scores: float[examples, queries] (or float[examples]).
+
+  Returns:
+    float[examples], higher = member.
+  """
+  y = _align(fit, target_scores) - fit.center
+  return _offline_llr(y, fit.mean_out, fit.std_out)
 
 
 def _batch_size(targets: int, examples: int, queries: int) -> int:
@@ -433,15 +605,10 @@ def _batch_size(targets: int, examples: int, queries: int) -> int:
   jax.jit, static_argnames=("offline", "fix_variance", "batch_size")
 )
 def _lira_miajax(shadow, keep, target, *, offline, fix_variance, batch_size):
-  center, stats_in, stats_out = _centred_stats(shadow, keep)
-  fit_in, fit_out = stats_in[:3], stats_out[:3]
-  return jax.lax.map(
-    lambda x: _lira_score(
-      x - center, center, fit_in, fit_out, offline, fix_variance
-    ),
-    target,
-    batch_size=batch_size,
-  )
+  fit = lira_fit(shadow, keep, fix_variance=fix_variance)
+  score = lira_offline_score if offline else lira_online_score
+  # Chunks of targets bound the [chunk, examples, queries] temporaries.
+  return jax.lax.map(lambda x: score(fit, x), target, batch_size=batch_size)
 
 
 @functools.partial(
@@ -464,10 +631,12 @@ def _lira_miajax_loo(
     else:
       drop_in, drop_out, y_in, y_out = k, ~k, y, y
     fit_out = _leave_out(stats_out, y_out, r_out, drop_out)
+    s_out = _scale(*fit_out, center, fix_variance)
     if offline:
-      return _lira_score(y, center, None, fit_out, True, fix_variance)
+      return _offline_llr(y, fit_out[1], s_out)
     fit_in = _leave_out(stats_in, y_in, r_in, drop_in)
-    return _lira_score(y, center, fit_in, fit_out, False, fix_variance)
+    s_in = _scale(*fit_in, center, fix_variance)
+    return _online_llr(y, fit_in[1], s_in, fit_out[1], s_out)
 
   targets = jnp.arange(scores.shape[0])
   if balanced:
@@ -610,6 +779,10 @@ def lira_online(
 ):
   """LiRA online: Gaussian likelihood ratio of IN versus OUT shadow scores.
 
+  Carlini, Chien, Nasr, Song, Terzis, Tramèr, "Membership Inference Attacks
+  From First Principles", IEEE S&P 2022. Checks the inputs, then (variant
+  "miajax") `lira_fit` once and `lira_online_score` for every target.
+
   Args:
     shadow_scores: float[models, examples, queries], e.g. `scores.logit_scaled`.
     shadow_keep: bool[models, examples], True where the shadow model trained on the example.
@@ -647,6 +820,10 @@ def lira_offline(
   variant="miajax",
 ):
   """LiRA offline: a test against the OUT shadow scores only.
+
+  Carlini et al., IEEE S&P 2022 (see `lira_online`). Checks the inputs,
+  then (variant "miajax") `lira_fit` once and `lira_offline_score` for
+  every target.
 
   Args: as `lira_online` (`shadow_keep` only selects the OUT scores).
 
@@ -695,49 +872,172 @@ def _pr_offline(mean_out, a):
   return 0.5 * ((1 + a) * mean_out + (1 - a))
 
 
-def _rank_against_population(ratio_x, ratio_z, gamma):
+def _rank_1d(ratio_x, ratio_z, gamma):
   """Fraction of z with ratio(x) / ratio(z) > gamma, i.e. ratio(z) < ratio(x) / gamma.
 
-  ratio_x float[targets, examples], ratio_z float[targets, population] -> float[targets, examples].
+  ratio_x float[examples], ratio_z float[population] -> float[examples].
   """
   # Ratios are >= 0 and never nan; there (abs turns -0.0 into +0.0) the IEEE bit
   # patterns read as signed integers keep the order, and XLA's CPU sort is
   # several times faster on integers than on floats.
   key = jnp.dtype(f"int{8 * ratio_z.dtype.itemsize}")
-  ordered = jax.lax.sort(
-    jax.lax.bitcast_convert_type(jnp.abs(ratio_z), key),
-    dimension=ratio_z.ndim - 1,
-  )
+  ordered = jax.lax.sort(jax.lax.bitcast_convert_type(jnp.abs(ratio_z), key))
   queries = jax.lax.bitcast_convert_type(
     jnp.abs(ratio_x / gamma).astype(ratio_z.dtype), key
   )
-  below = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(
-    ordered, queries
-  )
+  below = jnp.searchsorted(ordered, queries, side="left")
   return below.astype(ratio_x.dtype) / ratio_z.shape[-1]
 
 
-@functools.partial(jax.jit, static_argnames=("offline",))
-def _rmia_core(
-  p_shadow, keep, p_target, pz_shadow, pz_target, a, gamma, *, offline
-):
-  if offline:
-    out = ~keep
-    mean_out = jnp.sum(jnp.where(out, p_shadow, 0), axis=0) / jnp.sum(
-      out, axis=0
+# [targets, examples] and [targets, population] -> [targets, examples].
+_rank_against_population = jax.vmap(_rank_1d, in_axes=(0, 0, None))
+
+
+class RmiaFit(NamedTuple):
+  """RMIA's reference-model averages (`rmia_fit`).
+
+  Attributes:
+    pr_x: float[examples], Pr(x): the reference models' mean probability
+      (online) or `((1 + a) * mean_OUT + (1 - a)) / 2` (offline).
+    pr_z: float[population], Pr(z) of the population samples, or None when
+      the examples themselves serve as the population.
+  """
+
+  pr_x: jax.Array
+  pr_z: jax.Array | None
+
+
+def _check_probs_3d(x, name, models=None):
+  x = _as_float(x)
+  if x.ndim != 3 or (models is not None and x.shape[0] != models):
+    want = "models" if models is None else str(models)
+    raise ValueError(
+      f"{name} must be float[{want}, examples, queries], got shape {x.shape}"
     )
-    pr_x = _pr_offline(mean_out, a)
+  return x
+
+
+@jax.jit
+def rmia_fit(
+  ref_probs, keep=None, population_probs=None, *, a=0.3, offline=False
+) -> RmiaFit:
+  """Fit RMIA's Pr(x) (and Pr(z)) once from the reference models.
+
+  Zarifzadeh, Liu, Cheng, Shokri, "Low-Cost High-Power Membership Inference
+  Attacks", ICML 2024. Probabilities are averaged over queries first. Pure
+  `jax.numpy`: jit- and vmap-able (`a` and `offline` may be traced); no
+  value checks.
+
+  Args:
+    ref_probs: float[models, examples, queries], the reference models'
+      true-label probabilities p_y (e.g. `scores.confidence`).
+    keep: bool[models, examples], True where a reference model trained on the
+      example; needed offline (may be None otherwise).
+    population_probs: None (the examples stand in for the population) or
+      float[models, population, queries], the same reference models'
+      probabilities on samples none of them trained on. Pr(z) is their mean
+      over all models (offline: with the same `a` correction).
+    a: offline correction, Pr(x) = ((1 + a) * mean_OUT + (1 - a)) / 2.
+    offline: use only the OUT reference models for Pr(x).
+
+  Returns:
+    An `RmiaFit`.
+  """
+  p = jnp.mean(_check_probs_3d(ref_probs, "ref_probs"), axis=-1)
+  pr_all = jnp.mean(p, axis=0)
+  if keep is None:
+    if not (isinstance(offline, bool) and not offline):
+      raise ValueError(
+        "rmia_fit needs keep unless offline is the Python value False "
+        "(offline=True, or offline traced by jit)"
+      )
+    pr_x = pr_all
   else:
-    pr_x = jnp.mean(p_shadow, axis=0)
-  ratio_x = p_target / jnp.maximum(pr_x, _TINY)
-  if pz_shadow is None:
+    keep = jnp.asarray(keep)
+    if keep.dtype != jnp.bool_ or keep.shape != p.shape:
+      raise ValueError(
+        f"keep must be bool[models, examples] = {p.shape}, got "
+        f"{keep.dtype}{list(keep.shape)}"
+      )
+    out = ~keep
+    # max(., 1): an example without OUT models is only valid online.
+    mean_out = jnp.sum(jnp.where(out, p, 0), axis=0) / jnp.maximum(
+      jnp.sum(out, axis=0), 1
+    )
+    pr_x = jnp.where(offline, _pr_offline(mean_out, a), pr_all)
+  pr_z = None
+  if population_probs is not None:
+    pz = _check_probs_3d(population_probs, "population_probs", p.shape[0])
+    pr_z = jnp.mean(jnp.mean(pz, axis=-1), axis=0)
+    pr_z = jnp.where(offline, _pr_offline(pr_z, a), pr_z)
+  return RmiaFit(pr_x, pr_z)
+
+
+def _mean_target_probs(x, size, name, what):
+  x = _as_float(x)
+  if x.ndim == 1:
+    x = x[:, None]
+  if x.ndim != 2 or x.shape[0] != size:
+    raise ValueError(
+      f"{name} must be float[{size}, queries] [{what}, queries] (one target; "
+      f"jax.vmap for several), got shape {x.shape}"
+    )
+  return jnp.mean(x, axis=-1)
+
+
+@jax.jit
+def rmia_score(
+  fit: RmiaFit, target_probs, target_population_probs=None, *, gamma=2.0
+) -> jax.Array:
+  """RMIA score of one target: the fraction of population samples it dominates.
+
+  Zarifzadeh, Liu, Cheng, Shokri, "Low-Cost High-Power Membership Inference
+  Attacks", ICML 2024: with ratio(x) = p(x|theta) / Pr(x), the fraction of
+  population samples z with ratio(x) / ratio(z) > gamma; computed by sorting
+  ratio(z) once and binary-searching ratio(x) / gamma (O((N + Z) log Z)).
+  Jit- and vmap-able: `jax.vmap(rmia_score, in_axes=(None, 0, 0))(fit,
+  targets, target_populations)` scores many targets (vmap maps keyword
+  arguments, so bind `gamma` with `functools.partial` there).
+
+  Args:
+    fit: from `rmia_fit`.
+    target_probs: float[examples, queries] (or float[examples]), the target
+      model's true-label probabilities; averaged over queries.
+    target_population_probs: float[population, queries], the target's
+      probabilities on the population samples; None exactly when the fit has
+      no population (the examples' own ratios are the population then).
+    gamma: a sample z counts when ratio(x) / ratio(z) > gamma.
+
+  Returns:
+    float[examples] in [0, 1], higher = member.
+  """
+  p_x = _mean_target_probs(
+    target_probs, fit.pr_x.shape[0], "target_probs", "examples"
+  )
+  ratio_x = p_x / jnp.maximum(fit.pr_x, _TINY)
+  if (fit.pr_z is None) != (target_population_probs is None):
+    raise ValueError(
+      "target_population_probs must be given exactly when rmia_fit got "
+      "population_probs"
+    )
+  if fit.pr_z is None:
     ratio_z = ratio_x
   else:
-    pr_z = jnp.mean(pz_shadow, axis=0)
-    if offline:
-      pr_z = _pr_offline(pr_z, a)
-    ratio_z = pz_target / jnp.maximum(pr_z, _TINY)
-  return _rank_against_population(ratio_x, ratio_z, gamma)
+    p_z = _mean_target_probs(
+      target_population_probs,
+      fit.pr_z.shape[0],
+      "target_population_probs",
+      "population",
+    )
+    ratio_z = p_z / jnp.maximum(fit.pr_z, _TINY)
+  return _rank_1d(ratio_x, ratio_z, gamma)
+
+
+@jax.jit
+def _rmia_targets(fit, p_target, pz_target, gamma):
+  axes = (None, 0, None if pz_target is None else 0)
+  score = functools.partial(rmia_score, gamma=gamma)
+  return jax.vmap(score, in_axes=axes)(fit, p_target, pz_target)
 
 
 @functools.partial(jax.jit, static_argnames=("offline",))
@@ -788,7 +1088,10 @@ def rmia(
   population_conf=None,
   offline=False,
 ):
-  """RMIA (Zarifzadeh, Liu, Shokri, ICML 2024) on true-label probabilities.
+  """RMIA on true-label probabilities: checks, then `rmia_fit`, `rmia_score`.
+
+  Zarifzadeh, Liu, Cheng, Shokri, "Low-Cost High-Power Membership Inference
+  Attacks", ICML 2024.
 
   Args:
     shadow_conf: float[models, examples, queries], reference models' p_y in [0, 1]
@@ -856,17 +1159,17 @@ def rmia(
         f"population_conf[1] must have shape "
         f"{(target.shape[0],) + zs.shape[1:]}, got {zt.shape}"
       )
-    pz_shadow = jnp.mean(jnp.asarray(zs, dtype=float), axis=-1)
-    pz_target = jnp.mean(jnp.asarray(zt, dtype=float), axis=-1)
-  return _rmia_core(
-    jnp.mean(jnp.asarray(shadow, dtype=float), axis=-1),
+    pz_shadow = jnp.asarray(zs, dtype=float)
+    pz_target = jnp.asarray(zt, dtype=float)
+  fit = rmia_fit(
+    jnp.asarray(shadow, dtype=float),
     jnp.asarray(keep),
-    jnp.mean(jnp.asarray(target, dtype=float), axis=-1),
     pz_shadow,
-    pz_target,
-    float(a),
-    float(gamma),
+    a=float(a),
     offline=bool(offline),
+  )
+  return _rmia_targets(
+    fit, jnp.asarray(target, dtype=float), pz_target, float(gamma)
   )
 
 

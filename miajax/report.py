@@ -14,11 +14,10 @@ import math
 import numbers
 import os
 import tempfile
-import warnings
 
 import numpy as np
 
-from miajax import metrics as _m
+from miajax import metrics
 
 __all__ = [
   "FPR_LEVELS",
@@ -63,7 +62,7 @@ def attack_summary(
   fnr_levels=FNR_LEVELS,
   delta: float = 0.0,
 ) -> dict:
-  """Metrics of one attack, JSON-ready.
+  """Metrics of one attack, JSON-ready: :func:`miajax.metrics.evaluate`.
 
   Every number equals what the corresponding ``miajax.metrics`` function
   returns with the same ``seed`` (the scores are sorted once and shared).
@@ -88,79 +87,43 @@ def attack_summary(
     "tpr_at_fpr": {key: value}, "tpr_at_fpr_ci": {key: [lo, hi]},
     "tnr_at_fnr": {...}, "tnr_at_fnr_ci": {...}, "epsilon_lower_bound",
     "num_members", "num_non_members"}`` with keys from :func:`level_key`;
-    ``None`` for unresolvable levels and their intervals.
+    ``None`` for unresolvable levels and their intervals (with one
+    ``RuntimeWarning`` naming them).
   """
-  fpr_levels = [_m._check_level("fpr_levels", x) for x in fpr_levels]
-  fnr_levels = [_m._check_level("fnr_levels", x) for x in fnr_levels]
-  confidence, num_bootstrap = _m._check_interval_args(confidence, num_bootstrap)
-  num_draws = _m._check_count("num_draws", num_draws, 10)
-  _m._check_count("seed", seed, 0)
   if (
     isinstance(delta, bool)
     or not isinstance(delta, numbers.Real)
     or not 0.0 <= delta < 1.0
   ):
     raise ValueError(f"delta must be a float in [0, 1), got {delta!r}")
-
-  split = _m._split(scores, is_member)
-  swapped = _m._swap(split)
-  ranked = _m._ranked(split)
-  auc_value = _m._auc(split, ranked)
-  bal_value = _m._balanced_accuracy(split, ranked)
-  auc_reps, bal_reps = _m._bootstrap_auc_bal(
-    split, ranked, num_bootstrap, _m._rng(seed)
-  )
-
-  unresolved = []
-  with warnings.catch_warnings():
-    # One summary warning below instead of one per level and interval.
-    warnings.simplefilter("ignore", RuntimeWarning)
-    tpr, tpr_ci, tnr, tnr_ci = {}, {}, {}, {}
-    for table, table_ci, levels, data, role in (
-      (tpr, tpr_ci, fpr_levels, split, "TPR@FPR"),
-      (tnr, tnr_ci, fnr_levels, swapped, "TNR@FNR"),
-    ):
-      for level in levels:
-        key = level_key(level)
-        table[key] = _num(_m._tpr_at(data, level, role, ""))
-        table_ci[key] = _pair(
-          _m._tpr_interval(
-            data,
-            level,
-            confidence,
-            num_draws,
-            _m._rng(seed),
-            "fiducial",
-            role,
-            "",
-          )
-        )
-        if table[key] is None:
-          unresolved.append(f"{role} {key}")
-  if unresolved:
-    warnings.warn(
-      f"attack_summary: {', '.join(unresolved)} unresolvable with "
-      f"{split.pos.size} members and {split.neg.size} non-members; "
-      "reported as None",
-      RuntimeWarning,
-      stacklevel=2,
-    )
-  epsilon = _m._epsilon_lower_bound(
-    split, float(delta), confidence, _m._rng(seed)
+  result = metrics.evaluate(
+    scores,
+    is_member,
+    fpr_levels=fpr_levels,
+    fnr_levels=fnr_levels,
+    confidence=confidence,
+    seed=seed,
+    num_bootstrap=num_bootstrap,
+    num_draws=num_draws,
+    delta=delta,
   )
   return {
-    "auc": auc_value,
-    "auc_ci": list(_m._percentile(auc_reps, confidence)),
-    "balanced_accuracy": bal_value,
-    "balanced_accuracy_ci": list(_m._basic(bal_reps, bal_value, confidence)),
-    "tpr_at_fpr": tpr,
-    "tpr_at_fpr_ci": tpr_ci,
-    "tnr_at_fnr": tnr,
-    "tnr_at_fnr_ci": tnr_ci,
-    "epsilon_lower_bound": epsilon,
-    "num_members": int(split.pos.size),
-    "num_non_members": int(split.neg.size),
+    "auc": result.auc,
+    "auc_ci": list(result.auc_ci),
+    "balanced_accuracy": result.balanced_accuracy,
+    "balanced_accuracy_ci": list(result.balanced_accuracy_ci),
+    "tpr_at_fpr": _by_key(result.tpr_at_fpr, _num),
+    "tpr_at_fpr_ci": _by_key(result.tpr_at_fpr_ci, _pair),
+    "tnr_at_fnr": _by_key(result.tnr_at_fnr, _num),
+    "tnr_at_fnr_ci": _by_key(result.tnr_at_fnr_ci, _pair),
+    "epsilon_lower_bound": result.epsilon_lower_bound,
+    "num_members": result.num_members,
+    "num_non_members": result.num_non_members,
   }
+
+
+def _by_key(table, convert):
+  return {level_key(level): convert(v) for level, v in table.items()}
 
 
 def _fmt(value, ci=None, *, rate: bool = False) -> str:

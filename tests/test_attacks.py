@@ -1,5 +1,6 @@
 """Tests for miajax.attacks against independent float64 numpy/scipy formulas."""
 
+import functools
 import importlib.util
 import pathlib
 
@@ -187,10 +188,8 @@ def test_offline_score_tails_match_float64_scipy(z):
   got = float(np.asarray(attacks.offline_log_odds(jnp.float32(z))))
   want = scipy.stats.norm.logcdf(z) - scipy.stats.norm.logsf(z)
   assert got == pytest.approx(want, rel=1e-5)
-  assert (got > 0) == (z > 0)
-  if (
-    z == 15.0
-  ):  # why: the paper's log Phi(z) has no float32 value to tell members apart here
+  if z == 15.0:
+    # The paper's log Phi(z) has no float32 value to tell members apart here.
     assert float(jax.scipy.stats.norm.logcdf(jnp.float32(z))) == 0.0
 
 
@@ -549,6 +548,142 @@ def test_rmia_leave_one_out_equals_per_target_runs(attack, with_population):
       )[0]
     )
   np.testing.assert_allclose(loo, np.stack(direct), rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------------------ public cores
+
+
+def fit_numpy(shadow, keep, fix_variance):
+  """LiRA's IN and OUT Gaussians per example and query, float64:
+  [(loc, sd) for IN, (loc, sd) for OUT], each float[examples, queries]."""
+  fits = []
+  for mask in (keep, ~keep):
+    groups = [shadow[mask[:, j], j, :] for j in range(shadow.shape[1])]
+    loc = np.array([g.mean(0) for g in groups])
+    if fix_variance:
+      ss = sum(((g - g.mean(0)) ** 2).sum(0) for g in groups)
+      var = np.broadcast_to(ss / sum(len(g) - 1 for g in groups), loc.shape)
+    else:
+      var = np.array([g.var(0, ddof=1) for g in groups])
+    fits.append((loc, np.maximum(np.sqrt(var), 1e-6 * (1 + np.abs(loc)))))
+  return fits
+
+
+@pytest.mark.parametrize("fix_variance", [False, True])
+def test_lira_fit_matches_float64_numpy(fix_variance):
+  shadow, keep = ragged(11, 30, 3, seed=31)
+  shadow[:, 4] = 2.5  # constant scores: the std floor decides
+  (loc_in, sd_in), (loc_out, sd_out) = fit_numpy(shadow, keep, fix_variance)
+  with jax.enable_x64(True):
+    fit = attacks.lira_fit(shadow, keep, fix_variance=fix_variance)
+    assert fit.std_in.dtype == np.float64
+    np.testing.assert_allclose(fit.center + fit.mean_in, loc_in, rtol=1e-12)
+    np.testing.assert_allclose(fit.center + fit.mean_out, loc_out, rtol=1e-12)
+    np.testing.assert_allclose(fit.std_in, sd_in, rtol=1e-10)
+    np.testing.assert_allclose(fit.std_out, sd_out, rtol=1e-10)
+  np.testing.assert_array_equal(fit.n_in, keep.sum(0))
+  np.testing.assert_array_equal(fit.n_out, (~keep).sum(0))
+  fit32 = attacks.lira_fit(
+    shadow.astype(np.float32), keep, fix_variance=fix_variance
+  )
+  assert fit32.std_out.dtype == np.float32
+  np.testing.assert_allclose(fit32.std_out, sd_out, rtol=2e-5)
+
+
+def lira_cases():
+  shadow, keep = ragged(10, 40, 3, seed=32)
+  target = np.random.default_rng(33).normal(0, 3, size=(5, 40, 3))
+  return shadow.astype(np.float32), keep, target.astype(np.float32)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize("fix_variance", [False, True])
+def test_lira_cores_under_jit_and_vmap_equal_wrappers(offline, fix_variance):
+  shadow, keep, target = lira_cases()
+  wrapper = attacks.lira_offline if offline else attacks.lira_online
+  want = np.asarray(wrapper(shadow, keep, target, fix_variance=fix_variance))
+  score = attacks.lira_offline_score if offline else attacks.lira_online_score
+
+  @jax.jit
+  def audit(shadow, keep, target, fix_variance):
+    # fix_variance arrives traced: the fit must not branch on it in Python.
+    fit = attacks.lira_fit(shadow, keep, fix_variance=fix_variance)
+    return jax.vmap(score, in_axes=(None, 0))(fit, target)
+
+  got = np.asarray(audit(shadow, keep, target, fix_variance))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  fit = jax.jit(attacks.lira_fit)(shadow, keep, fix_variance=fix_variance)
+  one = np.asarray(jax.jit(score)(fit, target[2]))
+  np.testing.assert_allclose(one, want[2], rtol=1e-6, atol=1e-6)
+  # Guard against a vacuous comparison: the fixed and per-example fits differ.
+  other = np.asarray(
+    wrapper(shadow, keep, target, fix_variance=not fix_variance)
+  )
+  assert np.abs(other - want).max() > 1e-2
+
+
+def test_lira_scores_accept_one_query_as_1d():
+  shadow, keep, target = lira_cases()
+  fit = attacks.lira_fit(shadow[..., :1], keep)
+  want = np.asarray(attacks.lira_online(shadow[..., :1], keep, target[..., :1]))
+  got = jax.vmap(attacks.lira_online_score, in_axes=(None, 0))(
+    fit, target[..., 0]
+  )
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match=r"target_scores must be float\[40, 1\]"):
+    attacks.lira_offline_score(fit, target[0, :-1, 0])
+  with pytest.raises(ValueError, match="keep must be bool"):
+    attacks.lira_fit(shadow, keep.astype(np.int8))
+
+
+@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize("with_population", [False, True])
+def test_rmia_cores_under_jit_and_vmap_equal_wrapper(offline, with_population):
+  rng = np.random.default_rng(34)
+  models, examples, queries, targets = 8, 60, 2, 4
+  ref = rng.uniform(0.01, 1, size=(models, examples, queries))
+  keep = rng.random((models, examples)) < 0.5
+  keep[0], keep[1] = True, False
+  target = rng.uniform(0.01, 1, size=(targets, examples, queries))
+  pop = None
+  if with_population:
+    pop = (
+      rng.uniform(0.01, 1, size=(models, 50, queries)),
+      rng.uniform(0.01, 1, size=(targets, 50, queries)),
+    )
+  want = np.asarray(
+    attacks.rmia(
+      ref, keep, target, a=0.4, gamma=1.5, population_conf=pop, offline=offline
+    )
+  )
+  np.testing.assert_allclose(
+    want, rmia_numpy(ref, keep, target, 0.4, 1.5, offline, pop), atol=1e-6
+  )
+
+  @jax.jit
+  def audit(ref, keep, target, pop, offline):
+    fit = attacks.rmia_fit(
+      ref, keep, None if pop is None else pop[0], a=0.4, offline=offline
+    )
+    score = functools.partial(attacks.rmia_score, gamma=1.5)
+    if pop is None:
+      return jax.vmap(score, in_axes=(None, 0))(fit, target)
+    return jax.vmap(score, in_axes=(None, 0, 0))(fit, target, pop[1])
+
+  got = np.asarray(audit(ref, keep, target, pop, offline))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert np.unique(want).size > examples // 2  # not a constant score
+
+
+def test_rmia_core_argument_errors():
+  ref = np.full((3, 5, 1), 0.5)
+  with pytest.raises(ValueError, match="needs keep"):
+    attacks.rmia_fit(ref, offline=True)
+  fit = attacks.rmia_fit(ref)
+  with pytest.raises(ValueError, match="target_population_probs"):
+    attacks.rmia_score(fit, ref[0], ref[0])
+  with pytest.raises(ValueError, match=r"target_probs must be float\[5, q"):
+    attacks.rmia_score(fit, ref[0, :4])
 
 
 # ------------------------------------------------------------------ errors

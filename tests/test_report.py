@@ -150,7 +150,7 @@ def test_summary_bad_input():
 
 
 def test_summary_fast_on_large_input():
-  # 400,000 scores; DESIGN-scale 2,000,000 takes ~2.5 s on 2 cores (see report).
+  # 400,000 scores; 2,000,000 take ~2.5 s on 2 cores (attack_summary docstring).
   import time
 
   scores, is_member = _scores(n_pos=200_000, n_neg=200_000, mu=0.5)

@@ -100,18 +100,15 @@ def test_no_saturation_at_103():
     [[200.0, 0.0, 0.0], [0.0, 200.0, 0.0], [1e4, 0.0, 0.0]], dtype=np.float32
   )
   got = np.asarray(scores.logit_scaled(z, np.array([0, 0, 0])))
+  # The float32-exp route would clip the first two at about +-103.6.
   np.testing.assert_allclose(
     got, [200 - np.log(2), -200.0, 1e4 - np.log(2)], rtol=1e-6
   )
-  assert (
-    abs(got[0]) > 150 and abs(got[1]) > 150
-  )  # the float32-exp route clips at ~103.6
   # Near-certain members keep a positive, accurate loss instead of exactly 0.
   ce = np.asarray(
     scores.cross_entropy(np.array([[30.0, 0.0]], np.float32), np.array([0]))
   )
   np.testing.assert_allclose(ce, [np.log1p(np.exp(-30.0))], rtol=1e-5)
-  assert ce[0] > 0
 
 
 def test_modified_entropy_known_values():
