@@ -33,7 +33,16 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import attacks, cpu, plots, report, scores, store, train
+from miajax import (
+  attacks,
+  compilation_cache,
+  cpu,
+  plots,
+  report,
+  scores,
+  store,
+  train,
+)
 
 FLAGS = flags.FLAGS
 
@@ -390,6 +399,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
+  # Later runs of the same recipe load its compiled programs instead of compiling.
+  compilation_cache.use_compilation_cache()
   t_start = time.perf_counter()
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
@@ -440,7 +451,14 @@ def main(argv):
     else out / "shadow_store"
   )
   try:
-    shadows = store.ensure_shadows(root, pool, spec, log=logging.info)
+    shadows = store.ensure_shadows(
+      root,
+      pool,
+      spec,
+      log=logging.info,
+      checkpoint_every_s=FLAGS.checkpoint_every_s,
+      checkpoint_every_epochs=FLAGS.checkpoint_every_epochs,
+    )
   except ValueError as e:
     raise app.UsageError(f"--shadow_store / recipe: {e}") from None
   t_shadows = time.perf_counter()

@@ -8,7 +8,7 @@ import sys
 
 from absl import app, flags
 
-from miajax import label_only, runs, train
+from miajax import defenses, label_only, runs, train
 
 FLAGS = flags.FLAGS
 
@@ -67,7 +67,12 @@ def define_recipe_flags() -> None:
   )
   flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
   flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-  flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
+  flags.DEFINE_float(
+    "weight_decay",
+    5e-4,
+    "Weight decay, the one L2 regularisation (with SGD: a penalty "
+    "0.5 w ||params||^2).",
+  )
   flags.DEFINE_integer(
     "seed", 0, "Seed of the design, initialisation, shuffling, dropout."
   )
@@ -90,7 +95,11 @@ def define_training_flags(default_num_models: int = 64) -> None:
   flags.DEFINE_enum(
     "design", "paired", ["paired", "lira"], "Membership design."
   )
-  flags.DEFINE_float("dropout_rate", 0.0, "Dropout rate of every model.")
+  flags.DEFINE_float(
+    "dropout_rate",
+    0.0,
+    "Dropout rate of every model (the defense miajax.defenses.dropout).",
+  )
   flags.DEFINE_bool(
     "augment", False, "Random flip + reflect-pad-4 crop (images)."
   )
@@ -128,6 +137,22 @@ def define_training_flags(default_num_models: int = 64) -> None:
     "label-only noise-robustness views (empty: none).",
   )
   flags.DEFINE_integer("label_only_copies", 8, "Noisy copies per noise level.")
+  flags.DEFINE_float(
+    "checkpoint_every_s",
+    300.0,
+    "Save the training state of the chunk in flight at the first epoch "
+    "boundary this many seconds after the last save, so that a killed run "
+    "resumes mid-chunk (0: never by time). Not part of the run's "
+    "configuration.",
+    lower_bound=0.0,
+  )
+  flags.DEFINE_integer(
+    "checkpoint_every_epochs",
+    0,
+    "Also save it every this many epochs (0: never by epoch count). Not part "
+    "of the run's configuration.",
+    lower_bound=0,
+  )
 
 
 def _default(name: str):
@@ -145,7 +170,9 @@ def train_config(**extra) -> train.TrainConfig:
     kwargs["widths"] = tuple(int(w) for w in _default("widths").split(","))
     kwargs["activation"] = _default("activation")
   if getattr(FLAGS, "dropout_rate", 0.0):
-    kwargs["dropout_rate"] = FLAGS.dropout_rate
+    extra["defense"] = defenses.chain(
+      defenses.dropout(FLAGS.dropout_rate), extra.get("defense")
+    )
   return train.TrainConfig(
     model=model,
     model_kwargs=tuple(sorted(kwargs.items())),
@@ -229,7 +256,14 @@ def usage_error(message: str):
 
 
 def train_run(spec: runs.RunSpec, output_dir, **kwargs):
-  """``runs.run_training`` with a changed configuration in ``output_dir`` reported as a usage error."""
+  """``runs.run_training``; a changed configuration is a usage error.
+
+  The checkpoint intervals come from ``--checkpoint_every_s`` and
+  ``--checkpoint_every_epochs`` unless ``kwargs`` gives them.
+  """
+  for name in ("checkpoint_every_s", "checkpoint_every_epochs"):
+    if name in FLAGS:
+      kwargs.setdefault(name, FLAGS[name].value)
   try:
     return runs.run_training(spec, output_dir, **kwargs)
   except runs.ConfigMismatchError as e:

@@ -31,7 +31,8 @@ Rows (``--rows`` picks a subset, comma separated):
   ``--dp_clip``, noise multiplier from :func:`miajax.defenses.
   dp_noise_multiplier` for ``sample_rate = batch_size / (fewest members of
   any model)`` and ``steps = dp_epochs * ceil(most members / batch_size)``
-  (the engine's steps per epoch), ``delta = --dp_delta``. The engine draws
+  (both from :func:`miajax.engine.dp_sampling`, the engine's own step
+  count), ``delta = --dp_delta``. The engine draws
   shuffled fixed-size batches; the accountant treats them as Poisson sampled
   at that rate (see :mod:`miajax.privacy`), the usual convention.
   ``--dp_epochs`` (default 15) is smaller than ``--epochs``: per-example
@@ -43,7 +44,9 @@ Rows (``--rows`` picks a subset, comma separated):
   0.62-0.66 (4-model probe on digits over learning rates 0.01-0.5 and batch
   sizes 64-512, all worse at larger batches; a choice made on test accuracy,
   so mildly optimistic for utility).
-* ``l2``: an extra ``l2(--l2)`` penalty on top of the common weight decay.
+* ``l2``: L2 regularisation, as weight decay ``--weight_decay + --l2``
+  (with SGD, the same as an extra loss penalty ``0.5 l2 ||params||^2`` on
+  top of the common weight decay; see :mod:`miajax.config`).
 
 Rows that differ only in their output transform share one training run:
 each distinct run lives in ``<output_dir>/runs/<short_name>`` and is reused by
@@ -102,6 +105,7 @@ from absl import app, flags, logging
 import common
 from miajax import (
   attacks,
+  compilation_cache,
   cpu,
   label_only,
   metrics,
@@ -111,6 +115,8 @@ from miajax import (
   train,
 )
 from miajax import defenses as D
+from miajax import engine
+from miajax import outputs as O
 
 FLAGS = flags.FLAGS
 common.define_training_flags(default_num_models=16)
@@ -161,7 +167,10 @@ flags.DEFINE_float(
   "dp_learning_rate", 0.03, "Peak learning rate of the DP-SGD rows."
 )
 flags.DEFINE_float(
-  "l2", 5e-3, "Weight of the l2 row's extra penalty 0.5 w ||params||^2."
+  "l2",
+  5e-3,
+  "Extra weight decay of the l2 row, added to --weight_decay (with SGD: a "
+  "penalty 0.5 l2 ||params||^2).",
 )
 flags.DEFINE_list(
   "dropout_sweep",
@@ -195,22 +204,8 @@ class Row:
   output: Any = None
   epochs: int | None = None  # None: the common --epochs
   learning_rate: float | None = None  # None: the common --learning_rate
+  weight_decay: float | None = None  # None: the common --weight_decay
   dp_target_epsilon: float | None = None
-
-
-def _dp_schedule(
-  keep: np.ndarray, batch_size: int, epochs: int
-) -> tuple[float, int]:
-  """(sample_rate, steps) of DP-SGD as the engine runs it.
-
-  The engine takes ``ceil(most members / batch)`` steps per epoch for every
-  model; the smallest training set has the largest sampling rate, hence the
-  largest epsilon.
-  """
-  members = keep.sum(1)
-  return batch_size / int(members.min()), epochs * int(
-    math.ceil(int(members.max()) / batch_size)
-  )
 
 
 def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
@@ -236,18 +231,18 @@ def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
           Row(
             "+".join(tags) or "none",
             defense,
-            D.top_k(FLAGS.top_k) if use_topk else None,
+            O.top_k(FLAGS.top_k) if use_topk else None,
           )
         )
-  rows.append(Row("rounding", D.none(), D.rounding(FLAGS.rounding_decimals)))
-  rows.append(Row("temperature", D.none(), D.temperature(FLAGS.temperature)))
-  rows.append(Row("label_only", D.none(), D.label_only()))
+  rows.append(Row("rounding", D.none(), O.rounding(FLAGS.rounding_decimals)))
+  rows.append(Row("temperature", D.none(), O.temperature(FLAGS.temperature)))
+  rows.append(Row("label_only", D.none(), O.label_only()))
   rows.append(
-    Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), D.hamp_output())
+    Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), O.hamp_output())
   )
   for text in FLAGS.dp_epsilons:
     eps = float(text)
-    rate, steps = _dp_schedule(keep, batch_size, FLAGS.dp_epochs)
+    rate, steps = engine.dp_sampling(keep, batch_size, FLAGS.dp_epochs)
     sigma = D.dp_noise_multiplier(
       target_epsilon=eps, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta
     )
@@ -261,7 +256,7 @@ def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
         dp_target_epsilon=eps,
       )
     )
-  rows.append(Row("l2", D.l2(FLAGS.l2)))
+  rows.append(Row("l2", D.none(), weight_decay=FLAGS.weight_decay + FLAGS.l2))
   return rows
 
 
@@ -273,6 +268,8 @@ def sweep_rows() -> list[Row]:
 def run_name(row: Row) -> str:
   """Directory name of a row's training run (rows differing only in output share it)."""
   name = D.short_name(row.defense).replace(" ", "")
+  if row.weight_decay is not None:
+    name += f"_wd{row.weight_decay:g}"
   if row.epochs is not None:
     name += f"_e{row.epochs}"
   if row.learning_rate is not None:
@@ -280,13 +277,26 @@ def run_name(row: Row) -> str:
   return name
 
 
+def defense_label(row: Row) -> str:
+  """The training recipe's change for tables: the defense, and a changed weight decay."""
+  parts = [] if row.defense == D.none() else [D.short_name(row.defense)]
+  if row.weight_decay is not None:
+    parts.append(f"weight_decay({row.weight_decay:g})")
+  return "+".join(parts) or "none"
+
+
 def _spec(
-  defense, *, epochs=None, learning_rate=None, seed_offset=0
+  defense,
+  *,
+  epochs=None,
+  learning_rate=None,
+  weight_decay=None,
+  seed_offset=0,
 ) -> runs.RunSpec:
-  spec = common.run_spec(
-    defense=None if isinstance(defense, D.NoDefense) else defense
-  )
+  spec = common.run_spec(defense=None if defense == D.none() else defense)
   cfg = spec.train
+  if weight_decay is not None:
+    cfg = dataclasses.replace(cfg, weight_decay=float(weight_decay))
   if epochs is not None:
     cfg = dataclasses.replace(cfg, epochs=int(epochs))
   if learning_rate is not None:
@@ -312,7 +322,7 @@ def random_queries(spec: runs.RunSpec) -> dict:
   low, high = float(x.min()), float(x.max())
   seed = spec.train.seed + 20_011
   rand = np.asarray(
-    D.random_inputs(
+    O.random_inputs(
       jax.random.PRNGKey(seed),
       (num_queries * x.shape[0],) + x.shape[1:],
       low=low,
@@ -350,7 +360,7 @@ def attacker_signals(logits, labels, output=None, random_logits=None):
   view = (
     logits
     if output is None
-    else D.apply_output(output, logits, random_logits=random_logits)
+    else O.apply_output(output, logits, random_logits=random_logits)
   )
   lab = np.asarray(labels)[None, :, None]
   return np.asarray(scores.logit_scaled(view, lab)), np.asarray(
@@ -712,6 +722,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
+  # Later runs of the same recipe load its compiled programs instead of compiling.
+  compilation_cache.use_compilation_cache()
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.dropout_rate:
@@ -753,12 +765,13 @@ def main(argv):
         row.defense,
         epochs=row.epochs,
         learning_rate=row.learning_rate,
+        weight_decay=row.weight_decay,
         seed_offset=seed_offset,
       )
       logging.info(
         "run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"])
       )
-      if row.output is not None and D.needs_random_logits(row.output):
+      if row.output is not None and O.needs_random_logits(row.output):
         run = common.train_run(
           spec,
           out / "runs" / name,
@@ -808,12 +821,11 @@ def main(argv):
       all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed
     )
     epochs = row.epochs if row.epochs is not None else base.train.epochs
-    dp = None
-    if D.dp_params(row.defense) is not None:
-      rate, steps = _dp_schedule(run.keep, batch, epochs)
-      dp = D.dp_summary(
-        row.defense, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta
-      )
+    rate, steps = engine.dp_sampling(run.keep, batch, epochs)
+    dp = D.dp_summary(
+      row.defense, sample_rate=rate, steps=steps, delta=FLAGS.dp_delta
+    )
+    if dp is not None:
       dp["target_epsilon"] = row.dp_target_epsilon
       dp["empirical_epsilon_below_accountant"] = bool(
         emp["epsilon"] <= dp["epsilon"]
@@ -840,10 +852,17 @@ def main(argv):
         if row.learning_rate is not None
         else base.train.learning_rate
       ),
+      "weight_decay": float(
+        row.weight_decay
+        if row.weight_decay is not None
+        else base.train.weight_decay
+      ),
       "defense": D.describe(row.defense),
-      "defense_short": D.short_name(row.defense),
-      "output": None if row.output is None else D.describe(row.output),
-      "output_short": "-" if row.output is None else D.short_name(row.output),
+      "defense_short": defense_label(row),
+      "output": None if row.output is None else O.describe_output(row.output),
+      "output_short": "-"
+      if row.output is None
+      else O.output_short_name(row.output),
       "models": int(ok.sum()),
       "diverged_models": np.flatnonzero(run.diverged).tolist(),
       "train_accuracy": train_acc,
@@ -858,7 +877,7 @@ def main(argv):
   sweep_results = []
   for r in sweep:
     res = evaluate(r)
-    res["dropout_rate"] = D.dropout_rate(r.defense)
+    res["dropout_rate"] = D.model_kwargs(r.defense).get("dropout_rate", 0.0)
     sweep_results.append(res)
 
   t_plots = time.perf_counter()

@@ -24,7 +24,16 @@ from absl import app, flags, logging
 
 import common
 import miajax
-from miajax import attacks, cpu, label_only, plots, report, runs, scores
+from miajax import (
+  attacks,
+  compilation_cache,
+  cpu,
+  label_only,
+  plots,
+  report,
+  runs,
+  scores,
+)
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
@@ -173,6 +182,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
+  # Later runs of the same recipe load its compiled programs instead of compiling.
+  compilation_cache.use_compilation_cache()
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if not FLAGS.run_dir and FLAGS.num_models < 6:

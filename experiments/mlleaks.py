@@ -58,7 +58,16 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import cpu, data, designs, mlleaks, outputs, report, train
+from miajax import (
+  compilation_cache,
+  cpu,
+  data,
+  designs,
+  mlleaks,
+  outputs,
+  report,
+  train,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "digits", "The target's dataset.")
@@ -376,6 +385,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
+  # Later runs of the same recipe load its compiled programs instead of compiling.
+  compilation_cache.use_compilation_cache()
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.num_random < 1:

@@ -37,7 +37,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import cpu, data, metrics, report, shokri, train
+from miajax import compilation_cache, cpu, data, metrics, report, shokri, train
 
 FLAGS = flags.FLAGS
 common.define_recipe_flags()
@@ -237,6 +237,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
+  # Later runs of the same recipe load its compiled programs instead of compiling.
+  compilation_cache.use_compilation_cache()
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   if FLAGS.num_shadows < 1:

@@ -5,7 +5,12 @@
 Writes keep.npy, logits.npy [models, examples, queries, classes], labels.npy,
 config.json and models.json (per-model train/test accuracy).  Every finished
 chunk of models lands atomically in <output_dir>/chunks/, so rerunning the same
-command after a crash skips the finished chunks.
+command after a crash skips the finished chunks.  The chunk in flight is
+checkpointed there too (every --checkpoint_every_s seconds, default 300, and/or
+every --checkpoint_every_epochs epochs), so the rerun resumes it at its last
+checkpoint ("resuming models [8, 16) from the checkpoint at epoch 3 of 6") with
+the same final outputs as an uninterrupted run.  Changing these two flags
+between runs is allowed: they are not part of the run's configuration.
 
 Many hosts: start one process per host (or per GPU group) with the same flags
 and an output_dir on a shared filesystem:
@@ -24,7 +29,7 @@ import time
 from absl import app, flags, logging
 
 import common
-from miajax import cpu, runs
+from miajax import compilation_cache, cpu, runs
 
 FLAGS = flags.FLAGS
 common.define_training_flags()
@@ -69,6 +74,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
+  # Later runs of the same recipe load its compiled programs instead of compiling.
+  compilation_cache.use_compilation_cache()
   if not FLAGS.output_dir:
     raise app.UsageError("--output_dir is required")
   spec = common.run_spec()

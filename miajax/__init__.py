@@ -47,6 +47,7 @@ _SUBMODULES = frozenset(
 # Public name -> the module that defines it.
 _EXPORTS = {
   "use_all_cores": "cpu",
+  "use_compilation_cache": "compilation_cache",
   "global_threshold": "attacks",
   "leave_one_out": "attacks",
   "lira_offline": "attacks",
@@ -67,9 +68,13 @@ _EXPORTS = {
   "lira_keep": "data",
   "load": "data",
   "paired_keep": "data",
+  "Defense": "defenses",
   "chain": "defenses",
-  "dp_epsilon": "defenses",
-  "dp_noise_multiplier": "defenses",
+  "OutputTransform": "outputs",
+  "apply_output": "outputs",
+  "chain_outputs": "outputs",
+  "dp_epsilon": "privacy",
+  "dp_noise_multiplier": "privacy",
   "auc": "metrics",
   "auc_interval": "metrics",
   "balanced_accuracy": "metrics",

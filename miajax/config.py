@@ -17,9 +17,24 @@ used with it (nor per-model learning rates).
 
 A loss ``loss(logits float32[batch, classes], labels int[batch]) ->
 float32[batch]`` replaces the cross-entropy; defenses that add terms to it
-(confidence penalty, HAMP's entropy term, L2, DP-SGD, dropout) still compose
+(confidence penalty, HAMP's entropy term, DP-SGD, dropout) still compose
 with it, defenses that change the targets (label smoothing, HAMP's soft
 labels) are refused with it.
+
+Weight decay (``weight_decay``) is the one way to get L2 regularisation; the
+built-in optimizers apply it as ``optax.add_decayed_weights(weight_decay)``:
+
+* ``"sgd"``: the decay joins the gradient before momentum, so it equals a
+  loss penalty ``0.5 * weight_decay * ||params||^2`` over every parameter
+  leaf, biases included (gradient ``weight_decay * params``), i.e. PyTorch's
+  ``SGD(weight_decay=...)``. Keras' ``l2(w)`` penalises ``w ||params||^2``:
+  that is ``weight_decay = 2 w``. It is not part of the reported loss.
+* ``"adam"``: decoupled decay after Adam's scaling, times the learning rate
+  schedule (AdamW, Loshchilov & Hutter 2019); not an L2 penalty.
+* With DP-SGD the decay is data-independent and applied by the optimizer,
+  after clipping and noise: it costs no privacy.
+
+A user optax transformation owns its weight decay.
 """
 
 from __future__ import annotations
@@ -87,7 +102,7 @@ class TrainConfig:
   learning_rate: float = 0.1
   momentum: float = 0.9
   nesterov: bool = False
-  weight_decay: float = 5e-4
+  weight_decay: float = 5e-4  # the one L2 mechanism (module docstring)
   epochs: int = 20
   batch_size: int = 128
   schedule: str = "cosine"  # "cosine" or "constant"
@@ -103,7 +118,7 @@ class TrainConfig:
     None  # "vmap", "unroll" or "loop"; None: the lowering decides
   )
   seed: int = 0
-  defense: Any = None  # a miajax.defenses value; None means no defense
+  defense: Any = None  # a miajax.defenses.Defense (built-in or your own)
   loss: Callable | None = None
   model_name: str | None = None
 
@@ -116,10 +131,9 @@ class TrainConfig:
     return isinstance(self.optimizer, str)
 
   def model_kwargs_dict(self) -> dict:
+    """Registry-model keyword arguments: ``model_kwargs`` and the defense's."""
     kwargs = dict(self.model_kwargs)
-    rate = defenses_lib.dropout_rate(self._defense())
-    if rate:
-      kwargs["dropout_rate"] = rate
+    kwargs.update(defenses_lib.model_kwargs(self._defense()))
     if self.compute_dtype != "float32":
       kwargs["dtype"] = jnp.dtype(self.compute_dtype)
     return kwargs
@@ -170,11 +184,32 @@ class TrainConfig:
       raise ValueError(
         f"loss must be a function loss(logits, labels) -> float[batch] or None, got {self.loss!r}"
       )
+    if self.defense is not None and not isinstance(
+      self.defense, defenses_lib.Defense
+    ):
+      raise ValueError(
+        "defense must be a miajax.defenses.Defense (e.g. chain(...), or your "
+        f"own subclass) or None, got {self.defense!r}"
+      )
     if self.loss is not None and defenses_lib.maps_targets(self._defense()):
       raise ValueError(
-        "loss: a custom loss takes integer labels, so it cannot be combined with a defense that "
-        f"changes the targets ({defenses_lib.short_name(self._defense())}); fold the soft "
+        "loss: a custom loss takes integer labels, so it cannot be combined "
+        "with a defense that changes the targets "
+        f"({defenses_lib.short_name(self._defense())}); fold the soft "
         "targets into your loss instead"
+      )
+    if "dropout_rate" in dict(self.model_kwargs):
+      raise ValueError(
+        "model_kwargs: set dropout with defense=miajax.defenses.dropout(rate),"
+        " not model_kwargs['dropout_rate']"
+      )
+    owned = set(dict(self.model_kwargs)) & set(
+      defenses_lib.model_kwargs(self._defense())
+    )
+    if owned:
+      raise ValueError(
+        f"model_kwargs {sorted(owned)} are also set by the defense "
+        f"{defenses_lib.short_name(self._defense())}; set them once"
       )
     if self.schedule not in ("cosine", "constant"):
       raise ValueError(
@@ -253,10 +288,13 @@ def _check_model(config: TrainConfig) -> None:
     raise ValueError(
       "model_kwargs apply to registry models only; configure your own model before passing it"
     )
-  if defenses_lib.dropout_rate(config._defense()):
+  settings = defenses_lib.model_kwargs(config._defense())
+  if settings:
     raise ValueError(
-      "the dropout defense sets the dropout of registry models only; put dropout in your own "
-      "model (it gets the 'dropout' RNG stream when train=True)"
+      f"the defense {defenses_lib.short_name(config._defense())} sets "
+      f"{sorted(settings)} of registry models only; configure your own model "
+      "instead (for dropout: put dropout in your own model; it gets the "
+      "'dropout' RNG stream when train=True)"
     )
 
 
@@ -384,13 +422,9 @@ def make_optimizer(
 
 def example_loss(config: TrainConfig, logits, labels):
   """Per-example training loss ``float32[batch]``: the defense's, on the user's loss if one is given."""
-  defense = config._defense()
-  loss = defenses_lib.per_example_loss(defense, logits, labels)
-  if config.loss is None:
-    return loss
-  # The defense's terms are what it adds to the cross-entropy (targets are checked to be unchanged).
-  extra = loss - optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.asarray(config.loss(logits, labels), jnp.float32) + extra
+  return defenses_lib.per_example_loss(
+    config._defense(), logits, labels, loss=config.loss
+  )
 
 
 def model_fingerprint(

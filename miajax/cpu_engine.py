@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from miajax import config as config_lib
-from miajax import defenses as defenses_lib
 from miajax import models as models_lib
 
 __all__ = [
@@ -103,7 +102,7 @@ def microbatch_eligible(config: config_lib.TrainConfig, axis: str) -> bool:
   return (
     axis != "vmap"
     and not config.uses_batch_norm()
-    and defenses_lib.dp_params(defense) is None
+    and defense.aggregate_grads is None
     and not config.model_kwargs_dict().get("dropout_rate")
     and config.batch_size >= 2 * MIN_MICROBATCH
   )
@@ -234,19 +233,45 @@ def run_loop_chunk(
   batch_size: int,
   by_model,
   report_epoch,
+  start_epoch: int = 0,
+  restored: dict | None = None,
 ):
   """Trains one chunk with one model per call, each model's arrays on device ``m % devices``.
 
   No batched dots, and no stacking or slicing of the chunk's state between
   epochs. Returns ``(params, state, alive, losses)`` with params/state stacked
   and sharded ``by_model`` and ``losses`` a list of ``float[models]`` per epoch.
+
+  ``report_epoch(epoch, loss_sums, params, snapshot)`` runs after every
+  epoch; ``snapshot()`` returns the host state ``((params, state,
+  opt_state), alive, per-epoch loss sums)``, every array ``[models, ...]``.
+  ``restored`` (such a state as a dict ``model``, ``alive``, ``loss_sum
+  float32[models, start_epoch]``) resumes training at ``start_epoch``.
   """
   on = [devices[m % len(devices)] for m in range(len(padded))]
   keys = [jax.device_put(keys_host[m : m + 1], d) for m, d in enumerate(on)]
-  carries = [
-    fns["init_single"](k) + (jax.device_put(np.ones(1, bool), d),)
-    for k, d in zip(keys, on)
-  ]
+  if restored is None:
+    carries = [
+      fns["init_single"](k) + (jax.device_put(np.ones(1, bool), d),)
+      for k, d in zip(keys, on)
+    ]
+    losses = []
+  else:
+    rows = lambda m: jax.tree_util.tree_map(
+      lambda a: a[m : m + 1], (*restored["model"], restored["alive"])
+    )
+    carries = [jax.device_put(rows(m), d) for m, d in enumerate(on)]
+    losses = [
+      [sums[m : m + 1] for m in range(len(on))]
+      for sums in np.asarray(restored["loss_sum"]).T
+    ]
+
+  def snapshot():
+    stack = lambda *a: np.concatenate([np.asarray(b) for b in a])
+    model = jax.tree_util.tree_map(stack, *[c[:3] for c in carries])
+    alive = stack(*[c[3] for c in carries])
+    return model, alive, [stack(*sums) for sums in losses]
+
   lrs = [
     jax.device_put(learning_rates[padded[m] : padded[m] + 1], d)
     for m, d in enumerate(on)
@@ -254,8 +279,7 @@ def run_loop_chunk(
   keeps = [
     jax.device_put(keep[padded[m] : padded[m] + 1], d) for m, d in enumerate(on)
   ]
-  losses = []
-  for epoch in range(epochs):
+  for epoch in range(start_epoch, epochs):
     carries = [
       c + (jax.device_put(np.zeros(1, np.float32), d),)
       for c, d in zip(carries, on)
@@ -279,7 +303,7 @@ def run_loop_chunk(
         )
     losses.append([c[4] for c in carries])
     carries = [c[:4] for c in carries]
-    report_epoch(epoch, losses[-1], [c[0] for c in carries])
+    report_epoch(epoch, losses[-1], [c[0] for c in carries], snapshot)
   gather = lambda *a: jax.device_put(
     np.concatenate([np.asarray(b) for b in a]), by_model
   )

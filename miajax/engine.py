@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from miajax import checkpoint as checkpoint_lib
 from miajax import config as config_lib
 from miajax import cpu_engine
 from miajax import defenses as defenses_lib
@@ -51,6 +52,7 @@ __all__ = [
   "epoch_order",
   "model_keys",
   "steps_per_epoch",
+  "dp_sampling",
 ]
 
 TrainConfig = config_lib.TrainConfig
@@ -63,7 +65,9 @@ class TrainResult:
   ``variables``: variables stacked on a leading ``[models]`` axis.
   ``loss``: ``float32[models, epochs]`` mean training loss per epoch.
   ``diverged``: ``bool[models]``; a diverged model stopped updating at the
-  first non-finite loss.
+  first non-finite loss. ``resumed_epoch``: the epoch the chunk resumed from
+  a checkpoint at (0: trained from the start); ``train_seconds`` counts the
+  time before the checkpoint too.
   """
 
   model_indices: np.ndarray
@@ -71,6 +75,7 @@ class TrainResult:
   loss: np.ndarray
   diverged: np.ndarray
   train_seconds: float
+  resumed_epoch: int = 0
 
 
 def check_inputs(x, y, keep, config: TrainConfig, num_classes: int):
@@ -139,6 +144,23 @@ def steps_per_epoch(keep: np.ndarray, batch_size: int) -> int:
   return int(math.ceil(int(keep.sum(1).max()) / batch_size))
 
 
+def dp_sampling(
+  keep: np.ndarray, batch_size: int, epochs: int
+) -> tuple[float, int]:
+  """``(sample_rate, steps)`` for DP accounting of a run of ``keep``.
+
+  ``steps = epochs * steps_per_epoch(keep, batch_size)``, the noisy steps
+  every model takes; ``sample_rate = batch_size / fewest members``: the
+  smallest training set has the largest rate, hence the largest epsilon.
+  The engine draws shuffled fixed-size batches, which the accountant treats
+  as Poisson sampling at that rate (see :mod:`miajax.privacy`).
+  """
+  return (
+    batch_size / int(keep.sum(1).min()),
+    int(epochs) * steps_per_epoch(keep, batch_size),
+  )
+
+
 def _augment(x, key):
   """Random horizontal flip and reflect-pad-4 random crop of ``x: [batch, H, W, C]``."""
   b, h, w, _ = x.shape
@@ -195,12 +217,14 @@ def _compiled_fns(
   fns = config_lib.model_fns(config, num_classes, conv_impl=low.conv_impl)
   defense = config._defense()
   tx, scaled = config_lib.make_optimizer(config, steps)
-  dp = defenses_lib.dp_params(defense)
+  # The defense's hooks, each None when unused (see miajax.defenses.Defense).
+  aggregate, penalty_fn = defense.aggregate_grads, defense.param_penalty
   mutable = config_lib.state_collections(fns, input_shape)
-  if dp is not None and mutable:
+  if aggregate is not None and mutable:
     raise ValueError(
-      f"DP-SGD needs per-example gradients and cannot train {config.describe_model()!r}, "
-      f"which updates {list(mutable)} during training (batch norm); pick a model without it"
+      f"{defenses_lib.short_name(defense)} needs per-example gradients and "
+      f"cannot train {config.describe_model()!r}, which updates "
+      f"{list(mutable)} during training (batch norm); pick a model without it"
     )
   if mutable and low.microbatch != config.batch_size:
     raise ValueError(
@@ -233,29 +257,22 @@ def _compiled_fns(
     ), state
 
   def penalty_value_and_grad(params):
-    return jax.value_and_grad(lambda p: defenses_lib.param_penalty(defense, p))(
-      params
-    )
+    penalty = lambda p: jnp.asarray(penalty_fn(p), jnp.float32)
+    return jax.value_and_grad(penalty)(params)
 
   def grads_of(params, state, xb, yb, key):
-    if dp is not None:
-      clip, noise = dp
+    if aggregate is not None:
 
       def one_example(p, xi, yi, i):
-        # Each example its own dropout mask; the parameter penalty is added after clipping (it is
-        # data-independent, so it costs no privacy and must not be clipped with the data term).
+        # Each example its own dropout mask; the parameter penalty is added after aggregation (it
+        # is data-independent, so it costs no privacy and must not be clipped with the data term).
         logits, _ = forward(p, state, xi[None], jax.random.fold_in(key, i))
         return config_lib.example_loss(config, logits, yi[None]).sum()
 
       losses, per_grads = jax.vmap(
         jax.value_and_grad(one_example), in_axes=(None, 0, 0, 0)
       )(params, xb, yb, jnp.arange(xb.shape[0]))
-      grads = defenses_lib.clip_and_noise(
-        per_grads,
-        jax.random.fold_in(key, 7),
-        l2_norm_clip=clip,
-        noise_multiplier=noise,
-      )
+      grads = aggregate(per_grads, jax.random.fold_in(key, 7))
       loss, new_state = losses.mean(), state
     elif low.microbatch < xb.shape[0]:
       losses_of = lambda p, xm, ym, k: config_lib.example_loss(
@@ -274,6 +291,8 @@ def _compiled_fns(
       (loss, new_state), grads = jax.value_and_grad(mean_loss, has_aux=True)(
         params
       )
+    if penalty_fn is None:
+      return loss, new_state, grads
     penalty, penalty_grads = penalty_value_and_grad(params)
     return (
       loss + penalty,
@@ -343,8 +362,18 @@ def _compiled_fns(
     )
     return local(carry, lr, keys, order, x, y, step0)
 
+  init_jit = jax.jit(init_one)
+
+  def init_looped(keys):
+    # XLA:CPU compiles the vmapped init about twice as long as one model's
+    # (JAX's threefry bits dominate both, and init runs once per chunk): on
+    # CPU one compiled init runs per model. Same bits as the vmapped form.
+    outs = [init_jit(k) for k in np.asarray(keys)]
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+
   return dict(
-    init=jax.jit(jax.vmap(init_one)),
+    init=init_looped if low.backend == "cpu" else jax.jit(jax.vmap(init_one)),
+    init_abstract=jax.vmap(init_one),  # for jax.eval_shape: never compiled
     init_single=jax.jit(
       lambda key: jax.tree_util.tree_map(lambda a: a[None], init_one(key[0]))
     ),
@@ -446,6 +475,41 @@ def _model_shards(params) -> tuple[tuple[int, int], ...]:
   )
 
 
+def _pad_rows(tree, rows: int):
+  """``tree``'s leaves ``[models, ...]`` padded to ``rows`` by the last model."""
+
+  def pad(a):
+    a = np.asarray(a)
+    extra = rows - a.shape[0]
+    return np.concatenate([a, np.repeat(a[-1:], extra, 0)]) if extra else a
+
+  return jax.tree_util.tree_map(pad, tree)
+
+
+def _host_state(model, alive, loss_sums, rows: int) -> dict:
+  """A chunk's training state as host arrays ``[models, ...]``, padding dropped.
+
+  ``model``: ``(params, state, opt_state)``; ``alive``: ``bool[models]``;
+  ``loss_sums``: per epoch so far ``float32[models]`` sums of step losses.
+  """
+  take = lambda a: np.asarray(a)[:rows]
+  return dict(
+    model=jax.tree_util.tree_map(take, model),
+    alive=take(alive),
+    loss_sum=np.stack([take(v) for v in loss_sums], 1),
+  )
+
+
+def _state_like(fns, keys_host, epoch: int) -> dict:
+  """Shapes and dtypes of :func:`_host_state` after ``epoch`` epochs."""
+  n = len(keys_host)
+  return dict(
+    model=jax.eval_shape(fns["init_abstract"], keys_host),
+    alive=jax.ShapeDtypeStruct((n,), np.bool_),
+    loss_sum=jax.ShapeDtypeStruct((n, epoch), np.float32),
+  )
+
+
 def train_chunks(
   x,
   y,
@@ -457,6 +521,7 @@ def train_chunks(
   chunks: Sequence[Sequence[int]] | None = None,
   progress: Callable[[dict], None] | None = None,
   lowering: lowering_lib.Lowering | None = None,
+  checkpoints: checkpoint_lib.Checkpointer | None = None,
 ) -> Iterator[TrainResult]:
   """Yields one :class:`TrainResult` per chunk of models, as each finishes.
 
@@ -469,9 +534,19 @@ def train_chunks(
     learning_rates: optional ``float[models]`` peak learning rates (built-in optimizers only).
     chunks: optional list of model-index lists to train (e.g. the unfinished
       ones when resuming); default: consecutive chunks of the planned size.
-    progress: called after every epoch with a dict (models done, examples/s,
-      ``model_shards``: how many models of the chunk each device holds).
+    progress: called after every epoch with a dict: ``models_done``,
+      ``chunk_models``, ``epoch`` (1-based) of ``epochs``, ``start_epoch``
+      (where the chunk resumed, 0 if fresh), ``epoch_seconds`` (wall time of
+      this epoch; the chunk's first epoch includes any compilation),
+      ``epoch_examples`` (training examples of the epoch, all models),
+      ``examples_per_s`` (since the chunk started) and ``model_shards`` (how
+      many models of the chunk each device holds).
     lowering: default :func:`miajax.lowering.resolve_lowering` for this backend.
+    checkpoints: optional :class:`miajax.checkpoint.Checkpointer`. A chunk
+      with a matching checkpoint resumes from it; the chunk's state is saved
+      at the epoch boundaries the checkpointer asks for; the checkpoint is
+      deleted when the next chunk is asked for (the caller has then written
+      this one's outputs).
   """
   x, y = check_inputs(x, y, keep, config, num_classes)
   num_models = keep.shape[0]
@@ -526,30 +601,72 @@ def train_chunks(
     idx = np.asarray(chunk, np.int64)
     if idx.size == 0:
       continue
+    n = len(idx)
     t0 = time.perf_counter()
     padded = _pad_to_devices(idx, mesh.size)
     keys_host = np.asarray(model_keys(config.seed, padded))
+    restored, start, spent = None, 0, 0.0
+    if checkpoints is not None:
+      # What the chunk's randomness and data depend on besides the tree's
+      # shapes. Not the padding (a device-count matter): padded models are
+      # copies of the last one.
+      identity = dict(
+        seed=int(config.seed),
+        steps_per_epoch=steps,
+        batch_size=int(config.batch_size),
+        members=checkpoint_lib.digest(keep[idx]),
+        learning_rates=checkpoint_lib.digest(learning_rates[idx]),
+      )
+      saved = checkpoints.restore(
+        idx,
+        config.epochs,
+        identity,
+        lambda epoch: _state_like(fns, keys_host[:n], epoch),
+      )
+      if saved is not None:
+        restored = _pad_rows(saved.tree, len(padded))
+        start, spent = saved.epoch, saved.train_seconds
+      checkpoints.start()
+    # Without a listener the host runs ahead of the device, but a time-based
+    # checkpoint needs to know when an epoch really ended.
+    sync = progress is not None or (
+      checkpoints is not None and checkpoints.every_s > 0
+    )
+    clock = [t0]  # when the previous epoch ended
 
-    def report_epoch(epoch, loss_sums, params):
-      if (
-        progress is not None
-      ):  # the only host sync of an epoch, and only when someone listens
+    def end_epoch(epoch, loss_sums, params, snapshot):
+      """After the chunk's 0-based ``epoch``: save if due, then report."""
+      if sync:
         jax.block_until_ready(loss_sums)
-        elapsed = time.perf_counter() - t0
+      if checkpoints is not None and checkpoints.due(epoch + 1):
+        checkpoints.save(
+          idx,
+          epoch + 1,
+          config.epochs,
+          snapshot(),
+          identity,
+          spent + time.perf_counter() - t0,
+        )
+      if progress is not None:
+        now = time.perf_counter()
         progress(
           dict(
             models_done=done,
-            chunk_models=len(idx),
+            chunk_models=n,
             epoch=epoch + 1,
             epochs=config.epochs,
+            start_epoch=start,
             model_shards=_model_shards(params),
-            examples_per_s=len(idx)
-            * (epoch + 1)
+            epoch_seconds=now - clock[0],
+            epoch_examples=n * steps * config.batch_size,
+            examples_per_s=n
+            * (epoch + 1 - start)
             * steps
             * config.batch_size
-            / elapsed,
+            / (now - t0),
           )
         )
+        clock[0] = now
 
     if low.model_axis == "loop":
       params, state, alive, losses = cpu_engine.run_loop_chunk(
@@ -566,16 +683,25 @@ def train_chunks(
         steps_per_call=spc,
         batch_size=config.batch_size,
         by_model=by_model,
-        report_epoch=report_epoch,
+        report_epoch=lambda epoch, sums, params, snap: end_epoch(
+          epoch, sums, params, lambda: _host_state(*snap(), n)
+        ),
+        start_epoch=start,
+        restored=restored,
       )
     else:
       keys = jax.device_put(keys_host, by_model)
-      params, state, opt_state = jax.device_put(fns["init"](keys), by_model)
-      alive = jax.device_put(np.ones(len(padded), bool), by_model)
+      if restored is None:
+        params, state, opt_state = jax.device_put(fns["init"](keys), by_model)
+        alive = jax.device_put(np.ones(len(padded), bool), by_model)
+        loss_sums = []
+      else:
+        params, state, opt_state = jax.device_put(restored["model"], by_model)
+        alive = jax.device_put(restored["alive"], by_model)
+        loss_sums = list(restored["loss_sum"].T)
       lr = jax.device_put(learning_rates[padded], by_model)
       keep_d = jax.device_put(keep[padded], by_model)
-      losses = []
-      for epoch in range(config.epochs):
+      for epoch in range(start, config.epochs):
         order = fns["order"](keep_d, keys, epoch, steps, config.batch_size)
         carry = (
           params,
@@ -589,9 +715,16 @@ def train_chunks(
             carry, lr, keys, order, xd, yd, epoch * steps + s, spc
           )
         params, state, opt_state, alive, loss_sum = carry
-        losses.append(loss_sum / steps)
-        report_epoch(epoch, loss_sum, params)
-    n = len(idx)
+        loss_sums.append(loss_sum)
+        end_epoch(
+          epoch,
+          loss_sum,
+          params,
+          lambda: _host_state((params, state, opt_state), alive, loss_sums, n),
+        )
+      # Means on the host, as the loop path takes them: a resumed chunk
+      # divides the very same sums.
+      losses = [np.asarray(v) / steps for v in loss_sums]
     alive_np = np.asarray(alive)[:n]
     loss = np.stack([np.asarray(v)[:n] for v in losses], 1)
     loss[~alive_np] = np.nan
@@ -600,7 +733,16 @@ def train_chunks(
       variables = jax.tree_util.tree_map(lambda a: a[:n], variables)
     jax.block_until_ready(variables)
     done += n
-    yield TrainResult(idx, variables, loss, ~alive_np, time.perf_counter() - t0)
+    yield TrainResult(
+      idx,
+      variables,
+      loss,
+      ~alive_np,
+      spent + time.perf_counter() - t0,
+      resumed_epoch=start,
+    )
+    if checkpoints is not None:
+      checkpoints.discard(idx)
 
 
 def train_models(

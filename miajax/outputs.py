@@ -1,11 +1,26 @@
 """Output defenses: transforms of what a queried model returns, before any attack sees it.
 
-A transform is a small frozen value; :func:`chain_outputs` composes them left
-to right, :func:`apply_output` runs them::
+An output transform is an instance of :class:`OutputTransform` that carries
+its own behaviour; :func:`chain_outputs` composes transforms left to right
+and :func:`apply_output` runs them::
 
     t = chain_outputs(temperature(2.0), top_k(3), rounding(2))
     view = apply_output(t, logits)          # float32[..., classes] log-probabilities
     signal = scores.logit_scaled(view, y)   # attacks treat the view as logits
+
+The protocol. A transform implements one of two hooks:
+
+* ``probabilities(p) -> p``: a map of the released probability vector
+  ``float32[..., classes]`` (zeros allowed, need not sum to 1). Enough for
+  most user transforms; the missing mass is recomputed as ``1 - sum(p)``.
+* ``apply(release, *, key, random_logits) -> Release``: full control over the
+  log-space state :class:`Release` (what the built-ins use, to keep the
+  precision of confident outputs).
+
+``needs_random_logits = True`` asks callers for the model's logits on random
+inputs (HAMP); ``key`` (a ``jax.random`` key or ``None``) is split per chain
+part for randomised transforms; ``describe()`` gives the JSON identity
+(default: ``name`` and the dataclass fields).
 
 Released vector and attacker view
 ---------------------------------
@@ -72,8 +87,8 @@ Chains apply left to right; place ``temperature`` and ``hamp_output`` before
 masking transforms. ``temperature`` rescales the non-zero entries (their
 probabilities again sum to 1); ``top_k``, ``label_only`` and ``hamp_output``
 rank zeroed classes last (``hamp_output`` releases a full vector again);
-``rounding`` rounds the released probabilities. ``hamp_output`` needs the logits of the same model on random
-inputs (``random_logits``, e.g. from :func:`random_inputs` passed through the
+``rounding`` rounds the released probabilities. ``hamp_output`` needs the
+logits of the same model on random inputs (``random_logits``, e.g. from :func:`random_inputs` passed through the
 model): HAMP (Chen & Pattabiraman, NDSS 2024) sorts them and hands them out
 in the rank order of the real logits, ``sorted_random[rank(real)]``, then
 takes the softmax, so the top-1 label is kept.
@@ -84,12 +99,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 __all__ = [
+  "Release",
   "OutputTransform",
   "TopK",
   "Rounding",
@@ -116,50 +132,237 @@ __all__ = [
 FLOOR_LOG_PROB = math.log(1e-30)
 
 
+class Release(NamedTuple):
+  """What a chain has released so far, in log space (all ``[..., classes]``).
+
+  The released vector is 0 where ``zero`` and ``exp(log_probs)`` elsewhere;
+  ``log_probs`` stays finite everywhere (zeroed classes keep a placeholder).
+  ``missing: float32[..., 1]`` is ``log(1 - sum(released))`` (``-inf`` when
+  nothing is missing); for top-k masking it is the log-sum-exp of the masked
+  log-probabilities, the same number without the float32 cancellation that
+  would erase it for confident outputs. ``cap`` is the log of an upper bound
+  on a zeroed class's value that the release reveals (rounding to d
+  decimals zeroes only values ``<= 0.5e-d``), ``+inf`` where none.
+  """
+
+  log_probs: jax.Array
+  zero: jax.Array
+  missing: jax.Array
+  cap: jax.Array
+
+  @classmethod
+  def from_logits(cls, logits) -> Release:
+    """The undefended release: ``softmax(logits)``, nothing zeroed or missing."""
+    return cls(
+      jax.nn.log_softmax(logits, axis=-1),
+      jnp.zeros(logits.shape, bool),
+      jnp.full(logits.shape[:-1] + (1,), -jnp.inf, jnp.float32),
+      jnp.full(logits.shape, jnp.inf, jnp.float32),
+    )
+
+  def probabilities(self) -> jax.Array:
+    """The released vector ``float32[..., classes]`` (zeros allowed)."""
+    return jnp.where(self.zero, 0.0, jnp.exp(self.log_probs))
+
+  def ranked(self) -> jax.Array:
+    """``log_probs`` with zeroed classes ranked below every released one."""
+    return jnp.where(self.zero, -jnp.inf, self.log_probs)
+
+
 class OutputTransform:
-  """Base class of every output transform value."""
+  """Base of every output transform; subclasses implement one hook.
 
-  name = "output_transform"
+  ``probabilities(p: float32[..., classes]) -> float32[..., classes]``: a map
+  of the released probabilities, or ``apply(release, *, key, random_logits)
+  -> Release`` (see :class:`Release`). ``needs_random_logits``: whether
+  ``apply`` reads ``random_logits``. ``name`` (default: the class name)
+  labels the transform in :meth:`describe` and :func:`output_short_name`.
+  Subclasses are registered as static pytrees (no leaves).
+  """
+
+  name = ""
+  needs_random_logits = False
+  probabilities = None
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    jax.tree_util.register_static(cls)
+
+  def apply(self, release: Release, *, key=None, random_logits=None):
+    """The release after this transform; by default through ``probabilities``."""
+    del key, random_logits
+    if self.probabilities is None:
+      raise NotImplementedError(
+        f"{type(self).__name__} must implement probabilities(p) or "
+        "apply(release, *, key, random_logits)"
+      )
+    p = self.probabilities(release.probabilities())
+    if jnp.shape(p) != release.zero.shape:
+      raise ValueError(
+        f"{_name(self)}: probabilities(p) must keep the shape "
+        f"{release.zero.shape}, got {jnp.shape(p)}"
+      )
+    p = jnp.asarray(p, jnp.float32)
+    zero = p <= 0
+    left = 1.0 - jnp.sum(jnp.where(zero, 0.0, p), axis=-1, keepdims=True)
+    return Release(
+      jnp.where(zero, release.log_probs, jnp.log(jnp.where(zero, 1.0, p))),
+      zero,
+      jnp.where(left > 0, jnp.log(jnp.where(left > 0, left, 1.0)), -jnp.inf),
+      # an arbitrary map reveals no bound on what it zeroed
+      jnp.full(p.shape, jnp.inf, jnp.float32),
+    )
+
+  def describe(self) -> dict[str, Any]:
+    """JSON-serialisable identity: ``{"name": ..., <dataclass fields>}``."""
+    out: dict[str, Any] = {"name": _name(self)}
+    if dataclasses.is_dataclass(self):
+      out.update(
+        {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+      )
+    return out
 
 
-def _static(cls):
-  cls = dataclasses.dataclass(frozen=True)(cls)
-  jax.tree_util.register_static(cls)
-  return cls
+def _name(t) -> str:
+  return t.name or type(t).__name__
 
 
-@_static
+@dataclasses.dataclass(frozen=True)
 class TopK(OutputTransform):
+  """Keep the ``k`` largest probabilities, zero the rest (ML-Leaks)."""
+
   k: int
   name = "top_k"
 
+  def apply(self, release, *, key=None, random_logits=None):
+    del key, random_logits
+    num_classes = release.zero.shape[-1]
+    if self.k > num_classes:
+      raise ValueError(f"top_k(k={self.k}) needs k <= classes = {num_classes}")
+    _, idx = jax.lax.top_k(release.ranked(), self.k)
+    keep = jnp.any(jax.nn.one_hot(idx, num_classes, dtype=bool), axis=-2)
+    dropped = jnp.where(~release.zero & ~keep, release.log_probs, -jnp.inf)
+    missing = jnp.logaddexp(
+      release.missing, jax.nn.logsumexp(dropped, axis=-1, keepdims=True)
+    )
+    return release._replace(zero=release.zero | ~keep, missing=missing)
 
-@_static
+
+@dataclasses.dataclass(frozen=True)
 class Rounding(OutputTransform):
+  """Round the released probabilities to ``decimals`` places (half to even)."""
+
   decimals: int
   name = "rounding"
 
+  def apply(self, release, *, key=None, random_logits=None):
+    del key, random_logits
+    logq, zero = release.log_probs, release.zero
+    r = jnp.round(release.probabilities(), self.decimals)
+    cap = jnp.where(
+      ~zero & (r <= 0), math.log(0.5 * 10.0**-self.decimals), release.cap
+    )
+    zero = r <= 0
+    logq = jnp.where(zero, logq, jnp.log(jnp.where(zero, 1.0, r)))
+    # rounded values are multiples of 10^-d, so this difference is exact enough
+    left = 1.0 - jnp.sum(r, axis=-1, keepdims=True)
+    missing = jnp.where(
+      left > 0, jnp.log(jnp.where(left > 0, left, 1.0)), -jnp.inf
+    )
+    return Release(logq, zero, missing, cap)
 
-@_static
+
+@dataclasses.dataclass(frozen=True)
 class Temperature(OutputTransform):
+  """Release ``softmax(logits / t)`` (rescales the non-zero entries)."""
+
   t: float
   name = "temperature"
 
+  def apply(self, release, *, key=None, random_logits=None):
+    del key, random_logits
+    logq, zero = release.log_probs, release.zero
+    scaled = logq / self.t
+    lse = jax.nn.logsumexp(
+      jnp.where(zero, -jnp.inf, scaled), axis=-1, keepdims=True
+    )
+    all_zero = jnp.all(zero, axis=-1, keepdims=True)
+    return release._replace(
+      log_probs=jnp.where(zero | all_zero, logq, scaled - lse),
+      # the released entries again sum to 1
+      missing=jnp.where(all_zero, release.missing, -jnp.inf),
+    )
 
-@_static
+
+@dataclasses.dataclass(frozen=True)
 class LabelOnly(OutputTransform):
+  """Release only the predicted label, as a one-hot vector."""
+
   name = "label_only"
 
+  def apply(self, release, *, key=None, random_logits=None):
+    del key, random_logits
+    num_classes = release.zero.shape[-1]
+    top = jax.nn.one_hot(
+      jnp.argmax(release.ranked(), axis=-1), num_classes, dtype=bool
+    )
+    return release._replace(
+      log_probs=jnp.where(top, 0.0, release.log_probs),
+      zero=~top,
+      missing=jnp.full_like(release.missing, -jnp.inf),
+    )
 
-@_static
+
+@dataclasses.dataclass(frozen=True)
 class HampOutput(OutputTransform):
+  """HAMP's output modification (Chen & Pattabiraman, NDSS 2024).
+
+  The sorted logits of the model on a random input are handed out in the
+  rank order of the real output, ``softmax(sorted_random[rank(real)])``.
+  """
+
   name = "hamp_output"
+  needs_random_logits = True
+
+  def apply(self, release, *, key=None, random_logits=None):
+    del key
+    shape = release.zero.shape
+    rank = jnp.argsort(jnp.argsort(release.ranked(), axis=-1), axis=-1)
+    sorted_random = jnp.sort(jnp.broadcast_to(random_logits, shape), axis=-1)
+    return Release(
+      jax.nn.log_softmax(
+        jnp.take_along_axis(sorted_random, rank, axis=-1), axis=-1
+      ),
+      jnp.zeros(shape, bool),
+      jnp.full_like(release.missing, -jnp.inf),
+      jnp.full(shape, jnp.inf, jnp.float32),
+    )
 
 
-@_static
+@dataclasses.dataclass(frozen=True)
 class OutputChain(OutputTransform):
+  """Transforms applied left to right (:func:`chain_outputs`)."""
+
   parts: tuple
   name = "output_chain"
+
+  @property
+  def needs_random_logits(self):
+    return any(t.needs_random_logits for t in self.parts)
+
+  def apply(self, release, *, key=None, random_logits=None):
+    for i, t in enumerate(self.parts):
+      release = t.apply(
+        release,
+        key=None if key is None else jax.random.fold_in(key, i),
+        random_logits=random_logits,
+      )
+    return release
+
+  def describe(self) -> dict[str, Any]:
+    if not self.parts:
+      return {"name": "identity"}
+    return {"name": "output_chain", "parts": [t.describe() for t in self.parts]}
 
 
 def _int(name: str, value, low: int, high: int) -> int:
@@ -218,29 +421,27 @@ def chain_outputs(*transforms) -> OutputTransform:
       flat.append(t)
     else:
       raise TypeError(
-        f"chain_outputs argument {i} must be an output transform (top_k, rounding, "
-        f"temperature, label_only, hamp_output), got {t!r}"
+        f"chain_outputs argument {i} must be an output transform (an "
+        f"OutputTransform such as top_k, rounding, temperature), got {t!r}"
       )
   if len(flat) == 1:
     return flat[0]
   return OutputChain(tuple(flat))
 
 
-def _parts(transform) -> tuple:
+def _as_transform(transform) -> OutputTransform:
   if transform is None:
-    return ()
-  if isinstance(transform, OutputChain):
-    return transform.parts
+    return OutputChain(())
   if isinstance(transform, OutputTransform):
-    return (transform,)
+    return transform
   raise TypeError(
-    f"transform must be an output transform built by miajax.outputs, got {transform!r}"
+    f"transform must be a miajax.outputs.OutputTransform, got {transform!r}"
   )
 
 
 def needs_random_logits(transform) -> bool:
-  """Whether :func:`apply_output` needs ``random_logits`` (the chain holds ``hamp_output``)."""
-  return any(isinstance(t, HampOutput) for t in _parts(transform))
+  """Whether :func:`apply_output` needs ``random_logits`` (e.g. ``hamp_output``)."""
+  return bool(_as_transform(transform).needs_random_logits)
 
 
 def random_inputs(
@@ -274,93 +475,23 @@ def _masked_min(x, zero):
   return jnp.min(jnp.where(zero, jnp.inf, x), axis=-1, keepdims=True)
 
 
-def _run(parts, logits, random_logits):
-  """Runs a chain; returns ``(logq, zero, missing, cap)``.
-
-  The released vector is 0 where ``zero`` and ``exp(logq)`` elsewhere;
-  ``logq`` stays finite everywhere (zeroed classes keep a placeholder).
-  ``missing float[..., 1]`` is ``log(1 - sum(released))`` (``-inf`` when
-  nothing is missing). For top-k masking it is the log-sum-exp of the masked
-  log-probabilities: the same number as ``1 - sum(kept)``, without the
-  float32 cancellation that would erase it for confident outputs (the
-  unmasked view keeps that precision too). ``cap`` is the log of an upper
-  bound on a zeroed class's value that the release reveals (rounding to d
-  decimals zeroes only values ``<= 0.5e-d``), ``+inf`` where none.
-  """
-  num_classes = logits.shape[-1]
-  logq = jax.nn.log_softmax(logits, axis=-1)
-  zero = jnp.zeros(logits.shape, bool)
-  missing = jnp.full(logits.shape[:-1] + (1,), -jnp.inf, jnp.float32)
-  cap = jnp.full(logits.shape, jnp.inf, jnp.float32)
-  for t in parts:
-    # Zeroed classes rank below every released one.
-    ranked = jnp.where(zero, -jnp.inf, logq)
-    if isinstance(t, Temperature):
-      scaled = logq / t.t
-      lse = jax.nn.logsumexp(
-        jnp.where(zero, -jnp.inf, scaled), axis=-1, keepdims=True
-      )
-      all_zero = jnp.all(zero, axis=-1, keepdims=True)
-      logq = jnp.where(zero | all_zero, logq, scaled - lse)
-      missing = jnp.where(
-        all_zero, missing, -jnp.inf
-      )  # released again sums to 1
-    elif isinstance(t, TopK):
-      if t.k > num_classes:
-        raise ValueError(f"top_k(k={t.k}) needs k <= classes = {num_classes}")
-      _, idx = jax.lax.top_k(ranked, t.k)
-      keep = jnp.any(jax.nn.one_hot(idx, num_classes, dtype=bool), axis=-2)
-      dropped = jnp.where(~zero & ~keep, logq, -jnp.inf)
-      missing = jnp.logaddexp(
-        missing, jax.nn.logsumexp(dropped, axis=-1, keepdims=True)
-      )
-      zero = zero | ~keep
-    elif isinstance(t, Rounding):
-      r = jnp.round(jnp.where(zero, 0.0, jnp.exp(logq)), t.decimals)
-      cap = jnp.where(~zero & (r <= 0), math.log(0.5 * 10.0**-t.decimals), cap)
-      zero = r <= 0
-      logq = jnp.where(zero, logq, jnp.log(jnp.where(zero, 1.0, r)))
-      # rounded values are multiples of 10^-d, so this difference is exact enough
-      left = 1.0 - jnp.sum(r, axis=-1, keepdims=True)
-      missing = jnp.where(
-        left > 0, jnp.log(jnp.where(left > 0, left, 1.0)), -jnp.inf
-      )
-    elif isinstance(t, LabelOnly):
-      top = jax.nn.one_hot(jnp.argmax(ranked, axis=-1), num_classes, dtype=bool)
-      logq = jnp.where(top, 0.0, logq)
-      zero = ~top
-      missing = jnp.full_like(missing, -jnp.inf)
-    elif isinstance(t, HampOutput):
-      rank = jnp.argsort(jnp.argsort(ranked, axis=-1), axis=-1)
-      sorted_random = jnp.sort(
-        jnp.broadcast_to(random_logits, logits.shape), axis=-1
-      )
-      logq = jax.nn.log_softmax(
-        jnp.take_along_axis(sorted_random, rank, axis=-1), axis=-1
-      )
-      zero = jnp.zeros(logits.shape, bool)
-      missing = jnp.full_like(missing, -jnp.inf)
-      cap = jnp.full(logits.shape, jnp.inf, jnp.float32)
-    else:
-      raise TypeError(f"unknown output transform {t!r}")
-  return logq, zero, missing, cap
-
-
-def _check(transform, logits, random_logits):
-  parts = _parts(transform)
+def _run(transform, logits, key, random_logits) -> Release:
+  transform = _as_transform(transform)
   logits = jnp.asarray(logits)
   if logits.ndim < 1 or logits.shape[-1] < 2:
     raise ValueError(
-      f"logits must be float[..., classes] with >= 2 classes, got shape {logits.shape}"
+      "logits must be float[..., classes] with >= 2 classes, got shape "
+      f"{logits.shape}"
     )
   if not jnp.issubdtype(logits.dtype, jnp.floating):
     raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
   logits = logits.astype(jnp.float32)
-  if any(isinstance(t, HampOutput) for t in parts):
+  if transform.needs_random_logits:
     if random_logits is None:
       raise ValueError(
-        "hamp_output needs random_logits: the same model's logits float[..., classes] "
-        "on random inputs (see random_inputs)"
+        f"{output_short_name(transform)} needs random_logits: the same "
+        "model's logits float[..., classes] on random inputs (see "
+        "random_inputs)"
       )
     random_logits = jnp.asarray(random_logits)
     if not jnp.issubdtype(random_logits.dtype, jnp.floating):
@@ -368,19 +499,21 @@ def _check(transform, logits, random_logits):
         f"random_logits must be floating point, got dtype {random_logits.dtype}"
       )
     try:
-      jnp.broadcast_shapes(random_logits.shape, logits.shape)
+      shape = jnp.broadcast_shapes(random_logits.shape, logits.shape)
     except ValueError:
       raise ValueError(
-        f"random_logits of shape {random_logits.shape} do not broadcast to logits of "
-        f"shape {logits.shape}"
+        f"random_logits of shape {random_logits.shape} do not broadcast to "
+        f"logits of shape {logits.shape}"
       ) from None
-    if jnp.broadcast_shapes(random_logits.shape, logits.shape) != logits.shape:
+    if shape != logits.shape:
       raise ValueError(
-        f"random_logits of shape {random_logits.shape} must broadcast to logits.shape "
-        f"{logits.shape} without enlarging it"
+        f"random_logits of shape {random_logits.shape} must broadcast to "
+        f"logits.shape {logits.shape} without enlarging it"
       )
     random_logits = random_logits.astype(jnp.float32)
-  return parts, logits, random_logits
+  return transform.apply(
+    Release.from_logits(logits), key=key, random_logits=random_logits
+  )
 
 
 def released_probabilities(
@@ -389,17 +522,14 @@ def released_probabilities(
   """What the defended model releases: ``float32[..., classes]`` probabilities, zeros allowed.
 
   Args:
-    transform: an output transform (``None``: no defense).
+    transform: an :class:`OutputTransform` (``None``: no defense).
     logits: ``float[..., classes]`` of the model on the real queries.
-    key: unused by the current (deterministic) transforms; accepted so
-      callers can pass one uniformly.
+    key: a ``jax.random`` key for randomised transforms (part ``i`` of a
+      chain gets ``fold_in(key, i)``); the built-ins are deterministic.
     random_logits: ``float[..., classes]``, broadcastable to ``logits``:
       the model's logits on random inputs; required by ``hamp_output``.
   """
-  del key
-  parts, logits, random_logits = _check(transform, logits, random_logits)
-  logq, zero, _, _ = _run(parts, logits, random_logits)
-  return jnp.where(zero, 0.0, jnp.exp(logq))
+  return _run(transform, logits, key, random_logits).probabilities()
 
 
 def apply_output(
@@ -410,13 +540,11 @@ def apply_output(
   Arguments as in :func:`released_probabilities`. Zeros of the released
   vector become ``fill`` (``"residual"`` or ``"floor"``, see the module
   docstring). Attacks treat the result as logits. The view's argmax equals
-  the logits' argmax (ties aside) for every transform.
+  the logits' argmax (ties aside) for every built-in transform.
   """
-  del key
   if fill not in ("residual", "floor"):
     raise ValueError(f"fill must be 'residual' or 'floor', got {fill!r}")
-  parts, logits, random_logits = _check(transform, logits, random_logits)
-  logq, zero, missing, cap = _run(parts, logits, random_logits)
+  logq, zero, missing, cap = _run(transform, logits, key, random_logits)
   if fill == "residual":
     count = jnp.maximum(jnp.sum(zero, axis=-1, keepdims=True), 1)
     # nothing missing (log 0 = -inf) is lifted to the floor by the maximum
@@ -432,24 +560,22 @@ def apply_output(
 
 def describe_output(transform) -> dict[str, Any]:
   """A JSON-serialisable description, e.g. ``{"name": "top_k", "k": 3}``."""
-  parts = _parts(transform)
-  one = lambda t: {
-    "name": t.name,
-    **{f.name: getattr(t, f.name) for f in dataclasses.fields(t)},
-  }
-  if not parts:
-    return {"name": "identity"}
-  if len(parts) == 1:
-    return one(parts[0])
-  return {"name": "output_chain", "parts": [one(t) for t in parts]}
+  return _as_transform(transform).describe()
+
+
+def _format(value) -> str:
+  if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    return f"{value:g}"
+  return str(value)
 
 
 def output_short_name(transform) -> str:
   """A compact label for tables, e.g. ``"temperature(2)+top_k(3)"``."""
-  parts = _parts(transform)
-  if not parts:
-    return "identity"
-  return "+".join(
-    f"{t.name}({', '.join(f'{getattr(t, f.name):g}' for f in dataclasses.fields(t))})"
-    for t in parts
-  )
+  desc = describe_output(transform)
+  out = []
+  for part in desc["parts"] if desc["name"] == "output_chain" else [desc]:
+    part = dict(part)
+    name = part.pop("name")
+    args = ", ".join(_format(v) for v in part.values())
+    out.append(f"{name}({args})" if part else name)
+  return "+".join(out)

@@ -36,9 +36,10 @@ jit/vmap-friendly: every example's gradient (a pytree with a leading
 clipped gradients are summed, ``N(0, (noise_multiplier * l2_norm_clip)^2)``
 noise is added to every coordinate, and the result is divided by the batch
 size (or ``normalize_by``, e.g. the expected batch size under Poisson
-sampling). Gradients of data-independent terms (an L2 penalty on the
-parameters) cost no privacy and should be added *after* this function rather
-than clipped with the data gradients.
+sampling). It is the gradient processor (``aggregate_grads``) of
+:func:`miajax.defenses.dp_sgd`. Gradients of data-independent terms (weight
+decay, a defense's ``param_penalty``) cost no privacy and are added *after*
+this function rather than clipped with the data gradients.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from miajax import config as config_lib
 from miajax import engine
 from miajax import lowering as lowering_lib
+from miajax import outputs as outputs_lib
 
 __all__ = ["QUERY_SETS", "query_views", "predict"]
 
@@ -70,8 +71,15 @@ def predict(
   queries: str = "identity",
   batch_size: int = 1024,
   lowering: lowering_lib.Lowering | None = None,
+  output: outputs_lib.OutputTransform | None = None,
+  random_x=None,
+  key=None,
 ) -> np.ndarray:
   """Logits ``float32[models, examples, queries, classes]`` of stacked models.
+
+  With ``output``, what an attacker of the defended models sees instead:
+  ``miajax.outputs.apply_output(output, logits, key, random_logits=...)``,
+  log-probabilities of the same shape.
 
   Args:
     config: the :class:`miajax.TrainConfig` the models were trained with (any
@@ -81,7 +89,45 @@ def predict(
     queries: one of ``QUERY_SETS``; query 0 is the un-augmented input.
     batch_size: examples per compiled call.
     lowering: default: resolved for this backend, as in training.
+    output: an optional :class:`miajax.outputs.OutputTransform` (built-in or
+      your own) applied to every model's outputs.
+    random_x: ``float[examples, ...]`` random inputs, for transforms that
+      need the models' logits on them (``hamp_output``); they go through
+      the same query views as ``x``.
+    key: a ``jax.random`` key for randomised output transforms.
   """
+  if output is not None:
+    output = outputs_lib.chain_outputs(output)  # validates it
+    random_logits = None
+    if outputs_lib.needs_random_logits(output):
+      if random_x is None or np.shape(random_x) != np.shape(x):
+        raise ValueError(
+          f"output {outputs_lib.output_short_name(output)} needs random_x: "
+          f"random inputs of x's shape {np.shape(x)}, got "
+          f"{None if random_x is None else np.shape(random_x)}"
+        )
+      random_logits = predict(
+        config,
+        variables,
+        random_x,
+        num_classes=num_classes,
+        queries=queries,
+        batch_size=batch_size,
+        lowering=lowering,
+      )
+    logits = predict(
+      config,
+      variables,
+      x,
+      num_classes=num_classes,
+      queries=queries,
+      batch_size=batch_size,
+      lowering=lowering,
+    )
+    view = outputs_lib.apply_output(
+      output, logits, key, random_logits=random_logits
+    )
+    return np.asarray(view, np.float32)
   if (
     isinstance(batch_size, bool)
     or not isinstance(batch_size, (int, np.integer))

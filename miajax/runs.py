@@ -4,6 +4,9 @@ A run directory holds::
 
     config.json          everything that determines the result
     chunks/chunk_00000_00016.npz   one finished chunk of models (atomic rename)
+    chunks/checkpoint_00016_00032.npz   the training state of a chunk in
+                         flight (every few minutes or epochs; deleted once the
+                         chunk's file is written)
     keep.npy             bool[models, examples]
     logits.npy           float32[models, examples, queries, classes] on the training set
     labels.npy           int32[examples]
@@ -13,14 +16,16 @@ A run directory holds::
                          inputs (run_training's extra_queries)
     models.json          per-model train/test accuracy, final loss, divergence
 
-Rerunning the same command skips chunks already on disk, so a killed run loses
-at most the chunk in flight.  A different configuration in the same directory
-is refused rather than mixed.
+Rerunning the same command skips chunks already on disk and resumes a chunk in
+flight from its checkpoint, so a killed run loses at most the epochs since the
+last checkpoint, and its outputs equal an uninterrupted run's.  A different
+configuration in the same directory is refused rather than mixed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -30,9 +35,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from miajax import checkpoint as checkpoint_lib
 from miajax import config as config_lib
 from miajax import data as data_lib
 from miajax import label_only as label_only_lib
+from miajax import progress as progress_lib
 from miajax.report import write_json_atomic
 from miajax import train as train_lib
 
@@ -113,11 +120,20 @@ class RunSpec:
 
 
 def _describe_defense(defense) -> Any:
+  """The defense's ``describe()`` (built-in or user-written), checked to be JSON."""
   if defense is None:
     return None
   from miajax import defenses
 
-  return defenses.describe(defense)
+  desc = defenses.describe(defense)
+  try:
+    json.dumps(desc)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+      f"defense {defense!r}: describe() must return JSON-serialisable values "
+      f"(it identifies the run directory), got {desc!r}: {e}"
+    ) from None
+  return desc
 
 
 @dataclasses.dataclass
@@ -141,6 +157,10 @@ class RunResult:
   extra_logits: dict[str, np.ndarray] = dataclasses.field(
     default_factory=dict
   )  # name -> [models, inputs, classes]
+  # (first model, last + 1) -> the epoch a chunk resumed from its checkpoint at
+  resumed_epochs: dict[tuple[int, int], int] = dataclasses.field(
+    default_factory=dict
+  )
 
 
 def _label_queries(out: pathlib.Path) -> label_only_lib.LabelOnlyQueries | None:
@@ -279,6 +299,23 @@ def _plan_chunks(models: list[int], k: int) -> list[list[int]]:
   return chunks
 
 
+def _plan_around(
+  models: list[int], k: int, keep_whole: list[range]
+) -> list[list[int]]:
+  """:func:`_plan_chunks`, keeping each range of ``keep_whole`` one chunk.
+
+  A chunk's checkpoint resumes only the same models, and the planned size
+  may have changed since (free memory), so checkpointed chunks keep theirs.
+  """
+  left, whole = set(models), []
+  for r in sorted(keep_whole, key=lambda r: (r.start, -len(r))):
+    if set(r) <= left:
+      whole.append(list(r))
+      left -= set(r)
+  rest = _plan_chunks([m for m in models if m in left], k)
+  return sorted(whole + rest, key=lambda c: c[0])
+
+
 def make_keep(spec: RunSpec, num_examples: int) -> np.ndarray:
   if spec.design == "paired":
     return data_lib.paired_keep(
@@ -306,6 +343,9 @@ def run_training(
   chunk_models: list[int] | None = None,
   merge: bool = True,
   extra_queries: dict[str, tuple[Any, dict]] | None = None,
+  checkpoint_every_s: float = 300.0,
+  checkpoint_every_epochs: int = 0,
+  progress: Callable[[dict], None] | None = None,
 ) -> RunResult | None:
   """Trains (or resumes) every model of ``spec`` into ``output_dir``.
 
@@ -322,11 +362,21 @@ def run_training(
       chunk's and returned in ``RunResult.extra_logits[name]``. ``description``
       (JSON) says how the inputs were made; it enters ``config.json``, so a
       rerun with other inputs is refused rather than mixed.
+    checkpoint_every_s: save the training state of the chunk in flight at
+      the first epoch boundary this many seconds after the last save (0:
+      never by time).
+    checkpoint_every_epochs: also save it every this many epochs (0: never
+      by epoch count). Neither setting is part of the run's configuration:
+      a rerun with other values resumes the same run.
+    progress: receives the engine's per-epoch dicts (see
+      :func:`miajax.train.train_chunks`) instead of the default display (a
+      line redrawn on a terminal ``sys.stderr``, else lines to ``log``).
 
   Returns:
     The merged :class:`RunResult`, or ``None`` if ``merge`` is false or other
     processes' chunks are still missing.
   """
+  checkpoint_lib.check_intervals(checkpoint_every_s, checkpoint_every_epochs)
   ds = load_dataset(spec)
   x, y = ds.x_train, ds.y_train
   keep = make_keep(spec, x.shape[0])
@@ -379,7 +429,22 @@ def run_training(
   k = train_lib.plan_models_per_step(
     cfg, ds.num_classes, x.shape[1:], spec.num_models
   )
-  todo = _plan_chunks([m for m in mine if m not in done_models], k)
+  saved = checkpoint_lib.checkpoint_files(out / "chunks")
+  for path, r in saved.items():
+    # Killed between writing a chunk and deleting its checkpoint: the chunk
+    # file supersedes it.
+    if set(r) <= set(mine) and set(r) <= done_models:
+      path.unlink(missing_ok=True)
+    elif set(r) <= set(mine) and set(r) & done_models:
+      log(
+        f"not using the checkpoint {path.name}: some of its models are "
+        "already in chunk files"
+      )
+  todo = _plan_around(
+    [m for m in mine if m not in done_models], k, list(saved.values())
+  )
+  for chunk in todo:
+    checkpoint_lib.remove_temporaries(out / "chunks", chunk)
   if reused:
     log(f"resuming: {reused} chunks already on disk, {len(todo)} to train")
   log(
@@ -390,54 +455,48 @@ def run_training(
 
   train_s = predict_s = 0.0
   t_start = time.perf_counter()
-  state = {"done": len(set(mine) & done_models)}
-
-  def progress(p):
-    log(
-      f"  models done {state['done'] + (p['chunk_models'] if p['epoch'] == p['epochs'] else 0)}"
-      f"/{spec.num_models}  chunk epoch {p['epoch']}/{p['epochs']}  {p['examples_per_s']:,.0f} examples/s"
+  shown = None
+  if progress is None:
+    shown = progress_lib.Progress(
+      total_models=len(mine),
+      done_models=len(set(mine) & done_models),
+      epochs=cfg.epochs,
+      log=log,
     )
-
-  for result in train_lib.train_chunks(
-    x, y, keep, cfg, num_classes=ds.num_classes, chunks=todo, progress=progress
-  ):
-    train_s += result.train_seconds
-    t0 = time.perf_counter()
-    logits = train_lib.predict(
-      cfg, result.variables, x, num_classes=ds.num_classes, queries=spec.queries
-    )
-    test_logits = train_lib.predict(
-      cfg, result.variables, ds.x_test, num_classes=ds.num_classes
-    )
-    extra = {}
-    if spec.label_only is not None:
-      extra["label_views"] = label_view_predictions(
-        cfg, result.variables, x, spec.label_only, ds.num_classes
+    progress, log = shown, shown.log
+  checkpoints = checkpoint_lib.Checkpointer(
+    out / "chunks",
+    every_s=checkpoint_every_s,
+    every_epochs=checkpoint_every_epochs,
+    fingerprint=hashlib.sha256(
+      json.dumps(spec_json, sort_keys=True).encode()
+    ).hexdigest()[:16],
+    log=log,
+  )
+  resumed = {}
+  try:
+    for result in train_lib.train_chunks(
+      x,
+      y,
+      keep,
+      cfg,
+      num_classes=ds.num_classes,
+      chunks=todo,
+      progress=progress,
+      checkpoints=checkpoints,
+    ):
+      predict_s += _write_chunk(
+        out, spec, cfg, ds, keep, result, extra_queries, log
       )
-    for name, (inputs, _) in extra_queries.items():
-      extra[f"extra_{name}"] = train_lib.predict(
-        cfg, result.variables, inputs, num_classes=ds.num_classes
-      )[:, :, 0].astype(np.float32)
-    predict_s += time.perf_counter() - t0
-    idx = result.model_indices
-    correct = logits[:, :, 0].argmax(-1) == y
-    train_acc = (correct & keep[idx]).sum(1) / keep[idx].sum(1)
-    test_acc = (test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1)
-    _save_npz_atomic(
-      _chunk_path(out, list(idx)),
-      model_indices=idx,
-      logits=logits.astype(np.float32),
-      train_accuracy=train_acc,
-      test_accuracy=test_acc,
-      loss=result.loss,
-      diverged=result.diverged,
-      **extra,
-    )
-    state["done"] += len(idx)
-    for m in np.flatnonzero(result.diverged):
-      log(
-        f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks"
-      )
+      train_s += result.train_seconds
+      if result.resumed_epoch:
+        idx = result.model_indices
+        resumed[(int(idx[0]), int(idx[-1]) + 1)] = result.resumed_epoch
+      if shown is not None:
+        shown.chunk_done(len(result.model_indices))
+  finally:
+    if shown is not None:
+      shown.close()
   elapsed = time.perf_counter() - t_start
   n_trained = sum(map(len, todo))
   if n_trained:
@@ -446,6 +505,12 @@ def run_training(
       f"trained {n_trained} models in {elapsed:.1f} s ({seen / max(train_s, 1e-9):,.0f} training "
       f"examples/s; {n_trained / max(elapsed, 1e-9):.2f} models/s)"
     )
+  if checkpoints.saves:
+    mib = checkpoints.last_bytes / 2**20
+    log(
+      f"wrote {checkpoints.saves} checkpoint(s) in "
+      f"{checkpoints.save_seconds:.2f} s ({mib:.2f} MiB the last)"
+    )
   if not merge:
     return None
   result = merge_chunks(out, spec.num_models)
@@ -453,7 +518,49 @@ def run_training(
     return None
   result.chunks_trained, result.chunks_reused = len(todo), reused
   result.train_seconds, result.predict_seconds = train_s, predict_s
+  result.resumed_epochs = resumed
   return result
+
+
+def _write_chunk(out, spec, cfg, ds, keep, result, extra_queries, log) -> float:
+  """Queries a trained chunk and writes its file; returns the seconds taken."""
+  x, y = ds.x_train, ds.y_train
+  t0 = time.perf_counter()
+  logits = train_lib.predict(
+    cfg, result.variables, x, num_classes=ds.num_classes, queries=spec.queries
+  )
+  test_logits = train_lib.predict(
+    cfg, result.variables, ds.x_test, num_classes=ds.num_classes
+  )
+  extra = {}
+  if spec.label_only is not None:
+    extra["label_views"] = label_view_predictions(
+      cfg, result.variables, x, spec.label_only, ds.num_classes
+    )
+  for name, (inputs, _) in extra_queries.items():
+    extra[f"extra_{name}"] = train_lib.predict(
+      cfg, result.variables, inputs, num_classes=ds.num_classes
+    )[:, :, 0].astype(np.float32)
+  seconds = time.perf_counter() - t0
+  idx = result.model_indices
+  correct = logits[:, :, 0].argmax(-1) == y
+  train_acc = (correct & keep[idx]).sum(1) / keep[idx].sum(1)
+  test_acc = (test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1)
+  _save_npz_atomic(
+    _chunk_path(out, list(idx)),
+    model_indices=idx,
+    logits=logits.astype(np.float32),
+    train_accuracy=train_acc,
+    test_accuracy=test_acc,
+    loss=result.loss,
+    diverged=result.diverged,
+    **extra,
+  )
+  for m in np.flatnonzero(result.diverged):
+    log(
+      f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks"
+    )
+  return seconds
 
 
 def label_view_predictions(

@@ -58,6 +58,7 @@ from typing import Callable, Iterable
 import jax
 import numpy as np
 
+from miajax import checkpoint as checkpoint_lib
 from miajax import config as config_lib
 from miajax import designs
 from miajax import runs
@@ -193,17 +194,6 @@ def _owners(chunks: dict[str, range]) -> dict[int, str]:
         m, name
       )  # overlapping chunks (two writers) hold identical models: keep the first
   return owner
-
-
-def _plan(models: list[int], k: int) -> list[list[int]]:
-  """Consecutive runs of model indices, each cut into chunks of at most ``k``."""
-  out: list[list[int]] = []
-  for m in models:
-    if out and m == out[-1][-1] + 1 and len(out[-1]) < k:
-      out[-1].append(m)
-    else:
-      out.append([m])
-  return out
 
 
 def _save_npz_atomic(path: pathlib.Path, **arrays) -> None:
@@ -448,7 +438,13 @@ def _design(
 
 
 def ensure_shadows(
-  root, pool: Pool, spec: runs.RunSpec, *, log: Callable[[str], None] = print
+  root,
+  pool: Pool,
+  spec: runs.RunSpec,
+  *,
+  log: Callable[[str], None] = print,
+  checkpoint_every_s: float = 300.0,
+  checkpoint_every_epochs: int = 0,
 ) -> Shadows:
   """The first ``spec.num_models`` shadows of ``spec`` on ``pool``, training only those the store lacks.
 
@@ -461,7 +457,11 @@ def ensure_shadows(
       is given).
     log: receives progress lines, including ``"reusing N shadow models from
       the store, training K"``.
+    checkpoint_every_s, checkpoint_every_epochs: when the chunk in flight
+      saves its training state under ``<fingerprint>/checkpoints/`` (as in
+      :func:`miajax.runs.run_training`); a rerun resumes it mid-chunk.
   """
+  checkpoint_lib.check_intervals(checkpoint_every_s, checkpoint_every_epochs)
   cfg = spec.train
   n = pool.x.shape[0]
   keep = _design(spec.design, spec.num_models, n, cfg.seed)
@@ -482,6 +482,21 @@ def ensure_shadows(
   k = train_lib.plan_models_per_step(
     cfg, pool.num_classes, tuple(pool.x.shape[1:]), spec.num_models
   )
+  checkpoints = checkpoint_lib.Checkpointer(
+    path / "checkpoints",
+    every_s=checkpoint_every_s,
+    every_epochs=checkpoint_every_epochs,
+    fingerprint=fp[:16],
+    log=log,
+  )
+  in_flight = []
+  for ckpt, models in checkpoint_lib.checkpoint_files(
+    path / "checkpoints"
+  ).items():
+    if set(models) <= set(owner):
+      ckpt.unlink(missing_ok=True)  # its models were stored since
+    else:
+      in_flight.append(models)
   train_s = predict_s = 0.0
   t_start = time.perf_counter()
   for result in train_lib.train_chunks(
@@ -490,7 +505,9 @@ def ensure_shadows(
     keep,
     cfg,
     num_classes=pool.num_classes,
-    chunks=_plan(todo, k),
+    # A checkpointed chunk resumes only with the same models: keep it whole.
+    chunks=runs._plan_around(todo, k, in_flight),
+    checkpoints=checkpoints,
   ):
     train_s += result.train_seconds
     idx = [int(i) for i in result.model_indices]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from absl import app
 
-from miajax import attacks, designs, runs, scores, store, train
+from miajax import attacks, checkpoint, designs, runs, scores, store, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -346,6 +346,39 @@ def test_store_loads_and_queries_saved_parameters(store10):
     )[0]
     == shadows.fingerprint
   )
+
+
+def test_store_resumes_a_chunk_from_its_checkpoint(
+  store10, tmp_path, monkeypatch
+):
+  root, pool, shadows = store10
+  spec = dataclasses.replace(SPEC, num_models=2)
+  save = checkpoint.Checkpointer.save
+
+  def save_then_fail(self, models, epoch, *args, **kw):
+    save(self, models, epoch, *args, **kw)
+    if epoch == 1:
+      raise KeyboardInterrupt("killed after the first checkpoint")
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_fail)
+  with pytest.raises(KeyboardInterrupt):
+    store.ensure_shadows(
+      tmp_path, pool, spec, log=lambda s: None, checkpoint_every_epochs=1
+    )
+  (saved,) = (tmp_path / shadows.fingerprint / "checkpoints").glob("*.npz")
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+  lines = []
+  again = store.ensure_shadows(
+    tmp_path, pool, spec, log=lines.append, checkpoint_every_epochs=1
+  )
+  assert any("from the checkpoint at epoch 1 of 2" in s for s in lines), lines
+  assert not saved.exists()  # used, then removed once the chunk was stored
+  # Bit for bit what an uninterrupted store of the same two models holds.
+  whole = store.ensure_shadows(
+    tmp_path / "whole", pool, spec, log=lambda s: None
+  )
+  np.testing.assert_array_equal(again.logits, whole.logits)
+  np.testing.assert_allclose(again.logits, shadows.logits[:2], atol=1e-5)
 
 
 def _report_numbers(rep):

@@ -1,4 +1,4 @@
-"""Bad input catalogue (issue 7, item 5).
+"""Bad input catalogue.
 
 Every case feeds one bad input to a public function or script and checks that
 it fails with ValueError/TypeError (scripts: a nonzero exit) whose message
@@ -679,7 +679,7 @@ CASES = [
   ),
   (
     "chain_not_a_defense",
-    lambda: defenses.chain(defenses.l2(1e-4), "dropout"),
+    lambda: defenses.chain(defenses.label_smoothing(0.1), "dropout"),
     TypeError,
     r"chain argument 1 must be a defense",
   ),
@@ -687,7 +687,7 @@ CASES = [
     "chain_duplicate_kind",
     lambda: defenses.chain(defenses.dropout(0.1), defenses.dropout(0.2)),
     ValueError,
-    r"at most one dropout\(\) defense",
+    r"dropout\(0.1\) and dropout\(0.2\) both set the model setting",
   ),
 ]
 

@@ -807,7 +807,17 @@ def test_art_section_times_and_checks_both_sides(tmp_path):
     mj["queried_per_shadow"] == 1297 and art["queried_per_shadow"] == 1296
   )  # ART skips one example
   assert a["speedup"] == pytest.approx(
+    art["seconds"] / mj["fresh_process_cached_seconds"], rel=1e-9
+  )
+  assert a["speedup_empty_cache"] == pytest.approx(
+    art["seconds"] / mj["fresh_process_seconds"], rel=1e-9
+  )
+  assert a["speedup_first_call"] == pytest.approx(
     art["seconds"] / mj["first_call_seconds"], rel=1e-9
+  )
+  # The fresh processes trained the same models as this one (same seed).
+  assert mj["fresh_process_pool_accuracy"][0] == pytest.approx(
+    mj["fresh_process_pool_accuracy"][1], abs=1e-12
   )
   assert a["speedup_warm"] == pytest.approx(
     art["seconds"] / mj["seconds"], rel=1e-9

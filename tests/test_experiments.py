@@ -1,15 +1,20 @@
-"""The scripts end to end: report schema, resume after SIGKILL, refusing a changed config, real data."""
+"""The scripts end to end: report schema, resuming a failed run, real data.
+
+A SIGKILL of experiments/train_models.py mid-chunk and a changed configuration
+refused as a usage error are tested in test_checkpoint.py.
+"""
 
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from miajax import runs, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -112,83 +117,59 @@ def test_lira_main_job_on_digits(tmp_path):
   assert bad.returncode != 0 and "--num_references must be even" in bad.stderr
 
 
-def test_train_models_resumes_after_sigkill_without_retraining(tmp_path):
-  # Enough epochs that a chunk takes ~1 s: the kill must land between chunks on a fast machine too.
-  args = ["--num_models=6", "--models_per_step=2", *SMALL, "--epochs=200"]
-  full = tmp_path / "full"
-  proc = _run("train_models.py", f"--output_dir={full}", *args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_run_resumes_after_a_failure_without_retraining_finished_chunks(
+  tmp_path,
+):
+  # The real SIGKILL of experiments/train_models.py mid-chunk is in
+  # test_checkpoint.py; here the run fails right after its first chunk is
+  # written, with no checkpoint to resume from.
+  cfg = train.TrainConfig(
+    model="mlp",
+    model_kwargs=(("activation", "relu"), ("widths", (16,))),
+    epochs=4,
+    batch_size=32,
+    learning_rate=0.1,
+    models_per_step=2,
+    microbatch_size=32,
+  )
+  spec = runs.RunSpec(
+    dataset="digits", num_examples=240, num_models=6, train=cfg
+  )
+  quiet = dict(log=lambda s: None, checkpoint_every_s=0)
+  full = runs.run_training(spec, tmp_path / "full", progress=None, **quiet)
+
+  def fail_on_second_chunk(p):
+    if p["models_done"] == 2:
+      raise RuntimeError("injected failure")
 
   part = tmp_path / "part"
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  log = (tmp_path / "killed.log").open("w")
-  p = subprocess.Popen(
-    [
-      sys.executable,
-      str(ROOT / "experiments" / "train_models.py"),
-      f"--output_dir={part}",
-      *args,
-    ],
-    cwd=ROOT,
-    env=env,
-    stdout=log,
-    stderr=log,
-  )
-  deadline = time.time() + 300
-  while (
-    time.time() < deadline
-    and p.poll() is None
-    and not list((part / "chunks").glob("chunk_*.npz"))
-  ):
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
-  log.close()
-  finished = sorted(c.name for c in (part / "chunks").glob("chunk_*.npz"))
-  assert 1 <= len(finished) < 3, (
-    finished,
-    (tmp_path / "killed.log").read_text()[-3000:],
-  )
+  with pytest.raises(RuntimeError, match="injected failure"):
+    runs.run_training(spec, part, progress=fail_on_second_chunk, **quiet)
+  finished = sorted(c.name for c in (part / "chunks").iterdir())
+  assert finished == ["chunk_00000_00002.npz"]
   assert not (part / "logits.npy").exists()
-  mtimes = {c: (part / "chunks" / c).stat().st_mtime_ns for c in finished}
+  mtime = (part / "chunks" / finished[0]).stat().st_mtime_ns
 
-  proc = _run("train_models.py", f"--output_dir={part}", *args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (
-    f"resuming: {len(finished)} chunks already on disk, {3 - len(finished)} to train"
-    in proc.stderr
+  lines, seen = [], []
+  res = runs.run_training(
+    spec,
+    part,
+    log=lines.append,
+    progress=seen.append,
+    checkpoint_every_s=0,
   )
-  print(f"chunks reused after SIGKILL: {len(finished)} of 3")
-  for c, t in mtimes.items():  # finished chunks were not rewritten
-    assert (part / "chunks" / c).stat().st_mtime_ns == t
+  assert "resuming: 1 chunks already on disk, 2 to train" in lines
+  assert (res.chunks_reused, res.chunks_trained) == (1, 2)
+  # The finished chunk did not run again: 2 chunks x 4 epochs, not models 0-1.
+  assert [(p["models_done"], p["epoch"]) for p in seen] == [
+    (done, e) for done in (0, 2) for e in range(1, 5)
+  ]
+  assert (part / "chunks" / finished[0]).stat().st_mtime_ns == mtime
+  np.testing.assert_array_equal(res.logits, full.logits)
+  np.testing.assert_array_equal(res.keep, full.keep)
   np.testing.assert_array_equal(
-    np.load(part / "logits.npy"), np.load(full / "logits.npy")
+    np.load(part / "logits.npy"), np.load(tmp_path / "full" / "logits.npy")
   )
-  np.testing.assert_array_equal(
-    np.load(part / "keep.npy"), np.load(full / "keep.npy")
-  )
-
-  before = {q: q.stat().st_mtime_ns for q in part.rglob("*")}
-  changed = _run(
-    "train_models.py",
-    f"--output_dir={part}",
-    "--num_models=6",
-    "--widths=64",
-    "--epochs=4",
-    "--batch_size=32",
-  )
-  assert (
-    changed.returncode == 2
-  )  # a usage error: one line, no traceback, nothing written
-  assert (
-    "different configuration" in changed.stderr
-    and "train.epochs" in changed.stderr
-  )
-  assert "Traceback" not in changed.stderr
-  assert {q: q.stat().st_mtime_ns for q in part.rglob("*")} == before
-  assert [line for line in changed.stderr.splitlines() if "error:" in line][
-    0
-  ].startswith("train_models.py: error:")
 
 
 @pytest.mark.skipif(

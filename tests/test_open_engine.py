@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from miajax import data, defenses, lowering, models, runs, train
+from miajax import data, defenses, lowering, models, privacy, runs, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def reference_train(
         per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0))(
           params, xb, yb, jnp.arange(batch)
         )
-        grads = defenses.clip_and_noise(
+        grads = privacy.clip_and_noise(
           per,
           jax.random.fold_in(skey, 7),
           l2_norm_clip=dp[0],

@@ -6,6 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+import dataclasses
+
+import jax.numpy as jnp
+
 from miajax import defenses as D
 from miajax import outputs as O
 from miajax import scores
@@ -218,12 +222,12 @@ def test_structure_and_validation():
   assert O.chain_outputs(O.top_k(2)) == O.top_k(2)
   assert O.needs_random_logits(O.chain_outputs(O.hamp_output(), O.top_k(1)))
   assert not O.needs_random_logits(t)
-  desc = D.describe(t)
+  desc = O.describe_output(t)
   assert json.loads(json.dumps(desc)) == desc and desc["parts"][1] == {
     "name": "top_k",
     "k": 3,
   }
-  assert D.short_name(t) == "temperature(2)+top_k(3)+rounding(2)"
+  assert O.output_short_name(t) == "temperature(2)+top_k(3)+rounding(2)"
   assert O.describe_output(None) == {"name": "identity"}
   for bad in (
     lambda: O.top_k(0),
@@ -248,3 +252,82 @@ def test_structure_and_validation():
     O.apply_output(O.top_k(1), LOGITS, fill="zero")
   with pytest.raises(ValueError, match="classes"):
     O.apply_output(O.top_k(1), LOGITS[..., :1])
+
+
+@dataclasses.dataclass(frozen=True)
+class MixUniform(O.OutputTransform):
+  """A user transform: release ``(1 - lam) p + lam / C`` (keeps the label)."""
+
+  lam: float
+  name = "mix_uniform"
+
+  def probabilities(self, p):
+    return (1.0 - self.lam) * p + self.lam / p.shape[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisyLogits(O.OutputTransform):
+  """A randomised user transform on the log-space release: noise on log q."""
+
+  sigma: float
+
+  def apply(self, release, *, key=None, random_logits=None):
+    noise = self.sigma * jax.random.normal(key, release.log_probs.shape)
+    return O.Release.from_logits(release.log_probs + noise)
+
+
+def test_user_output_transform_through_probabilities():
+  p = np_softmax(LOGITS)
+  mixed = 0.8 * p + 0.2 / C
+  t = MixUniform(0.2)
+  np.testing.assert_allclose(
+    O.released_probabilities(t, LOGITS), mixed, rtol=2e-5, atol=1e-7
+  )
+  np.testing.assert_allclose(
+    O.apply_output(t, LOGITS), np.log(mixed), rtol=2e-5, atol=1e-6
+  )
+  # composed with a built-in: top-2 of the mixed vector, the rest filled with
+  # the evenly spread missing mass
+  both = O.chain_outputs(t, O.top_k(2))
+  mask = np_top_k_mask(mixed, 2)
+  np.testing.assert_allclose(
+    O.released_probabilities(both, LOGITS),
+    np.where(mask, mixed, 0.0),
+    rtol=2e-5,
+    atol=1e-7,
+  )
+  fill = np.log((1 - np.where(mask, mixed, 0).sum(-1, keepdims=True)) / (C - 2))
+  view = np.asarray(O.apply_output(both, LOGITS), np.float64)
+  np.testing.assert_allclose(
+    view, np.where(mask, np.log(mixed), fill), rtol=1e-4, atol=1e-4
+  )
+  # a user value is static under jit, and describes itself
+  f = jax.jit(lambda tr, z: O.apply_output(tr, z))
+  np.testing.assert_allclose(f(both, LOGITS), view, rtol=1e-4, atol=1e-4)
+  assert O.describe_output(both) == {
+    "name": "output_chain",
+    "parts": [{"name": "mix_uniform", "lam": 0.2}, {"name": "top_k", "k": 2}],
+  }
+  assert O.output_short_name(both) == "mix_uniform(0.2)+top_k(2)"
+  assert not O.needs_random_logits(both)
+  with pytest.raises(NotImplementedError, match="probabilities"):
+    O.apply_output(O.OutputTransform(), LOGITS)
+
+
+def test_user_output_transform_gets_a_key_per_chain_part():
+  key = jax.random.PRNGKey(3)
+  t = O.chain_outputs(O.temperature(2.0), NoisyLogits(0.5))
+  got = np.asarray(O.apply_output(t, LOGITS, key))
+  # part 1 of the chain draws from fold_in(key, 1)
+  noise = 0.5 * np.asarray(
+    jax.random.normal(jax.random.fold_in(key, 1), LOGITS.shape), np.float64
+  )
+  want = np.log(np_softmax(np.log(np_softmax(LOGITS / 2.0)) + noise))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  other = O.apply_output(t, LOGITS, jax.random.PRNGKey(4))
+  assert not np.allclose(other, got)
+  assert O.describe_output(NoisyLogits(0.5)) == {
+    "name": "NoisyLogits",
+    "sigma": 0.5,
+  }
+  assert jnp.all(jnp.isfinite(other))

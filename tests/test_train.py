@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from miajax import cpu_engine, data, engine, lowering, train
+from miajax import cpu_engine, data, defenses, engine, lowering, train
 
 MLP = (("activation", "relu"), ("widths", (256, 128)))
 
@@ -300,13 +300,13 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
   "model,axis,defense",
   [
     ("cnn_small", "unroll", None),
-    ("cnn_small", "unroll", "smoothing+l2"),
-    ("mlp", "vmap", "smoothing+l2"),
+    ("cnn_small", "unroll", "smoothing+penalty"),
+    ("mlp", "vmap", "smoothing+penalty"),
   ],
 )
 def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
   # Gradient accumulation over micro-batches is the same SGD step: cnn_small (Winograd layers on
-  # CPU) and vmapped MLPs, with and without a per-example loss transform and a parameter penalty.
+  # CPU) and vmapped MLPs, with and without a target map and a loss term.
   from miajax import defenses
 
   rng = np.random.default_rng(0)
@@ -316,7 +316,9 @@ def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
   d = (
     None
     if defense is None
-    else defenses.chain(defenses.label_smoothing(0.1), defenses.l2(1e-3))
+    else defenses.chain(
+      defenses.label_smoothing(0.1), defenses.confidence_penalty(0.05)
+    )
   )
   kwargs = (("width", 16),) if model == "cnn_small" else (("widths", (32,)),)
   base = dict(
@@ -359,7 +361,7 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
     )  # whole batches
     # Never with dropout, batch norm, vmapped small models; an explicit size wins.
     dropout = train.TrainConfig(
-      model="cnn_small", batch_size=128, model_kwargs=(("dropout_rate", 0.1),)
+      model="cnn_small", batch_size=128, defense=defenses.dropout(0.1)
     )
     assert (
       lowering.resolve_lowering(dropout, shape, 10, backend="cpu").microbatch
