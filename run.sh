@@ -37,7 +37,8 @@ case "$cmd" in
   test)
     ensure_venv
     set +e
-    "$VENV/bin/python" -m pytest "$@"
+    # One pytest worker per core (pytest-xdist): most tests are single-threaded XLA compiles.
+    "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@"
     rc=$?
     set -e
     if [ "$rc" -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi

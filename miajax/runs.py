@@ -501,9 +501,16 @@ def run_training(
   n_trained = sum(map(len, todo))
   if n_trained:
     seen = int(keep[[m for c in todo for m in c]].sum()) * cfg.epochs
+    rate = shown.rate if shown is not None else None
+    steady = (
+      f"{rate.per_s:,.0f} training examples/s after compiling "
+      f"(~{rate.compile_seconds:.1f} s)"
+      if rate is not None and rate.compile_seconds is not None
+      else f"{seen / max(train_s, 1e-9):,.0f} training examples/s"
+    )
     log(
-      f"trained {n_trained} models in {elapsed:.1f} s ({seen / max(train_s, 1e-9):,.0f} training "
-      f"examples/s; {n_trained / max(elapsed, 1e-9):.2f} models/s)"
+      f"trained {n_trained} models in {elapsed:.1f} s ({steady}; "
+      f"{n_trained / max(elapsed, 1e-9):.2f} models/s)"
     )
   if checkpoints.saves:
     mib = checkpoints.last_bytes / 2**20
