@@ -262,23 +262,8 @@ def test_load_target_file_errors(tmp_path):
       audit.load_target(o, m, **kw)
 
 
-def test_bad_target_file_exits_nonzero_and_writes_nothing(tmp_path):
-  np.save(
-    tmp_path / "logits.npy", np.zeros((N, C + 2), np.float32)
-  )  # 12 classes against digits' 10
-  np.save(tmp_path / "members.npy", np.arange(10))
-  out = tmp_path / "out"
-  proc = _run(
-    *SMALL,
-    "--num_models=8",
-    f"--output_dir={out}",
-    f"--target_outputs={tmp_path / 'logits.npy'}",
-    f"--target_members={tmp_path / 'members.npy'}",
-    f"--shadow_store={tmp_path / 'store'}",
-  )
-  assert proc.returncode != 0
-  assert "--target_outputs has 12 classes but the pool has 10" in proc.stderr
-  assert not out.exists() and not (tmp_path / "store").exists()
+# A bad target file makes audit.py exit nonzero before it writes the output or the shadow store:
+# test_bad_inputs.py's script case audit_bad_target_file.
 
 
 def test_paired_design_extends():
@@ -399,7 +384,36 @@ def test_audit_reproduces_lira_online_and_reuses_the_store(store10, tmp_path):
     f"--target_members={tmp_path / 'members.npy'}",
     f"--shadow_store={root}",
   ]
-  proc = _run(*args, "--num_models=8", f"--output_dir={tmp_path / 'a'}")
+  # Twice the shadows, side by side with the first audit: the store's 10 are reused, only the
+  # 6 missing ones train (into chunks of their own, which the audit of models 0-7 never reads).
+  more = subprocess.Popen(
+    [
+      sys.executable,
+      str(ROOT / "experiments" / "audit.py"),
+      *args,
+      "--num_models=16",
+      f"--output_dir={tmp_path / 'c'}",
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    cwd=ROOT,
+  )
+  try:
+    proc = _run(*args, "--num_models=8", f"--output_dir={tmp_path / 'a'}")
+    _, more_err = more.communicate(timeout=600)
+  finally:
+    if more.poll() is None:
+      more.kill()
+  assert more.returncode == 0, more_err[-3000:]
+  assert "reusing 10 shadow models from the store, training 6" in more_err
+  assert (
+    json.loads((tmp_path / "c" / "report.json").read_text())["shadows"][
+      "trained"
+    ]
+    == 6
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "reusing 8 shadow models from the store, training 0" in proc.stderr
 
@@ -453,19 +467,9 @@ def test_audit_reproduces_lira_online_and_reuses_the_store(store10, tmp_path):
   }
   assert (tmp_path / "a" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+  # Again, now that the store holds 16: the same 8 shadows, nothing trained, the same numbers.
   again = _run(*args, "--num_models=8", f"--output_dir={tmp_path / 'b'}")
   assert again.returncode == 0 and "training 0" in again.stderr
   assert _report_numbers(
     json.loads((tmp_path / "b" / "report.json").read_text())
   ) == _report_numbers(rep)
-
-  # Twice the shadows: the store's 10 are reused, only the 6 missing ones train.
-  more = _run(*args, "--num_models=16", f"--output_dir={tmp_path / 'c'}")
-  assert more.returncode == 0, more.stderr[-3000:]
-  assert "reusing 10 shadow models from the store, training 6" in more.stderr
-  assert (
-    json.loads((tmp_path / "c" / "report.json").read_text())["shadows"][
-      "trained"
-    ]
-    == 6
-  )

@@ -7,8 +7,10 @@ partial output behind.
 """
 
 import gzip
+import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -812,6 +814,44 @@ def _script_case(kind, tmp):
       [f"--output_dir={tmp / 'afile' / 'x'}", *FAST, "--num_models=6"],
       r"output_dir '.*afile/x' cannot be created",
     )
+  if kind == "lira_odd_num_references":
+    return (
+      "lira.py",
+      [out, *FAST, "--num_models=6", "--num_references=3"],
+      r"--num_references must be even",
+    )
+  if kind == "multi_process_without_coordinator":
+    # Checked before jax.distributed.initialize, which would wait for its peers.
+    return (
+      "train_models.py",
+      [out, *FAST, "--num_models=6", "--num_processes=2", "--process_id=0"],
+      r"--coordinator_address",
+    )
+  if kind == "mlleaks_missing_second_dataset":
+    return (
+      "mlleaks.py",
+      [out, "--adv2_dataset=purchase100", f"--adv2_data_dir={tmp}"],
+      r"(?s)--adv2_dataset=purchase100 cannot be loaded.*--adv2_dataset=none",
+    )
+  if kind == "audit_bad_target_file":
+    # 12 classes against digits' 10; neither the output nor the shadow store may appear.
+    np.save(tmp / "target_logits.npy", np.zeros((300, 12), np.float32))
+    np.save(tmp / "members.npy", np.arange(10))
+    return (
+      "audit.py",
+      [
+        out,
+        "--dataset=digits",
+        "--num_examples=300",
+        "--epochs=2",
+        "--widths=32",
+        "--num_models=8",
+        f"--target_outputs={tmp / 'target_logits.npy'}",
+        f"--target_members={tmp / 'members.npy'}",
+        f"--shadow_store={tmp / 'store'}",
+      ],
+      r"--target_outputs has 12 classes but the pool has 10",
+    )
   raise AssertionError(kind)
 
 
@@ -828,23 +868,78 @@ SCRIPT_CASES = [
   "lira_too_few_models",
   "lira_missing_run_dir",
   "lira_output_dir_under_file",
+  "lira_odd_num_references",
+  # Moved here from the scripts' own test files (one interpreter for all of them).
+  "multi_process_without_coordinator",  # test_devices.py
+  "mlleaks_missing_second_dataset",  # test_mlleaks.py
+  "audit_bad_target_file",  # test_audit.py
 ]
+# audit.py checks the target files before it makes the output directory or the shadow store.
+ABSENT = {"audit_bad_target_file": ("out", "store")}
+
+# Runs every bad invocation in ONE interpreter, one script after the other: each case is the
+# script's own absl ``app.run(main, argv)`` (flag parsing, main, usage errors and their exit
+# status), with its stderr and exit status recorded.  Only the interpreter start-up and the
+# imports are shared: FLAGS are reset to their defaults before each case, and a script's own
+# flags are dropped before the next script is imported (the scripts define flags on import).
+# Compiling the training step fails loudly, so a case that is only refused once training has
+# started fails here too.  test_script_refuses_in_its_own_process runs one case as a user does.
+DRIVER = r"""
+import contextlib, importlib, io, json, sys, traceback
+experiments, cases, results_path = sys.argv[1:]
+sys.path.insert(0, experiments)
+from absl import app, flags
+import common  # noqa: F401  (imported before the snapshot of absl's own flags)
+from miajax import engine
+
+def no_training(*args, **kwargs):
+  raise AssertionError("training started before the bad input was rejected")
+
+engine._compiled_fns = no_training
+FLAGS = flags.FLAGS
+app.define_help_flags()  # before the snapshot: they stay for every case
+absl_flags, loaded, results = set(FLAGS), None, {}
+for kind, script, args in json.loads(cases):
+  if loaded is None or loaded.__name__ != script[:-3]:
+    for name in set(FLAGS) - absl_flags:
+      delattr(FLAGS, name)
+    sys.modules.pop(script[:-3], None)  # a fresh import defines the flags again
+    loaded = importlib.import_module(script[:-3])
+    if hasattr(loaded, "define_flags"):  # audit.py defines its flags when run, not on import
+      loaded.define_flags()
+  FLAGS.unparse_flags()
+  sys.argv = [f"{experiments}/{script}", *args]
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    try:
+      app.run(loaded.main, argv=sys.argv)
+      status = 0
+    except SystemExit as e:
+      status = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except Exception:  # as the interpreter would: traceback on stderr, status 1
+      traceback.print_exc()
+      status = 1
+  results[kind] = [status, err.getvalue()]
+with open(results_path, "w") as f:
+  json.dump(results, f)
+"""
 
 
-@pytest.mark.parametrize("kind", SCRIPT_CASES)
-def test_script_bad_input(kind, tmp_path):
-  script, args, match = _script_case(kind, tmp_path)
+def _python(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  p = subprocess.run(
-    [sys.executable, str(ROOT / "experiments" / script), *args],
+  return subprocess.run(
+    [sys.executable, *args],
     cwd=ROOT,
     env=env,
     capture_output=True,
     text=True,
     timeout=120,
   )
-  assert p.returncode != 0, p.stdout + p.stderr
-  assert __import__("re").search(match, p.stderr), p.stderr[-3000:]
+
+
+def _check_refused(kind, tmp_path, status, stderr, match):
+  assert status != 0, stderr[-3000:]
+  assert re.search(match, stderr), stderr[-3000:]
   # No partial output anywhere under tmp: no results, no chunks, no temporaries.
   left = [
     f
@@ -858,3 +953,48 @@ def test_script_bad_input(kind, tmp_path):
   assert not (tmp_path / "out").exists() or not any(
     (tmp_path / "out").rglob("*")
   ), list((tmp_path / "out").rglob("*"))
+  # Cases that promise more: these paths do not even appear.
+  for name in ABSENT.get(kind, ()):
+    assert not (tmp_path / name).exists(), name
+
+
+@pytest.fixture(scope="module")
+def script_runs(tmp_path_factory):
+  """{kind: (case directory, exit status, stderr, regex)} of every case, run by DRIVER."""
+  cases, out = {}, {}
+  for kind in SCRIPT_CASES:
+    tmp = tmp_path_factory.mktemp(kind)
+    script, args, match = _script_case(kind, tmp)
+    cases[kind] = (script, args)
+    out[kind] = (tmp, match)
+  results = tmp_path_factory.mktemp("driver") / "results.json"
+  p = _python(
+    "-c",
+    DRIVER,
+    str(ROOT / "experiments"),
+    # Grouped by script: each script is imported once.
+    json.dumps(
+      sorted(
+        ([kind, *cases[kind]] for kind in SCRIPT_CASES), key=lambda c: c[1]
+      )
+    ),
+    str(results),
+  )
+  assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+  done = json.loads(results.read_text())
+  return {
+    kind: (out[kind][0], *done[kind], out[kind][1]) for kind in SCRIPT_CASES
+  }
+
+
+@pytest.mark.parametrize("kind", SCRIPT_CASES)
+def test_script_bad_input(kind, script_runs):
+  _check_refused(kind, *script_runs[kind])
+
+
+def test_script_refuses_in_its_own_process(tmp_path):
+  # The script run as a user runs it: its own interpreter exits nonzero, says why on stderr
+  # and writes nothing (the cases above share one interpreter).
+  script, args, match = _script_case("unknown_dataset", tmp_path)
+  p = _python(str(ROOT / "experiments" / script), *args)
+  _check_refused("unknown_dataset", tmp_path, p.returncode, p.stderr, match)

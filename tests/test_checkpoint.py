@@ -133,14 +133,16 @@ class BatchNormMLP(nn.Module):
 
 def test_batch_norm_dropout_and_augmentation_resume_exactly(tmp_path):
   ds = data.load("digits")
-  x, y = ds.x_train[:160], ds.y_train[:160]
-  keep = data.paired_keep(2, 160, seed=2)
+  # _spec()'s 240 examples in batches of 32: the compiled epoch order of its
+  # chunks of 2 is this one's too.
+  x, y = ds.x_train[:240], ds.y_train[:240]
+  keep = data.paired_keep(2, 240, seed=2)
   cfg = train.TrainConfig(
     model=BatchNormMLP(),
     optimizer="adam",
     learning_rate=1e-2,
     epochs=3,
-    batch_size=16,
+    batch_size=32,
     augment=True,
     model_axis="vmap",
   )
@@ -285,14 +287,17 @@ def test_bad_checkpoint_intervals_fail_before_anything_is_written(
 
 def test_train_models_resumes_after_sigkill_mid_chunk(tmp_path):
   # One chunk of 2 models for 200 epochs, a checkpoint after every epoch: the
-  # kill lands inside the chunk however fast the machine is.
+  # kill lands inside the chunk however fast the machine is. The model and the
+  # data are _spec()'s (a width-16 MLP, 240 digits, chunks of 2): the programs
+  # that do not depend on the epoch count (initialisation, epoch order,
+  # predictions) load from the session's compilation cache.
   args = [
     "--num_models=2",
     "--models_per_step=2",
-    "--widths=32",
+    "--widths=16",
     "--epochs=200",
     "--batch_size=32",
-    "--num_examples=300",
+    "--num_examples=240",
     "--label_only=false",
   ]
   # The in-process reference runs on this process's devices: so does the script.
@@ -325,57 +330,75 @@ def test_train_models_resumes_after_sigkill_mid_chunk(tmp_path):
   assert ckpt.exists(), killed_log[-3000:]
   assert not list((part / "chunks").glob("chunk_*.npz"))
 
-  proc = subprocess.run(
-    cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  m = re.search(
-    r"resuming models \[0, 2\) from the checkpoint at epoch (\d+) of 200",
-    proc.stderr,
-  )
-  assert m and int(m.group(1)) >= 1, proc.stderr[-3000:]
-  print(f"resumed at epoch {m.group(1)} of 200 after SIGKILL")
-  assert not ckpt.exists()
-
   spec = runs.RunSpec(
     dataset="digits",
-    num_examples=300,
+    num_examples=240,
     num_models=2,
     train=train.TrainConfig(
       model="mlp",
-      model_kwargs=(("activation", "relu"), ("widths", (32,))),
+      model_kwargs=(("activation", "relu"), ("widths", (16,))),
       epochs=200,
       batch_size=32,
       learning_rate=0.1,
       models_per_step=2,
     ),
   )
-  ref = runs.run_training(spec, tmp_path / "ref", **SILENT)
+  # The script resumes in a new process while this one trains the
+  # uninterrupted reference and then runs the script on the reference's
+  # directory with a changed configuration: independent work, side by side.
+  ref_dir = tmp_path / "ref"
+  err_path = tmp_path / "resumed.err"
+  with (tmp_path / "resumed.out").open("w") as out, err_path.open("w") as err:
+    resumed = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
+    try:
+      ref = runs.run_training(spec, ref_dir, **SILENT)
+      # A changed configuration in a finished run directory of this
+      # configuration (the reference's config.json is the script's, asserted
+      # below): a one-line usage error, nothing written.
+      before = {q: q.stat().st_mtime_ns for q in ref_dir.rglob("*")}
+      changed = subprocess.run(
+        [
+          *script,
+          f"--output_dir={ref_dir}",
+          *args[:3],
+          "--epochs=4",
+          *args[4:],
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+      )
+      returncode = resumed.wait(timeout=600)
+    finally:
+      if resumed.poll() is None:
+        resumed.kill()
+        resumed.wait()
+  stderr = err_path.read_text()
+  assert returncode == 0, stderr[-3000:]
+  m = re.search(
+    r"resuming models \[0, 2\) from the checkpoint at epoch (\d+) of 200",
+    stderr,
+  )
+  assert m and int(m.group(1)) >= 1, stderr[-3000:]
+  print(f"resumed at epoch {m.group(1)} of 200 after SIGKILL")
+  assert not ckpt.exists()
+
   # The same configuration as the script's (else the comparison means nothing).
   assert json.loads((part / "config.json").read_text()) == json.loads(
-    (tmp_path / "ref" / "config.json").read_text()
+    (ref_dir / "config.json").read_text()
   )
   np.testing.assert_array_equal(np.load(part / "logits.npy"), ref.logits)
   np.testing.assert_array_equal(np.load(part / "keep.npy"), ref.keep)
 
-  # A changed configuration in the same directory: a one-line usage error,
-  # nothing written.
-  before = {q: q.stat().st_mtime_ns for q in part.rglob("*")}
-  changed = subprocess.run(
-    [*script, f"--output_dir={part}", *args[:3], "--epochs=4", *args[4:]],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
   assert changed.returncode == 2
   assert (
     "different configuration" in changed.stderr
     and "train.epochs" in changed.stderr
   )
   assert "Traceback" not in changed.stderr
-  assert {q: q.stat().st_mtime_ns for q in part.rglob("*")} == before
+  assert {q: q.stat().st_mtime_ns for q in ref_dir.rglob("*")} == before
   assert [line for line in changed.stderr.splitlines() if "error:" in line][
     0
   ].startswith("train_models.py: error:")

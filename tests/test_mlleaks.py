@@ -355,34 +355,73 @@ def _fake_fashion(directory, n_train=400, n_test=100):
     _write_idx(directory / f"{stem}-labels-idx1-ubyte", y)
 
 
-def _run(*args):
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  return subprocess.run(
-    [sys.executable, str(ROOT / "experiments" / "mlleaks.py"), *args],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=env,
-    cwd=ROOT,
-  )
+class _Started:
+  """A subprocess started now and collected later; its output goes to files (a pipe that
+  nobody reads yet could fill and stall it)."""
+
+  def __init__(self, args, log_dir):
+    self.out, self.err = log_dir / "stdout.txt", log_dir / "stderr.txt"
+    with open(self.out, "w") as out, open(self.err, "w") as err:
+      self.proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=out,
+        stderr=err,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+      )
+
+  def collect(self, timeout=600):
+    """(exit status, stdout, stderr) once it has finished."""
+    self.proc.wait(timeout=timeout)
+    return self.proc.returncode, self.out.read_text(), self.err.read_text()
+
+  def stop(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
 
 
-def test_script_on_digits_with_a_tiny_second_dataset(tmp_path):
-  fake = tmp_path / "fashion"
+SCRIPT_TEST = "test_script_on_digits_with_a_tiny_second_dataset"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def script_run(request, tmp_path_factory):
+  """experiments/mlleaks.py for SCRIPT_TEST, started with this module's first test: it runs
+  beside the in-process tests above (one core each) and SCRIPT_TEST collects it.  Not started
+  when SCRIPT_TEST is not selected."""
+  if not any(
+    item.module is request.module and item.originalname == SCRIPT_TEST
+    for item in request.session.items
+  ):
+    yield None
+    return
+  tmp = tmp_path_factory.mktemp("mlleaks_script")
+  fake = tmp / "fashion"
   fake.mkdir()
   _fake_fashion(fake)
-  out = tmp_path / "out"
-  proc = _run(
-    f"--output_dir={out}",
-    f"--adv2_data_dir={fake}",
-    "--adv2_block_size=100",
-    "--widths=32",
-    "--epochs=5",
-    "--adv2_epochs=5",
-    "--num_random=100",
-    "--attack_model=logreg",
+  out = tmp / "out"
+  started = _Started(
+    [
+      str(ROOT / "experiments" / "mlleaks.py"),
+      f"--output_dir={out}",
+      f"--adv2_data_dir={fake}",
+      "--adv2_block_size=100",
+      "--widths=32",
+      "--epochs=5",
+      "--adv2_epochs=5",
+      "--num_random=100",
+      "--attack_model=logreg",
+    ],
+    tmp,
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  yield started, out
+  started.stop()
+
+
+def test_script_on_digits_with_a_tiny_second_dataset(script_run):
+  started, out = script_run
+  returncode, stdout, stderr = started.collect()
+  assert returncode == 0, stderr[-3000:]
   rep = json.loads((out / "report.json").read_text())
   assert set(rep) >= {
     "adversaries",
@@ -434,17 +473,9 @@ def test_script_on_digits_with_a_tiny_second_dataset(tmp_path):
   # top-1 masking never changes the top posterior: adversary 3 is the same with and without it
   adv3 = rep["adversaries"]["adversary3"]
   assert adv3["none"]["auc"] == adv3["top_k"]["auc"]
-  assert "| digits | adversary2 | fashion_mnist | none |" in proc.stdout
-  assert "| fashion_mnist | adversary2 | digits | top_k |" in proc.stdout
+  assert "| digits | adversary2 | fashion_mnist | none |" in stdout
+  assert "| fashion_mnist | adversary2 | digits | top_k |" in stdout
 
 
-def test_script_refuses_a_missing_second_dataset_before_training(tmp_path):
-  proc = _run(
-    f"--output_dir={tmp_path}",
-    "--adv2_dataset=purchase100",
-    f"--adv2_data_dir={tmp_path}",
-  )
-  assert proc.returncode != 0
-  assert "--adv2_dataset=purchase100 cannot be loaded" in proc.stderr
-  assert "--adv2_dataset=none" in proc.stderr
-  assert "trained in" not in proc.stderr
+# A missing --adv2_dataset is refused before any training (and names --adv2_dataset=none):
+# test_bad_inputs.py's script case mlleaks_missing_second_dataset.

@@ -1,4 +1,12 @@
-"""Models: shapes, the im2col convolution against XLA's, per-model batch-norm statistics."""
+"""Models: shapes, the im2col convolution against XLA's, per-model batch-norm statistics.
+
+Compile time, not arithmetic, is what these tests spend: the convolution
+tests therefore draw their inputs and parameters with NumPy (no JAX random
+program to compile; the parameters go through ``apply``, which checks their
+names and shapes against the module's own initialisers), and model
+initialisation runs with JAX's non-partitionable threefry (see
+``_cheap_random_bits``).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +17,39 @@ from jax import lax
 from miajax import models
 
 
+@pytest.fixture(autouse=True)
+def _cheap_random_bits():
+  """Every test here under ``jax.threefry_partitionable(False)``.
+
+  These tests check shapes, finiteness, dropout and batch-norm bookkeeping,
+  which no property of the random bits can change; on XLA:CPU the
+  (default) partitionable threefry makes every initialiser shape compile
+  3-4x longer (a vmapped init 5x and more), and initialisation was most of
+  this file's time. Scoped: other test files keep JAX's default.
+  """
+  with jax.threefry_partitionable(False):
+    yield
+
+
+def _conv_variables(rng, kernel, cin, features):
+  """Parameters of a ``models.Conv`` in ``nn.Conv``'s layout, drawn with NumPy; a nonzero bias."""
+  return {
+    "params": {
+      "kernel": rng.standard_normal(kernel + (cin, features)).astype(np.float32)
+      / np.sqrt(kernel[0] * kernel[1] * cin),
+      "bias": rng.standard_normal(features).astype(np.float32),
+    }
+  }
+
+
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 1)])
 def test_patch_conv_equals_xla_conv(padding, strides, kernel):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
   conv = models.Conv(4, kernel, strides, padding, impl="patches")
-  variables = conv.init(jax.random.PRNGKey(1), x)
+  variables = _conv_variables(rng, kernel, 3, 4)
   got = conv.apply(variables, x)
   w, b = variables["params"]["kernel"], variables["params"]["bias"]
   want = (
@@ -32,10 +66,11 @@ def test_patch_conv_equals_xla_conv(padding, strides, kernel):
 
 
 def test_patch_conv_gradient_matches_xla():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
   a = models.Conv(5, (3, 3), impl="patches")
   b = models.Conv(5, (3, 3), impl="xla")
-  variables = a.init(jax.random.PRNGKey(1), x)
+  variables = _conv_variables(rng, (3, 3), 3, 5)
   loss = lambda m: lambda v, x: (m.apply(v, x) ** 2).sum()
   ga = jax.grad(loss(a), argnums=(0, 1))(variables, x)
   gb = jax.grad(loss(b), argnums=(0, 1))(variables, x)
@@ -79,7 +114,10 @@ def test_every_model_maps_inputs_to_logits(name, shape):
 
 def test_mlp_default_widths_are_the_purchase_recipe():
   model = models.get_model("mlp", 100)
-  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 600)))
+  # Shapes only: the abstract init traces the same code and compiles nothing.
+  variables = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.ones((1, 600))
+  )
   kernels = [v["kernel"].shape for v in variables["params"].values()]
   assert kernels == [
     (600, 1024),
@@ -95,13 +133,15 @@ def test_batch_norm_statistics_stay_per_model_under_vmap():
   xs = jnp.stack(
     [jnp.zeros((4, 8, 8, 3)), 3.0 + jnp.ones((4, 8, 8, 3))]
   )  # different data per model
-  init = jax.vmap(lambda k: model.init(k, xs[0], train=False))
+  # Compiled (one program each instead of an eager op-by-op vmap); the keys are
+  # an argument, so XLA does not constant-fold the initialiser's random bits.
+  init = jax.jit(jax.vmap(lambda k: model.init(k, xs[0], train=False)))
   variables = init(jax.random.split(jax.random.PRNGKey(0), 2))
 
   def step(v, x):
     return model.apply(v, x, train=True, mutable=["batch_stats"])[1]
 
-  new = jax.vmap(step)(variables, xs)
+  new = jax.jit(jax.vmap(step))(variables, xs)
   mean = jax.tree_util.tree_leaves(new["batch_stats"])[0]
   assert mean.shape[0] == 2
   assert not np.allclose(mean[0], mean[1])

@@ -21,6 +21,24 @@ from miajax import data, defenses, lowering, models, privacy, runs, train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def cheap_random_bits():
+  """The test under ``jax.threefry_partitionable(False)`` (JAX's default before 0.5).
+
+  Engine and reference draw the same keys through the same ``jax.random``
+  calls, so they agree under either threefry form, and no miajax code
+  depends on which one is on; but on XLA:CPU the (default) partitionable form
+  compiles every initialiser shape 3-4x longer and the engine's vmapped init
+  ~15x longer (tens of seconds against ~3 s for cnn_small), most of these
+  tests' time.
+  ``test_plain_jax_init_apply_pair_and_custom_loss_equal_one_model_loops``
+  keeps JAX's default, so engine and reference are still compared there.
+  Scoped: other tests keep JAX's default.
+  """
+  with jax.threefry_partitionable(False):
+    yield
+
+
 class TinyCNN(nn.Module):
   """A user model that is not in the registry: conv, batch-free, dense head."""
 
@@ -63,8 +81,8 @@ def reference_train(
   tx,
   x,
   y,
-  keep_row,
-  key,
+  keep,
+  keys,
   *,
   epochs,
   batch,
@@ -74,15 +92,15 @@ def reference_train(
   dp=None,
   loss=None,
 ):
-  """One model, a plain optax loop over its own members; returns its final variables."""
+  """Each model alone, a plain optax loop over its own members; returns their final variables.
+
+  ``keep[m]``/``keys[m]``: model ``m``'s members and key. One model at a time,
+  one Python step at a time; the step is one ``jax.jit`` program (compiled
+  once for all the models, with the key an argument), the same arithmetic as
+  running its ops one by one, which compiled each op separately (most of
+  these tests' time).
+  """
   loss = loss or optax.softmax_cross_entropy_with_integer_labels
-  variables = dict(
-    init(jax.random.fold_in(key, 0), jnp.zeros((1,) + x.shape[1:], jnp.float32))
-  )
-  params = variables.pop("params")
-  state = variables
-  opt_state = tx.init(params)
-  members = int(keep_row.sum())
 
   def forward(p, s, xb, k):
     v = jax.tree_util.tree_map(lambda a: a.astype(dtype), {"params": p, **s})
@@ -99,48 +117,72 @@ def reference_train(
       jnp.float32
     ), s
 
-  for epoch in range(epochs):
-    u = jax.random.uniform(
-      jax.random.fold_in(jax.random.fold_in(key, 1), epoch), keep_row.shape
+  @jax.jit
+  def step(params, state, opt_state, xb, yb, skey):
+    if dp is None:
+
+      def mean_loss(p):
+        logits, new = forward(p, state, xb, skey)
+        return loss(logits, yb).mean(), new
+
+      (_, state), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    else:
+      one = lambda p, xi, yi, i: loss(
+        forward(p, state, xi[None], jax.random.fold_in(skey, i))[0], yi[None]
+      ).sum()
+      per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0))(
+        params, xb, yb, jnp.arange(batch)
+      )
+      grads = privacy.clip_and_noise(
+        per,
+        jax.random.fold_in(skey, 7),
+        l2_norm_clip=dp[0],
+        noise_multiplier=dp[1],
+      )
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), state, opt_state
+
+  out = []
+  for keep_row, key in zip(keep, keys):
+    variables = dict(
+      init(
+        jax.random.fold_in(key, 0), jnp.zeros((1,) + x.shape[1:], jnp.float32)
+      )
     )
-    order = np.asarray(jnp.argsort(jnp.where(keep_row, u, 2.0)))[
-      np.arange(steps * batch) % members
-    ]
-    for s in range(steps):
-      idx = order[s * batch : (s + 1) * batch]
-      xb, yb = jnp.asarray(x[idx]), jnp.asarray(y[idx])
-      skey = jax.random.fold_in(jax.random.fold_in(key, 2), epoch * steps + s)
-      if dp is None:
-
-        def mean_loss(p):
-          logits, new = forward(p, state, xb, skey)
-          return loss(logits, yb).mean(), new
-
-        (_, state), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
-      else:
-        one = lambda p, xi, yi, i: loss(
-          forward(p, state, xi[None], jax.random.fold_in(skey, i))[0], yi[None]
-        ).sum()
-        per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0))(
-          params, xb, yb, jnp.arange(batch)
+    params = variables.pop("params")
+    state = variables
+    opt_state = tx.init(params)
+    members = int(keep_row.sum())
+    for epoch in range(epochs):
+      u = jax.random.uniform(
+        jax.random.fold_in(jax.random.fold_in(key, 1), epoch), keep_row.shape
+      )
+      order = np.asarray(jnp.argsort(jnp.where(keep_row, u, 2.0)))[
+        np.arange(steps * batch) % members
+      ]
+      for s in range(steps):
+        idx = order[s * batch : (s + 1) * batch]
+        skey = jax.random.fold_in(jax.random.fold_in(key, 2), epoch * steps + s)
+        params, state, opt_state = step(
+          params,
+          state,
+          opt_state,
+          jnp.asarray(x[idx]),
+          jnp.asarray(y[idx]),
+          skey,
         )
-        grads = privacy.clip_and_noise(
-          per,
-          jax.random.fold_in(skey, 7),
-          l2_norm_clip=dp[0],
-          noise_multiplier=dp[1],
-        )
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-  return {"params": params, **state}
+    out.append({"params": params, **state})
+  return out
 
 
 def _compare(result, keep, seed, ref_fn, rtol, atol):
+  """Every model of ``result`` against ``ref_fn(keep, keys)``, its own one-model loop."""
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(
     jnp.arange(keep.shape[0], dtype=jnp.uint32)
   )
-  for m in range(keep.shape[0]):
-    want = ref_fn(keep[m], keys[m])
+  wants = ref_fn(keep, keys)
+  assert len(wants) == keep.shape[0]
+  for m, want in enumerate(wants):
     got = jax.tree_util.tree_map(lambda a: np.asarray(a[m]), result.variables)
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(
       want
@@ -153,6 +195,7 @@ def _compare(result, keep, seed, ref_fn, rtol, atol):
       )
 
 
+@pytest.mark.usefixtures("cheap_random_bits")
 @pytest.mark.slow
 def test_user_flax_module_with_adamw_schedule_equals_one_model_optax_loops():
   x, y = _data()
@@ -169,14 +212,14 @@ def test_user_flax_module_with_adamw_schedule_equals_one_model_optax_loops():
   res = train.train_models(x, y, keep, cfg, num_classes=10)
   assert np.all(res.loss[:, -1] < res.loss[:, 0])  # it trained
   module = TinyCNN()
-  ref = lambda row, key: reference_train(
+  ref = lambda rows, keys: reference_train(
     module.init,
     module.apply,
     make_tx(steps),
     x,
     y,
-    row,
-    key,
+    rows,
+    keys,
     epochs=epochs,
     batch=batch,
     steps=steps,
@@ -217,14 +260,14 @@ def test_plain_jax_init_apply_pair_and_custom_loss_equal_one_model_loops():
   pair_apply = lambda v, xb, *, train, rngs, mutable=(): mlp_apply(
     v, xb, train=train, rngs=rngs
   )
-  ref = lambda row, key: reference_train(
+  ref = lambda rows, keys: reference_train(
     mlp_init,
     pair_apply,
     tx,
     x,
     y,
-    row,
-    key,
+    rows,
+    keys,
     epochs=epochs,
     batch=batch,
     steps=steps,
@@ -256,6 +299,7 @@ def _gpu_lowering(cfg, shape):
   return low
 
 
+@pytest.mark.usefixtures("cheap_random_bits")
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["cnn_small", "bfloat16", "dp_sgd"])
 def test_accelerator_lowering_forced_on_cpu_equals_one_model_loops(case):
@@ -292,14 +336,14 @@ def test_accelerator_lowering_forced_on_cpu_equals_one_model_loops(case):
     **({"dtype": jnp.bfloat16} if case == "bfloat16" else {}),
   )
   assert module.conv_impl == "xla"  # a user's get_model is plain XLA
-  ref = lambda row, key: reference_train(
+  ref = lambda rows, keys: reference_train(
     module.init,
     module.apply,
     tx,
     x,
     y,
-    row,
-    key,
+    rows,
+    keys,
     epochs=epochs,
     batch=batch,
     steps=steps,
@@ -309,6 +353,7 @@ def test_accelerator_lowering_forced_on_cpu_equals_one_model_loops(case):
   _compare(res, keep, 3, ref, **tol)
 
 
+@pytest.mark.usefixtures("cheap_random_bits")
 @pytest.mark.slow
 def test_accelerator_lowering_trains_batch_norm_with_per_model_statistics():
   x, y = _data(n=48, shape=(8, 8, 3), seed=5)
@@ -328,14 +373,14 @@ def test_accelerator_lowering_trains_batch_norm_with_per_model_statistics():
   res = train.train_models(x, y, keep, cfg, num_classes=10, lowering=low)
   assert "batch_stats" in res.variables
   module = models.get_model("wrn", 10, depth=10, width=1)
-  ref = lambda row, key: reference_train(
+  ref = lambda rows, keys: reference_train(
     module.init,
     module.apply,
     tx,
     x,
     y,
-    row,
-    key,
+    rows,
+    keys,
     epochs=epochs,
     batch=batch,
     steps=steps,
@@ -398,6 +443,7 @@ def test_user_model_configuration_errors_are_named():
     lowering.resolve_lowering(cfg, (8, 8, 1), 10, backend="ipu")
 
 
+@pytest.mark.usefixtures("cheap_random_bits")
 @pytest.mark.slow
 def test_run_directory_fingerprints_a_user_model_and_refuses_another(tmp_path):
   cfg = train.TrainConfig(

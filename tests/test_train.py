@@ -7,6 +7,10 @@ import pytest
 from miajax import cpu_engine, data, defenses, engine, lowering, train
 
 MLP = (("activation", "relu"), ("widths", (256, 128)))
+# Every MLP here trains without weight decay (the random-label test needs none
+# to memorise): one optimizer state, hence one compiled initialisation of the
+# MLP on 8x8x1 inputs for all of them.
+NO_DECAY = dict(weight_decay=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +19,17 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def eight_models(digits):
-  keep = data.paired_keep(8, len(digits.x_train), seed=0)
+def four_models(digits):
+  # Four models (paired_keep's first four rows are those of eight): each one
+  # is checked on its own, and half the models halve the 30 epochs' run time.
+  keep = data.paired_keep(4, len(digits.x_train), seed=0)
   cfg = train.TrainConfig(
-    model="mlp", model_kwargs=MLP, epochs=30, batch_size=64, learning_rate=0.1
+    model="mlp",
+    model_kwargs=MLP,
+    epochs=30,
+    batch_size=64,
+    learning_rate=0.1,
+    **NO_DECAY,
   )
   result = train.train_models(
     digits.x_train, digits.y_train, keep, cfg, num_classes=10
@@ -34,13 +45,13 @@ def _cross_entropy(logits, y):
   return -np.take_along_axis(logp, y[..., None], -1)[..., 0]
 
 
-def test_each_model_fits_its_members_and_not_the_others(digits, eight_models):
-  keep, _, result, logits = eight_models
-  assert logits.shape == (8, len(digits.x_train), 1, 10)
+def test_each_model_fits_its_members_and_not_the_others(digits, four_models):
+  keep, _, result, logits = four_models
+  assert logits.shape == (4, len(digits.x_train), 1, 10)
   assert not result.diverged.any()
   correct = logits[:, :, 0].argmax(-1) == digits.y_train
   loss = _cross_entropy(logits[:, :, 0].astype(np.float64), digits.y_train)
-  for m in range(8):
+  for m in range(4):
     assert correct[m, keep[m]].mean() >= 0.99
     assert correct[m, ~keep[m]].mean() < correct[m, keep[m]].mean() - 0.01
     # Members are fitted far more tightly than non-members: the membership signal exists.
@@ -57,7 +68,7 @@ def test_random_labels_are_memorised_only_by_the_models_that_saw_them(digits):
     epochs=60,
     batch_size=64,
     learning_rate=0.1,
-    weight_decay=0.0,
+    **NO_DECAY,
   )
   result = train.train_models(digits.x_train, y, keep, cfg, num_classes=10)
   correct = (
@@ -73,26 +84,34 @@ def test_random_labels_are_memorised_only_by_the_models_that_saw_them(digits):
     )  # chance (0.1) on labels it never saw
 
 
+# 400 examples, 4 models, 7 steps an epoch: the next two tests' recipe, whose
+# compiled steps (chunks of 3 and 1) they share.
+SMALL = dict(
+  model="mlp",
+  model_kwargs=MLP,
+  epochs=3,
+  batch_size=32,
+  learning_rate=0.05,
+  **NO_DECAY,
+)
+
+
 def test_same_seed_same_logits_and_chunking_does_not_matter(digits):
   x, y = digits.x_train[:400], digits.y_train[:400]
   keep = data.lira_keep(4, 400, seed=3)
-  base = dict(
-    model="mlp",
-    model_kwargs=MLP,
-    epochs=3,
-    batch_size=32,
-    learning_rate=0.05,
-    seed=5,
-  )
+  base = dict(SMALL, seed=5)
   outs = []
-  for per_step in (4, 4, 1, 3):  # 3 leaves a ragged last chunk of 1
+  # Chunks of 3 leave a ragged last chunk of 1; chunks of 1 put every model
+  # alone, at position 0 of its chunk (models 1 and 2 move, model 3's ragged
+  # chunk is checked against a plain one). Two chunk sizes, 3 and 1: each
+  # size compiles its own step.
+  for per_step in (3, 3, 1):
     cfg = train.TrainConfig(models_per_step=per_step, **base)
     r = train.train_models(x, y, keep, cfg, num_classes=10)
     outs.append(train.predict(cfg, r.variables, x, num_classes=10))
   np.testing.assert_array_equal(outs[0], outs[1])
   np.testing.assert_allclose(outs[2], outs[0], atol=1e-4, rtol=0)
-  np.testing.assert_allclose(outs[3], outs[0], atol=1e-4, rtol=0)
-  other = train.TrainConfig(models_per_step=4, **{**base, "seed": 6})
+  other = train.TrainConfig(models_per_step=3, **{**base, "seed": 6})
   r = train.train_models(x, y, keep, other, num_classes=10)
   assert (
     np.abs(train.predict(other, r.variables, x, num_classes=10) - outs[0]).max()
@@ -105,14 +124,8 @@ def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(
 ):
   x, y = digits.x_train[:400], digits.y_train[:400]
   keep = data.paired_keep(4, 400, seed=0)
-  cfg = train.TrainConfig(
-    model="mlp",
-    model_kwargs=MLP,
-    epochs=4,
-    batch_size=32,
-    learning_rate=0.05,
-    models_per_step=4,
-  )
+  # Model 1 diverges in a chunk with models 0 and 2; model 3 has its own.
+  cfg = train.TrainConfig(**SMALL, models_per_step=3)
   lrs = np.array([0.05, 1e9, 0.05, 0.05], np.float32)
   r = train.train_models(x, y, keep, cfg, num_classes=10, learning_rates=lrs)
   np.testing.assert_array_equal(r.diverged, [False, True, False, False])
@@ -124,13 +137,25 @@ def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(
   assert np.isfinite(got[[0, 2, 3]]).all()
 
 
-def test_queries_and_augmented_training(digits):
+@pytest.fixture(scope="module")
+def lenet5_vmapped(digits):
+  """Four LeNet-5s trained with augmentation, vmapped: the models that the
+  query test reads and the reference of the unrolled and looped steps (one
+  compiled training program for both)."""
   x, y = digits.x_train[:256], digits.y_train[:256]
-  keep = data.paired_keep(2, 256, seed=0)
-  cfg = train.TrainConfig(
-    model="lenet5", epochs=1, batch_size=32, learning_rate=0.05, augment=True
+  keep = data.paired_keep(4, 256, seed=3)
+  base = dict(
+    model="lenet5", epochs=2, batch_size=32, models_per_step=4, augment=True
   )
-  r = train.train_models(x, y, keep, cfg, num_classes=10)
+  cfg = train.TrainConfig(**base, model_axis="vmap")
+  return x, y, keep, base, train.train_models(x, y, keep, cfg, num_classes=10)
+
+
+def test_queries_and_augmented_training(lenet5_vmapped):
+  # Augmented training ran in the fixture; queries through the resolved
+  # lowering (no explicit model axis), as the models' users predict.
+  x, _, _, base, r = lenet5_vmapped
+  cfg = train.TrainConfig(**base)
   plain = train.predict(cfg, r.variables, x[:10], num_classes=10)
   mirror = train.predict(
     cfg, r.variables, x[:10], num_classes=10, queries="mirror"
@@ -139,9 +164,9 @@ def test_queries_and_augmented_training(digits):
     cfg, r.variables, x[:10], num_classes=10, queries="shifts"
   )
   assert (
-    plain.shape == (2, 10, 1, 10)
-    and mirror.shape == (2, 10, 2, 10)
-    and shifts.shape == (2, 10, 18, 10)
+    plain.shape == (4, 10, 1, 10)
+    and mirror.shape == (4, 10, 2, 10)
+    and shifts.shape == (4, 10, 18, 10)
   )
   np.testing.assert_allclose(mirror[:, :, 0], plain[:, :, 0], atol=1e-5)
   np.testing.assert_allclose(shifts[:, :, 0], plain[:, :, 0], atol=1e-5)
@@ -278,15 +303,21 @@ def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
 
 
 @pytest.mark.parametrize("axis", ["unroll", "loop"])
-def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
-  x, y = digits.x_train[:256], digits.y_train[:256]
-  keep = data.paired_keep(4, 256, seed=3)
-  base = dict(model="lenet5", epochs=2, batch_size=32, models_per_step=4)
-  ref = train.train_models(
-    x, y, keep, train.TrainConfig(**base, model_axis="vmap"), num_classes=10
-  )
+def test_unrolled_and_looped_steps_equal_the_vmapped_one(lenet5_vmapped, axis):
+  # Each model of the unrolled and looped steps must take the vmapped step:
+  # its own parameters, members, augmentation and keys. Explicit micro-batch
+  # sizes, so that no micro-batch timing run (its own test) compiles three
+  # more programs: the unrolled steps (2 models each, 2 chunks: an unrolled
+  # program's compile time grows with its models) sum their gradients over 2
+  # micro-batches, as the CPU lowering makes them do, against the vmapped
+  # whole batch; the looped ones take whole batches.
+  x, y, keep, base, ref = lenet5_vmapped
+  if axis == "unroll":
+    cfg = dict(base, models_per_step=2, microbatch_size=16)
+  else:
+    cfg = dict(base, microbatch_size=base["batch_size"])
   got = train.train_models(
-    x, y, keep, train.TrainConfig(**base, model_axis=axis), num_classes=10
+    x, y, keep, train.TrainConfig(**cfg, model_axis=axis), num_classes=10
   )
   np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4, atol=1e-5)
   for a, b in zip(
@@ -299,18 +330,26 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(digits, axis):
 @pytest.mark.parametrize(
   "model,axis,defense",
   [
-    ("cnn_small", "unroll", None),
     ("cnn_small", "unroll", "smoothing+penalty"),
+    ("mlp", "unroll", None),
     ("mlp", "vmap", "smoothing+penalty"),
   ],
 )
 def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
-  # Gradient accumulation over micro-batches is the same SGD step: cnn_small (Winograd layers on
-  # CPU) and vmapped MLPs, with and without a target map and a loss term.
+  # Gradient accumulation over micro-batches is the same SGD step: cnn_small
+  # (Winograd layers on CPU) unrolled, MLPs unrolled and vmapped, with and
+  # without a target map and a loss term. The plain loss runs unrolled on the
+  # MLP, not on cnn_small: the model and the loss are separate code, and each
+  # cnn_small configuration compiles for many seconds (Winograd's transforms,
+  # twice in a micro-batched step).
   from miajax import defenses
 
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((96, 16, 16, 3)).astype(np.float32)
+  # 8x8x1 images: the second convolution (4x4, 16 input channels) is
+  # Winograd's, the first (1 channel) and the third (2x2) fall back to hybrid;
+  # 16x16 images (two Winograd layers) took twice as long to compile. The MLP
+  # is the other tests' (its initialisation is compiled once).
+  x = rng.standard_normal((96, 8, 8, 1)).astype(np.float32)
   y = rng.integers(0, 10, 96)
   keep = data.paired_keep(2, 96, seed=1)
   d = (
@@ -320,16 +359,20 @@ def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
       defenses.label_smoothing(0.1), defenses.confidence_penalty(0.05)
     )
   )
-  kwargs = (("width", 16),) if model == "cnn_small" else (("widths", (32,)),)
+  kwargs = (("width", 16),) if model == "cnn_small" else MLP
   base = dict(
     model=model,
     model_kwargs=kwargs,
     epochs=2,
     batch_size=16,
     learning_rate=0.05,
-    models_per_step=2,
+    # One model per unrolled step (two chunks): an unrolled program's compile
+    # time grows with its models, and several models in one unrolled,
+    # micro-batched step are test_unrolled_and_looped_steps_equal_the_vmapped_one's.
+    models_per_step=1 if axis == "unroll" else 2,
     model_axis=axis,
     defense=d,
+    **NO_DECAY,
   )
   whole = train.train_models(
     x, y, keep, train.TrainConfig(**base, microbatch_size=16), num_classes=10
@@ -388,11 +431,18 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
 
 
 def test_microbatch_timings_time_every_divisor_and_the_pick_is_their_minimum():
+  # Batch 24: the divisors from 8 up are 8, 12 and 24, one of them no power of
+  # two. A convolutional net given the Winograd lowering, as the unrolled CPU
+  # step times it; 12x12 images leave no layer Winograd's shapes (6x6 and 3x3
+  # after pooling), so every convolution is the hybrid one: the timing runs
+  # initialise the net op by op, where Winograd's transforms compile hundreds
+  # of small programs (Winograd layers under micro-batches are
+  # test_microbatched_steps_equal_the_whole_batch's).
   cfg = train.TrainConfig(
-    model="cnn_small", model_kwargs=(("width", 8),), batch_size=32
+    model="cnn_small", model_kwargs=(("width", 16),), batch_size=24
   )
-  timings = cpu_engine.microbatch_timings(cfg, (16, 16, 3), 10, "winograd")
-  assert sorted(timings) == [8, 16, 32] and all(t > 0 for t in timings.values())
-  assert cpu_engine.measure_microbatch(cfg, (16, 16, 3), 10, "winograd") == min(
+  timings = cpu_engine.microbatch_timings(cfg, (12, 12, 3), 10, "winograd")
+  assert sorted(timings) == [8, 12, 24] and all(t > 0 for t in timings.values())
+  assert cpu_engine.measure_microbatch(cfg, (12, 12, 3), 10, "winograd") == min(
     timings, key=timings.get
   )

@@ -44,23 +44,39 @@ def _rel(a, b):
   return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
 
 
+# The tests run the Winograd code under jax.jit, as training does: op by op,
+# the transforms' hundreds of small ops each compile their own program
+# (seconds per shape), and jit changes no arithmetic that the tolerances
+# below measure.
+@jax.jit
+def _conv_and_grads(x, k, r):
+  """conv3x3(x, k) and the gradients of sum(conv3x3(x, k) * r) w.r.t. x and k."""
+  dx, dk = jax.grad(
+    lambda a, b: (winograd.conv3x3(a, b) * r).sum(), argnums=(0, 1)
+  )(x, k)
+  return winograd.conv3x3(x, k), dx, dk
+
+
 @pytest.mark.parametrize(
   "shape",
   [
+    # Several tiles along both sides (W > H), a batch, even channel counts.
     dict(),
-    dict(h=4, w=4, cin=17, cout=1),
-    dict(n=1, h=16, w=8, cin=32, cout=9),
+    # Every singleton and odd size in one shape (one compilation each costs
+    # seconds): one example, one output channel, a single tile along W, H > W
+    # (H and W must not be swapped), an odd input channel count.
+    dict(n=1, h=8, w=4, cin=17, cout=1),
   ],
 )
 def test_forward_and_gradients_match_float64_direct_convolution(shape):
   x, k, r = _data(0, **shape)
-  y = winograd.conv3x3(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
+  y, dx, dk = _conv_and_grads(
+    jnp.asarray(x, jnp.float32),
+    jnp.asarray(k, jnp.float32),
+    jnp.asarray(r, jnp.float32),
+  )
   assert y.shape == x.shape[:3] + (k.shape[3],)
   assert _rel(y, _direct(x, k)) < 1e-4
-  dx, dk = jax.grad(
-    lambda a, b: (winograd.conv3x3(a, b) * r.astype(np.float32)).sum(),
-    argnums=(0, 1),
-  )(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
   ref_dx, ref_dk = _direct_grads(x, k, r)
   assert _rel(dx, ref_dx) < 1e-4
   assert _rel(dk, ref_dk) < 1e-4
@@ -72,7 +88,9 @@ def test_float32_error_is_near_a_direct_float32_convolution():
   x, k, _ = _data(1, n=4, h=16, w=16, cin=64, cout=32)
   ref = _direct(x, k)
   wino = _rel(
-    winograd.conv3x3(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)),
+    jax.jit(winograd.conv3x3)(
+      jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32)
+    ),
     ref,
   )
   xla = _rel(
@@ -90,10 +108,11 @@ def test_vmapped_over_models_equals_one_model_at_a_time():
   ks = np.stack([k, -0.5 * k, k[::-1]]).astype(np.float32)
   xf = jnp.asarray(x, jnp.float32)
   loss = lambda kk: (winograd.conv3x3(xf, kk) * r.astype(np.float32)).sum()
-  batched = jax.vmap(jax.grad(loss))(jnp.asarray(ks))
+  batched = jax.jit(jax.vmap(jax.grad(loss)))(jnp.asarray(ks))
+  one = jax.jit(jax.grad(loss))
   for m in range(3):
     np.testing.assert_allclose(
-      batched[m], jax.grad(loss)(jnp.asarray(ks[m])), rtol=1e-5, atol=1e-5
+      batched[m], one(jnp.asarray(ks[m])), rtol=1e-5, atol=1e-5
     )
 
 
@@ -121,10 +140,22 @@ def test_supported_only_for_shapes_it_computes_and_that_pay_off():
 
 def test_cnn_small_logits_and_gradients_agree_across_conv_impls():
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((4, 32, 32, 3)), jnp.float32)
+  # 16x16: the second and third convolutions (8x8 and 4x4, 16 and 32 input
+  # channels) are Winograd's, the first (3 channels) falls back to hybrid.
+  x = jnp.asarray(rng.standard_normal((4, 16, 16, 3)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, 4))
   ref_model = models.get_model("cnn_small", 10, conv_impl="xla")
-  variables = ref_model.init(jax.random.PRNGKey(0), x[:1])
+  # LeCun-normal kernels and small non-zero biases drawn by numpy: flax's own
+  # init (threefry bits, op by op) took longer to compile than both models.
+  shapes = jax.eval_shape(ref_model.init, jax.random.PRNGKey(0), x[:1])
+  variables = jax.tree_util.tree_map(
+    lambda s: jnp.asarray(
+      rng.standard_normal(s.shape)
+      * (np.prod(s.shape[:-1]) ** -0.5 if len(s.shape) > 1 else 0.1),
+      jnp.float32,
+    ),
+    shapes,
+  )
 
   def loss_and_grads(impl):
     model = models.get_model("cnn_small", 10, conv_impl=impl)
@@ -135,7 +166,10 @@ def test_cnn_small_logits_and_gradients_agree_across_conv_impls():
         jax.nn.log_softmax(logits), y[:, None], 1
       ).mean(), logits
 
-    (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables)
+    # Compiled, as in training (op by op it took tens of seconds).
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      variables
+    )
     return logits, grads
 
   ref_logits, ref_grads = loss_and_grads("xla")
