@@ -37,8 +37,9 @@ case "$cmd" in
   test)
     ensure_venv
     set +e
-    # One pytest worker per core (pytest-xdist): most tests are single-threaded XLA compiles.
-    "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@"
+    # One pytest worker per core (pytest-xdist): most tests are single-threaded XLA compiles;
+    # tests/conftest.py groups the tests that share a fixture and hands out the slow ones first.
+    "$VENV/bin/python" -m pytest -n auto --dist loadgroup --no-loadscope-reorder "$@"
     rc=$?
     set -e
     if [ "$rc" -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi

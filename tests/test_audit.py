@@ -288,6 +288,7 @@ def store10(tmp_path_factory):
   return root, pool, shadows
 
 
+@pytest.mark.slow
 def test_store_loads_and_queries_saved_parameters(store10):
   root, pool, shadows = store10
   assert shadows.logits.shape == (10, N, 1, C)
@@ -373,6 +374,7 @@ def _report_numbers(rep):
   }
 
 
+@pytest.mark.slow
 def test_audit_reproduces_lira_online_and_reuses_the_store(store10, tmp_path):
   root, pool, shadows = store10
   # Model 8 of the store is the "external" target: its own logits and members, exported as files.

@@ -716,10 +716,6 @@ def test_bad_input(make, exc, match, tmp_path, no_training):
       next(result)
 
 
-def test_catalogue_size():
-  assert len({c[0] for c in CASES}) == len(CASES) >= 30
-
-
 # ---------------------------------------------------------------- scripts
 
 FAST = [
@@ -987,11 +983,13 @@ def script_runs(tmp_path_factory):
   }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", SCRIPT_CASES)
 def test_script_bad_input(kind, script_runs):
   _check_refused(kind, *script_runs[kind])
 
 
+@pytest.mark.slow
 def test_script_refuses_in_its_own_process(tmp_path):
   # The script run as a user runs it: its own interpreter exits nonzero, says why on stderr
   # and writes nothing (the cases above share one interpreter).

@@ -65,6 +65,7 @@ def tiny_report(tmp_path_factory):
   return out, rep
 
 
+@pytest.mark.slow
 def test_report_schema_and_arithmetic(tiny_report):
   out, rep = tiny_report
   on_disk = json.loads((out / "report.json").read_text())
@@ -224,6 +225,7 @@ def test_report_schema_and_arithmetic(tiny_report):
   )
 
 
+@pytest.mark.slow
 def test_engine_and_jax_loop_train_the_same_model():
   # Full-batch steps (one batch = all members) make the batch order irrelevant; the engine's
   # starting point is read back by training with a zero learning rate.
@@ -755,6 +757,7 @@ def test_art_section_absent_with_a_note_when_art_is_missing(
   assert json.loads((tmp_path / "report.json").read_text())["art"] is None
 
 
+@pytest.mark.slow
 def test_art_section_times_and_checks_both_sides(tmp_path):
   pytest.importorskip("art")
   pytest.importorskip("torch")

@@ -69,6 +69,7 @@ def _replace_train(spec: runs.RunSpec, **changes) -> runs.RunSpec:
     ("loop", 2, 3, 2, defenses.dp_sgd(1.0, 0.5)),
   ],
 )
+@pytest.mark.slow
 def test_a_chunk_failing_mid_way_resumes_and_equals_an_uninterrupted_run(
   tmp_path, axis, every, fail_epoch, resume_epoch, defense
 ):
@@ -131,6 +132,7 @@ class BatchNormMLP(nn.Module):
     return nn.Dense(10)(x)
 
 
+@pytest.mark.slow
 def test_batch_norm_dropout_and_augmentation_resume_exactly(tmp_path):
   ds = data.load("digits")
   # _spec()'s 240 examples in batches of 32: the compiled epoch order of its
@@ -285,6 +287,7 @@ def test_bad_checkpoint_intervals_fail_before_anything_is_written(
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_models_resumes_after_sigkill_mid_chunk(tmp_path):
   # One chunk of 2 models for 200 epochs, a checkpoint after every epoch: the
   # kill lands inside the chunk however fast the machine is. The model and the

@@ -433,6 +433,7 @@ class MixUniform(outputs.OutputTransform):
     return (1.0 - self.lam) * p + self.lam / p.shape[-1]
 
 
+@pytest.mark.slow
 def test_user_defense_trains_like_a_hand_written_loop(small_digits):
   x, y, keep = small_digits
   tx = optax.sgd(0.1, momentum=0.9)

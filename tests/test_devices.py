@@ -90,7 +90,8 @@ def four_devices(tmp_path_factory):
   env = {
     **os.environ,
     "PYTHONUNBUFFERED": "1",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=4",
   }
   # Two processes of two cases each (about equal compile times) run side by side: compiling
   # keeps one core busy, and the cases share hardly any program.
@@ -142,6 +143,7 @@ def four_devices(tmp_path_factory):
   "models_per_step,model_axis",
   [(6, "vmap"), (3, "vmap"), (6, "unroll"), (6, "loop")],
 )
+@pytest.mark.slow
 def test_models_sharded_over_four_devices_match_one_device(
   four_devices, models_per_step, model_axis
 ):
@@ -167,6 +169,7 @@ def test_models_sharded_over_four_devices_match_one_device(
   np.testing.assert_allclose(logits, one, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_merge_to_the_single_process_result(tmp_path):
   port = _free_port()
   # Label-only views on (augmentations only: the noise views' compilation is the slow part and
@@ -278,6 +281,7 @@ def test_bad_process_slices(args, match):
 # test_bad_inputs.py's script case multi_process_without_coordinator.
 
 
+@pytest.mark.slow
 def test_merge_waits_for_every_model_and_accepts_mixed_chunk_sizes(tmp_path):
   spec = runs.RunSpec(
     dataset="digits",

@@ -265,6 +265,7 @@ def test_auc_interval_equals_naive_bootstrap():
     np.testing.assert_allclose(got, want, atol=0.06 * width)
 
 
+@pytest.mark.slow
 def test_auc_interval_coverage():
   """>= 93 % of 400 repetitions (300 + 300
   scores, 500 bootstrap replicates to keep the test fast) cover Phi(mu / sqrt 2).

@@ -80,6 +80,7 @@ def test_attack_features_under_masking():
 # ------------------------------------------------------------- known answers
 
 
+@pytest.mark.slow
 def test_adversary1_finds_a_leak():
   rng = np.random.default_rng(2)
   shadow_z, shadow_m = labelled(rng, 1000, 6.0, 3.0)
@@ -157,6 +158,7 @@ def test_null_gives_auc_one_half():
   assert all(abs(v - 0.5) < 0.02 for v in aucs.values())
 
 
+@pytest.mark.slow
 def test_attack_transfers_across_distributions():
   # Adversary 2: the shadow's "dataset" differs (10 classes, noise 1) from the target's
   # (100 classes, noise 2, other confidence levels); the leak (members more confident) is shared.
@@ -172,6 +174,7 @@ def test_attack_transfers_across_distributions():
   assert auc > 0.75 and auc > oracle - 0.03
 
 
+@pytest.mark.slow
 def test_masking_defense_must_treat_both_groups_alike():
   rng = np.random.default_rng(6)
   # null outputs: masking both groups leaves nothing to find

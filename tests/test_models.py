@@ -92,6 +92,7 @@ def test_patch_conv_gradient_matches_xla():
     ("wrn28-2", (2, 8, 8, 3)),
   ],
 )
+@pytest.mark.slow
 def test_every_model_maps_inputs_to_logits(name, shape):
   model = models.get_model(name, 7, dropout_rate=0.25)
   x = jnp.ones(shape)
@@ -128,6 +129,7 @@ def test_mlp_default_widths_are_the_purchase_recipe():
   ]
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_stay_per_model_under_vmap():
   model = models.get_model("wrn", 10, depth=10, width=1)
   xs = jnp.stack(

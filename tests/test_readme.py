@@ -15,6 +15,7 @@ def test_readme_is_short_and_has_examples():
   assert BLOCKS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index, capsys):
   exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})

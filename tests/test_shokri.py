@@ -36,6 +36,7 @@ def _posteriors(n, mu_in, mu_out, seed, classes=C):
   return p, is_member, labels, np.log(p_y) - np.log1p(-p_y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", shokri.MODELS)
 def test_leaky_signal_is_found(model):
   # 4 classes keep the SVM's per-class 5-fold grid search (4 x 60 fits) fast.
@@ -55,6 +56,7 @@ def test_leaky_signal_is_found(model):
   assert decided[m].mean() - decided[~m].mean() > 0.4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", shokri.MODELS)
 def test_null_gives_chance(model):
   # Members and non-members from one distribution: no attack model can rank them.

@@ -45,6 +45,7 @@ def _cross_entropy(logits, y):
   return -np.take_along_axis(logp, y[..., None], -1)[..., 0]
 
 
+@pytest.mark.slow
 def test_each_model_fits_its_members_and_not_the_others(digits, four_models):
   keep, _, result, logits = four_models
   assert logits.shape == (4, len(digits.x_train), 1, 10)
@@ -96,6 +97,7 @@ SMALL = dict(
 )
 
 
+@pytest.mark.slow
 def test_same_seed_same_logits_and_chunking_does_not_matter(digits):
   x, y = digits.x_train[:400], digits.y_train[:400]
   keep = data.lira_keep(4, 400, seed=3)
@@ -151,6 +153,7 @@ def lenet5_vmapped(digits):
   return x, y, keep, base, train.train_models(x, y, keep, cfg, num_classes=10)
 
 
+@pytest.mark.slow
 def test_queries_and_augmented_training(lenet5_vmapped):
   # Augmented training ran in the fixture; queries through the resolved
   # lowering (no explicit model axis), as the models' users predict.
@@ -302,6 +305,7 @@ def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
     train.TrainConfig(model_axis="pmap").validate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("axis", ["unroll", "loop"])
 def test_unrolled_and_looped_steps_equal_the_vmapped_one(lenet5_vmapped, axis):
   # Each model of the unrolled and looped steps must take the vmapped step:
@@ -335,6 +339,7 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(lenet5_vmapped, axis):
     ("mlp", "vmap", "smoothing+penalty"),
   ],
 )
+@pytest.mark.slow
 def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
   # Gradient accumulation over micro-batches is the same SGD step: cnn_small
   # (Winograd layers on CPU) unrolled, MLPs unrolled and vmapped, with and
@@ -430,6 +435,7 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
     lowering._resolve.cache_clear()
 
 
+@pytest.mark.slow
 def test_microbatch_timings_time_every_divisor_and_the_pick_is_their_minimum():
   # Batch 24: the divisors from 8 up are 8, 12 and 24, one of them no power of
   # two. A convolutional net given the Winograd lowering, as the unrolled CPU

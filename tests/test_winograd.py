@@ -138,6 +138,7 @@ def test_supported_only_for_shapes_it_computes_and_that_pay_off():
     winograd.conv3x3(jnp.zeros((1, 6, 8, 16)), jnp.zeros((3, 3, 16, 2)))
 
 
+@pytest.mark.slow
 def test_cnn_small_logits_and_gradients_agree_across_conv_impls():
   rng = np.random.default_rng(3)
   # 16x16: the second and third convolutions (8x8 and 4x4, 16 and 32 input
