@@ -1,13 +1,11 @@
 """ML-Leaks attacks on synthetic posteriors with a known answer, and the script end to end."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from started import Started
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from miajax import mlleaks
@@ -358,32 +356,6 @@ def _fake_fashion(directory, n_train=400, n_test=100):
     _write_idx(directory / f"{stem}-labels-idx1-ubyte", y)
 
 
-class _Started:
-  """A subprocess started now and collected later; its output goes to files (a pipe that
-  nobody reads yet could fill and stall it)."""
-
-  def __init__(self, args, log_dir):
-    self.out, self.err = log_dir / "stdout.txt", log_dir / "stderr.txt"
-    with open(self.out, "w") as out, open(self.err, "w") as err:
-      self.proc = subprocess.Popen(
-        [sys.executable, *args],
-        stdout=out,
-        stderr=err,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        cwd=ROOT,
-      )
-
-  def collect(self, timeout=600):
-    """(exit status, stdout, stderr) once it has finished."""
-    self.proc.wait(timeout=timeout)
-    return self.proc.returncode, self.out.read_text(), self.err.read_text()
-
-  def stop(self):
-    if self.proc.poll() is None:
-      self.proc.kill()
-      self.proc.wait()
-
-
 SCRIPT_TEST = "test_script_on_digits_with_a_tiny_second_dataset"
 
 
@@ -403,7 +375,7 @@ def script_run(request, tmp_path_factory):
   fake.mkdir()
   _fake_fashion(fake)
   out = tmp / "out"
-  started = _Started(
+  started = Started(
     [
       str(ROOT / "experiments" / "mlleaks.py"),
       f"--output_dir={out}",

@@ -1,13 +1,11 @@
 """Shokri et al. shadow-model attack: known-answer synthetic cases, routing, inputs, the script end to end."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from started import Started
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -206,32 +204,6 @@ def test_bad_inputs_are_named():
     shokri.attack_scores("model", p, y)
 
 
-class _Started:
-  """A subprocess started now and collected later; its output goes to files (a pipe that
-  nobody reads yet could fill and stall it)."""
-
-  def __init__(self, args, log_dir):
-    self.out, self.err = log_dir / "stdout.txt", log_dir / "stderr.txt"
-    with open(self.out, "w") as out, open(self.err, "w") as err:
-      self.proc = subprocess.Popen(
-        [sys.executable, *args],
-        stdout=out,
-        stderr=err,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        cwd=ROOT,
-      )
-
-  def collect(self, timeout=600):
-    """(exit status, stdout, stderr) once it has finished."""
-    self.proc.wait(timeout=timeout)
-    return self.proc.returncode, self.out.read_text(), self.err.read_text()
-
-  def stop(self):
-    if self.proc.poll() is None:
-      self.proc.kill()
-      self.proc.wait()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def script_run(request, tmp_path_factory):
   """experiments/shokri.py for test_script_on_digits, started with this module's first test:
@@ -245,7 +217,7 @@ def script_run(request, tmp_path_factory):
     yield None
     return
   tmp = tmp_path_factory.mktemp("shokri_script")
-  started = _Started(
+  started = Started(
     [
       str(ROOT / "experiments" / "shokri.py"),
       f"--output_dir={tmp}",

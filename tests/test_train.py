@@ -435,6 +435,42 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
     lowering._resolve.cache_clear()
 
 
+def test_runs_that_differ_outside_the_gradient_share_one_measurement(
+  monkeypatch,
+):
+  # The timed program is one gradient of the loss: optimizer, schedule,
+  # epochs, seed and chunking do not enter it, while the model, the batch
+  # size, the dtype and the defense do.
+  seen = []
+  monkeypatch.setattr(
+    cpu_engine, "microbatch_timings", lambda c, *a: seen.append(c) or {8: 1.0}
+  )
+  base = dict(model="cnn_small", batch_size=64)
+  a = train.TrainConfig(**base, epochs=3, seed=1)
+  b = train.TrainConfig(
+    **base,
+    epochs=30,
+    seed=7,
+    optimizer="adam",
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    schedule="constant",
+    warmup_epochs=1.0,
+    models_per_step=4,
+    augment=True,
+  )
+  others = [
+    train.TrainConfig(**{**base, "batch_size": 32}),
+    train.TrainConfig(**base, compute_dtype="bfloat16"),
+    train.TrainConfig(**base, defense=defenses.label_smoothing(0.1)),
+    train.TrainConfig(**base, model_kwargs=(("width", 16),)),
+  ]
+  for cfg in (a, b, *others):
+    cpu_engine.measure_microbatch(cfg, (32, 32, 3), 10, "winograd")
+  assert seen[0] == seen[1] and hash(seen[0]) == hash(seen[1])
+  assert all(seen[0] != other for other in seen[2:])
+
+
 @pytest.mark.slow
 def test_microbatch_timings_time_every_divisor_and_the_pick_is_their_minimum():
   # Batch 24: the divisors from 8 up are 8, 12 and 24, one of them no power of
