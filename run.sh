@@ -10,7 +10,8 @@ VENV="${VENV:-.venv}"
 
 python_bin() {
   for p in python3.13 python3.12 python3.11 python3; do
-    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    # 2>/dev/null: a pyenv shim for a version that is not installed says so on stderr.
+    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       echo "$p"; return
     fi
   done
