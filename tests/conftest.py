@@ -56,7 +56,8 @@ def pytest_collection_modifyitems(items):
     groups.setdefault(mark.args[0] if mark else item.nodeid, []).append(item)
 
   def slow_first(members):
-    return not any(i.get_closest_marker("slow") for i in members)
+    # A group shares its fixture over several tests: long in total.
+    return len(members) == 1 and not members[0].get_closest_marker("slow")
 
   order = sorted(groups.values(), key=slow_first)  # stable
   items[:] = [item for members in order for item in members]
