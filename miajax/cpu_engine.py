@@ -34,6 +34,7 @@ __all__ = [
   "UNROLL_MIN_FLOPS",
   "UNROLL_MAX_MODELS",
   "MIN_MICROBATCH",
+  "MICROBATCH_MARGIN",
   "model_axis",
   "step_flops",
   "microbatch_eligible",
@@ -53,6 +54,9 @@ UNROLL_MAX_MODELS = (
 )
 MIN_MICROBATCH = (
   8  # thinner micro-batches make the per-example matmuls too thin
+)
+MICROBATCH_MARGIN = (
+  0.1  # a micro-batch must beat the whole batch by this fraction
 )
 TIMED_STEPS = 3  # per candidate micro-batch size, after one compiling call; the fastest repeat counts
 
@@ -184,7 +188,9 @@ def microbatch_timings(
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(size=(b,) + tuple(input_shape)), jnp.float32)
   y = jnp.asarray(rng.integers(0, num_classes, size=b), jnp.int32)
-  variables = fns.init(jax.random.PRNGKey(0), x[:1])
+  # One compiled initialiser: op by op, a Winograd net's initialisation
+  # compiles hundreds of small programs.
+  variables = jax.jit(fns.init)(jax.random.PRNGKey(0), x[:1])
   params = variables.pop("params")
 
   def example_losses(p, xm, ym, key):
@@ -220,11 +226,22 @@ def measure_microbatch(
   num_classes: int,
   conv_impl: str,
 ) -> int:
-  """The fastest micro-batch size of :func:`microbatch_timings` (a tie goes to the larger size)."""
+  """The fastest micro-batch size of :func:`microbatch_timings`, or the whole batch unless beaten clearly.
+
+  The whole batch is kept unless a micro-batch is more than
+  :data:`MICROBATCH_MARGIN` faster: micro-batches change the gradient's float
+  rounding, and a pick that flips between near-equal timings from one run to
+  the next would make the same seed give slightly different models.
+  Otherwise the fastest size wins (a tie goes to the larger size).
+  """
   timings = microbatch_timings(
     gradient_only(config), tuple(input_shape), int(num_classes), conv_impl
   )
-  return min(timings, key=lambda m: (timings[m], -m))
+  best = min(timings, key=lambda m: (timings[m], -m))
+  whole = config.batch_size
+  if timings[whole] <= (1.0 + MICROBATCH_MARGIN) * timings[best]:
+    return whole
+  return best
 
 
 def unrolled(step_one):

@@ -426,6 +426,27 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
       lowering.resolve_lowering(small, (8, 8, 1), 10, backend="cpu").microbatch
       == 64
     )
+    # Near-equal timings keep the whole batch (the same seed then gives the
+    # same models from run to run); a clearly faster micro-batch wins.
+    monkeypatch.setattr(
+      cpu_engine,
+      "microbatch_timings",
+      lambda *a: {8: 1.2, 16: 0.95, 32: 0.92, 64: 1.0},
+    )
+    lowering._resolve.cache_clear()
+    near = train.TrainConfig(model="cnn_small", batch_size=64)
+    assert (
+      lowering.resolve_lowering(near, shape, 10, backend="cpu").microbatch == 64
+    )
+    monkeypatch.setattr(
+      cpu_engine,
+      "microbatch_timings",
+      lambda *a: {8: 1.2, 16: 0.95, 32: 0.89, 64: 1.0},
+    )
+    lowering._resolve.cache_clear()
+    assert (
+      lowering.resolve_lowering(near, shape, 10, backend="cpu").microbatch == 32
+    )
     fixed = train.TrainConfig(model="cnn_small", microbatch_size=32)
     assert (
       lowering.resolve_lowering(fixed, shape, 10, backend="cpu").microbatch
@@ -443,7 +464,9 @@ def test_runs_that_differ_outside_the_gradient_share_one_measurement(
   # size, the dtype and the defense do.
   seen = []
   monkeypatch.setattr(
-    cpu_engine, "microbatch_timings", lambda c, *a: seen.append(c) or {8: 1.0}
+    cpu_engine,
+    "microbatch_timings",
+    lambda c, *a: seen.append(c) or {8: 1.0, c.batch_size: 1.0},
   )
   base = dict(model="cnn_small", batch_size=64)
   a = train.TrainConfig(**base, epochs=3, seed=1)
@@ -472,19 +495,20 @@ def test_runs_that_differ_outside_the_gradient_share_one_measurement(
 
 
 @pytest.mark.slow
-def test_microbatch_timings_time_every_divisor_and_the_pick_is_their_minimum():
+def test_microbatch_timings_time_every_divisor_and_the_pick_follows_them():
   # Batch 24: the divisors from 8 up are 8, 12 and 24, one of them no power of
   # two. A convolutional net given the Winograd lowering, as the unrolled CPU
   # step times it; 12x12 images leave no layer Winograd's shapes (6x6 and 3x3
-  # after pooling), so every convolution is the hybrid one: the timing runs
-  # initialise the net op by op, where Winograd's transforms compile hundreds
-  # of small programs (Winograd layers under micro-batches are
+  # after pooling), so every convolution is the hybrid one, which compiles
+  # faster (Winograd layers under micro-batches are
   # test_microbatched_steps_equal_the_whole_batch's).
   cfg = train.TrainConfig(
     model="cnn_small", model_kwargs=(("width", 16),), batch_size=24
   )
   timings = cpu_engine.microbatch_timings(cfg, (12, 12, 3), 10, "winograd")
   assert sorted(timings) == [8, 12, 24] and all(t > 0 for t in timings.values())
-  assert cpu_engine.measure_microbatch(cfg, (12, 12, 3), 10, "winograd") == min(
-    timings, key=timings.get
+  fastest = min(timings, key=timings.get)
+  clearly = timings[24] > (1 + cpu_engine.MICROBATCH_MARGIN) * timings[fastest]
+  assert cpu_engine.measure_microbatch(cfg, (12, 12, 3), 10, "winograd") == (
+    fastest if clearly else 24
   )
