@@ -239,7 +239,10 @@ def measure_microbatch(
   )
   best = min(timings, key=lambda m: (timings[m], -m))
   whole = config.batch_size
-  if timings[whole] <= (1.0 + MICROBATCH_MARGIN) * timings[best]:
+  if (
+    whole in timings
+    and timings[whole] <= (1.0 + MICROBATCH_MARGIN) * timings[best]
+  ):
     return whole
   return best
 
