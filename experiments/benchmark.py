@@ -755,13 +755,13 @@ def microbatch_timings(
     or not cpu_engine.microbatch_eligible(cfg, low.model_axis)
   ):
     return None
-  # The lowering measures under a key with seed, learning rate and chunking reset; asking with the
-  # same key (positionally, as it does) returns its cached timings instead of timing again.
-  key = dataclasses.replace(
-    cfg, seed=0, learning_rate=1.0, models_per_step=None
-  )
+  # The lowering measures under cpu_engine.gradient_only's key; asking with the same key
+  # (positionally, as it does) returns its cached timings instead of timing again.
   timings = cpu_engine.microbatch_timings(
-    key, tuple(wl.input_shape), int(wl.num_classes), low.conv_impl
+    cpu_engine.gradient_only(cfg),
+    tuple(wl.input_shape),
+    int(wl.num_classes),
+    low.conv_impl,
   )
   return {str(size): float(t) for size, t in sorted(timings.items())}
 
