@@ -239,10 +239,7 @@ def measure_microbatch(
   )
   best = min(timings, key=lambda m: (timings[m], -m))
   whole = config.batch_size
-  if (
-    whole in timings
-    and timings[whole] <= (1.0 + MICROBATCH_MARGIN) * timings[best]
-  ):
+  if timings[whole] <= (1.0 + MICROBATCH_MARGIN) * timings[best]:
     return whole
   return best
 

@@ -278,7 +278,11 @@ def test_memory_planner_chunks_by_free_memory():
 
 def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
   # The axis is what is tested here; the micro-batch timing has its own test.
-  monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a: {8: 1.0})
+  monkeypatch.setattr(
+    cpu_engine,
+    "microbatch_timings",
+    lambda cfg, *a: {8: 1.0, cfg.batch_size: 1.0},  # whole batch always timed
+  )
   lowering._resolve.cache_clear()
   big_mlp = train.TrainConfig(
     model="mlp", batch_size=128
