@@ -432,7 +432,7 @@ def plan_models_per_step(
   if config.models_per_step is not None:
     return int(min(config.models_per_step, num_models))
   low = lowering or lowering_lib.resolve_lowering(
-    config, input_shape, num_classes
+    config, input_shape, num_classes, steps=0
   )
   if low.model_axis in ("unroll", "loop"):
     num_models = min(
@@ -563,8 +563,11 @@ def train_chunks(
       f"learning_rates must have shape ({num_models},), got {learning_rates.shape}"
     )
   shape = tuple(x.shape[1:])
-  low = lowering or lowering_lib.resolve_lowering(config, shape, num_classes)
   steps = steps_per_epoch(keep, config.batch_size)
+  # Every model of keep, not only this call's chunks: the processes and resumes of one run decide alike.
+  low = lowering or lowering_lib.resolve_lowering(
+    config, shape, num_classes, steps=num_models * config.epochs * steps
+  )
   k = plan_models_per_step(config, num_classes, shape, num_models, lowering=low)
   if chunks is None:
     chunks = [

@@ -68,6 +68,7 @@ def resolve_lowering(
   num_classes: int,
   *,
   backend: str | None = None,
+  steps: int | None = None,
 ) -> Lowering:
   """The :class:`Lowering` of ``config`` for inputs of ``input_shape`` on ``backend``.
 
@@ -78,18 +79,31 @@ def resolve_lowering(
     input_shape: one example's shape, e.g. ``(32, 32, 3)``.
     num_classes: number of classes.
     backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default: JAX's default backend.
+    steps: one-model gradient steps that will run with this lowering (all
+      models of the run, so that every process and resume of a run decides
+      alike), or 0 for queries only. On CPU the micro-batch candidates are
+      then timed only if that can pay back
+      (:func:`miajax.cpu_engine.measurement_pays`); None always times them.
   """
   if backend is None:
     backend = jax.default_backend()
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+  if steps is not None and (
+    isinstance(steps, bool) or not isinstance(steps, int) or steps < 0
+  ):
+    raise ValueError(f"steps must be None or an integer >= 0, got {steps!r}")
   return _resolve(
-    _key(config), tuple(int(d) for d in input_shape), int(num_classes), backend
+    _key(config),
+    tuple(int(d) for d in input_shape),
+    int(num_classes),
+    backend,
+    steps,
   )
 
 
 @functools.lru_cache(maxsize=64)
-def _resolve(config, input_shape, num_classes, backend) -> Lowering:
+def _resolve(config, input_shape, num_classes, backend, steps=None) -> Lowering:
   batch = config.batch_size
   if backend != "cpu":
     return Lowering(
@@ -107,7 +121,9 @@ def _resolve(config, input_shape, num_classes, backend) -> Lowering:
   micro = config.microbatch_size
   if micro is None:
     micro = (
-      cpu_engine.measure_microbatch(config, input_shape, num_classes, conv)
+      cpu_engine.measure_microbatch(
+        config, input_shape, num_classes, conv, steps=steps
+      )
       if cpu_engine.microbatch_eligible(config, axis)
       else batch
     )

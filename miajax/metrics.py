@@ -28,7 +28,11 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
+
+# The Beta quantile as scipy.special's inverse incomplete beta function
+# (``betaincinv(a, b, q)`` is ``stats.beta.ppf(q, a, b)``): scipy.stats
+# alone takes ~0.5 s to import, in every script.
+from scipy.special import betaincinv
 
 __all__ = [
   "roc_curve",
@@ -720,15 +724,13 @@ def balanced_accuracy_interval(
 
 def _cp_lower(k, n, alpha):
   k = np.asarray(k)
-  return np.where(
-    k > 0, stats.beta.ppf(alpha, np.maximum(k, 1), n - k + 1), 0.0
-  )
+  return np.where(k > 0, betaincinv(np.maximum(k, 1), n - k + 1, alpha), 0.0)
 
 
 def _cp_upper(k, n, alpha):
   k = np.asarray(k)
   return np.where(
-    k < n, stats.beta.ppf(1.0 - alpha, k + 1, np.maximum(n - k, 1)), 1.0
+    k < n, betaincinv(k + 1, np.maximum(n - k, 1), 1.0 - alpha), 1.0
   )
 
 

@@ -144,8 +144,11 @@ def predict(
     config, seed=0, learning_rate=1.0, models_per_step=None
   )
   base.validate()
-  low = lowering or lowering_lib.resolve_lowering(
-    base, tuple(x.shape[1:]), num_classes
+  low = (
+    lowering
+    or lowering_lib.resolve_lowering(  # queries take no gradient step
+      base, tuple(x.shape[1:]), num_classes, steps=0
+    )
   )
   fns = config_lib.model_fns(base, num_classes, conv_impl=low.conv_impl)
   mesh = engine.models_mesh()

@@ -52,7 +52,7 @@ def model_axis(
 ) -> str:
   """The lowering's model axis for this backend (see :func:`miajax.lowering.resolve_lowering`)."""
   return lowering_lib.resolve_lowering(
-    config, input_shape, num_classes
+    config, input_shape, num_classes, steps=0
   ).model_axis
 
 

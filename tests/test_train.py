@@ -498,6 +498,61 @@ def test_runs_that_differ_outside_the_gradient_share_one_measurement(
   assert all(seen[0] != other for other in seen[2:])
 
 
+def test_the_candidates_are_timed_only_when_the_run_can_repay_them(monkeypatch):
+  # The whole batch: 1 s to compile, 10 ms per step. cnn_small at batch 64 has
+  # 3 more candidates (8, 16, 32): ~3 x (1 + 4 x 0.01) = 3.12 s to time them,
+  # and a micro-batch saves at most half a step: 0.005 s per step.
+  monkeypatch.setattr(cpu_engine, "whole_batch_timing", lambda *a: (1.0, 0.01))
+  timed = []
+  monkeypatch.setattr(
+    cpu_engine,
+    "microbatch_timings",
+    lambda c, *a: timed.append(c) or {8: 0.001, 16: 1.0, 32: 1.0, 64: 1.0},
+  )
+  cfg = train.TrainConfig(model="cnn_small", batch_size=64)
+  args = (cfg, (32, 32, 3), 10, "winograd")
+  assert cpu_engine.measure_microbatch(*args, steps=600) == 64 and not timed
+  assert (
+    cpu_engine.measure_microbatch(*args, steps=650) == 8 and len(timed) == 1
+  )
+  assert (
+    cpu_engine.measure_microbatch(*args) == 8
+  )  # no step count: always timed
+  assert not cpu_engine.measurement_pays(*args, 0)  # queries only
+  assert cpu_engine.measurement_pays(*args, 10**6)
+
+  # The engine passes the whole run's steps (every model of keep, whichever
+  # chunks this call trains); plans and queries time nothing.
+  seen = []
+
+  def pays(config, shape, num_classes, conv, steps):
+    seen.append(steps)
+    return False
+
+  monkeypatch.setattr(cpu_engine, "measurement_pays", pays)
+  lowering._resolve.cache_clear()
+  try:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(40, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    keep = data.paired_keep(4, 40, seed=0)  # 20 members each: 2 steps of 16
+    small = train.TrainConfig(
+      model="mlp",
+      model_kwargs=(("widths", (8,)),),
+      model_axis="loop",
+      batch_size=16,
+      epochs=3,
+    )
+    assert train.plan_models_per_step(small, 3, (4, 4, 1), 4) >= 1
+    (res,) = train.train_chunks(x, y, keep, small, num_classes=3, chunks=[[1]])
+    train.predict(small, res.variables, x, num_classes=3)
+    # The plan asks with 0 steps (and the query reuses that answer); training with all
+    # 4 models x 3 epochs x 2 steps, though it trains model 1 only.
+    assert seen == [0, 4 * 3 * 2]
+  finally:
+    lowering._resolve.cache_clear()
+
+
 @pytest.mark.slow
 def test_microbatch_timings_time_every_divisor_and_the_pick_follows_them():
   # Batch 24: the divisors from 8 up are 8, 12 and 24, one of them no power of
