@@ -43,6 +43,7 @@ import dataclasses
 import functools
 import inspect
 import math
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -87,7 +88,8 @@ class TrainConfig:
   """How every model is trained.  Plain values: usable without flags.
 
   ``model``: a registry name, a ``flax.linen.Module`` or an ``(init, apply)``
-  pair (module docstring); ``model_kwargs`` go to registry models only.
+  pair (module docstring); ``model_kwargs`` (a dict or ``(name, value)``
+  pairs) go to registry models only.
   ``optimizer``: ``"sgd"``, ``"adam"``, an ``optax.GradientTransformation`` or
   ``steps_per_epoch -> GradientTransformation``. ``loss``: optional
   per-example loss. ``model_name`` names a user model in a run directory's
@@ -97,7 +99,7 @@ class TrainConfig:
   """
 
   model: Any = "mlp"
-  model_kwargs: tuple[tuple[str, Any], ...] = ()
+  model_kwargs: tuple[tuple[str, Any], ...] | Mapping[str, Any] = ()
   optimizer: Any = "sgd"
   learning_rate: float = 0.1
   momentum: float = 0.9
@@ -121,6 +123,20 @@ class TrainConfig:
   defense: Any = None  # a miajax.defenses.Defense (built-in or your own)
   loss: Callable | None = None
   model_name: str | None = None
+
+  def __post_init__(self):
+    # A dict is the natural spelling; the configuration is a hashable key of
+    # the engine's caches, so it is kept as (name, value) pairs sorted by
+    # name, with lists as tuples.
+    if isinstance(self.model_kwargs, Mapping):
+      object.__setattr__(
+        self,
+        "model_kwargs",
+        tuple(
+          (k, tuple(v) if isinstance(v, list) else v)
+          for k, v in sorted(self.model_kwargs.items())
+        ),
+      )
 
   @property
   def builtin_model(self) -> bool:

@@ -176,7 +176,8 @@ def dp_noise_multiplier(
 ) -> float:
   """Smallest noise multiplier whose :func:`dp_epsilon` is at most ``target_epsilon``.
 
-  Bisection on the accountant: the interval ``(lo, hi]`` always satisfies
+  A bracketing search on the accountant (secant steps on log epsilon against
+  log sigma, with bisection as the fallback): the interval ``(lo, hi]`` always satisfies
   ``eps(lo) > target_epsilon >= eps(hi)`` and shrinks until
   ``hi - lo <= rtol * hi``; ``hi`` is returned. So the result meets the
   target, and any noise multiplier smaller by more than ``rtol`` (relative)
@@ -206,20 +207,46 @@ def dp_noise_multiplier(
   def eps(sigma):
     return _epsilon(sigma, sample_rate, steps, delta, accountant)
 
-  lo, hi = 0.0, 1.0
-  while eps(hi) > target_epsilon:
-    lo, hi = hi, 2.0 * hi
+  # (lo, hi] brackets the answer: eps(lo) > target >= eps(hi); lo = 0 is "no noise" (inf).
+  lo, e_lo = 0.0, math.inf
+  hi, e_hi = 1.0, eps(1.0)
+  while e_hi > target_epsilon:
+    lo, e_lo = hi, e_hi
+    hi = 2.0 * hi
     if hi > 1e6:
       raise ValueError(
         f"target_epsilon={target_epsilon} needs a noise multiplier above 1e6 for "
         f"sample_rate={sample_rate}, steps={steps}, delta={delta}"
       )
-  while hi - lo > rtol * hi:
-    mid = 0.5 * (lo + hi)
-    if eps(mid) > target_epsilon:
-      lo = mid
+    e_hi = eps(hi)
+
+  def split(sigma):
+    nonlocal lo, e_lo, hi, e_hi
+    e = eps(sigma)
+    if e > target_epsilon:
+      lo, e_lo = sigma, e
     else:
-      hi = mid
+      hi, e_hi = sigma, e
+    return e > target_epsilon
+
+  # Each accountant call costs ~0.2 s. Epsilon falls smoothly in sigma, close to a power law,
+  # so a secant step on (log sigma, log eps) lands near the crossing; a probe just past the
+  # guess then closes the bracket, and a round that did not halve it ends with a bisection
+  # step (so the loop ends as bisection would). ~8 calls where bisection alone made ~20.
+  while hi - lo > rtol * hi:
+    width = hi - lo
+    if lo > 0.0 and e_hi > 0.0:
+      frac = math.log(e_lo / target_epsilon) / math.log(e_lo / e_hi)
+      guess = lo * (hi / lo) ** frac
+    else:
+      guess = 0.5 * (lo + hi)
+    guess = min(max(guess, lo + 1e-3 * width), hi - 1e-3 * width)
+    step = 0.25 * rtol * guess
+    probe = guess + step if split(guess) else guess - step
+    if lo < probe < hi:
+      split(probe)
+    if hi - lo > 0.5 * width:
+      split(0.5 * (lo + hi))
   return hi
 
 

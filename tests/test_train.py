@@ -263,6 +263,17 @@ def test_bad_inputs_fail_before_training(digits, mutate, match):
     train.train_models(x, y, k, cfg, num_classes=10)
 
 
+def test_model_kwargs_may_be_a_dict():
+  pairs = train.TrainConfig(
+    model_kwargs=(("activation", "relu"), ("widths", (32,)))
+  )
+  spelled = train.TrainConfig(
+    model_kwargs={"widths": [32], "activation": "relu"}
+  )
+  assert spelled == pairs and hash(spelled) == hash(pairs)
+  assert spelled.model_kwargs_dict() == {"activation": "relu", "widths": (32,)}
+
+
 def test_memory_planner_chunks_by_free_memory():
   cfg = train.TrainConfig(model="mlp", batch_size=128, model_axis="vmap")
   many = train.plan_models_per_step(
