@@ -46,6 +46,23 @@ def test_digits_shapes_range_and_split():
   np.testing.assert_array_equal(again.x_train, ds.x_train)
 
 
+def test_digits_read_directly_equal_scikit_learns_loader(monkeypatch):
+  from sklearn.datasets import load_digits
+
+  ref = load_digits()
+  pixels, labels = data._digits_arrays()
+  np.testing.assert_array_equal(
+    pixels, ref.data
+  )  # same order: the split depends on it
+  np.testing.assert_array_equal(labels, ref.target)
+  # Where the file cannot be found, scikit-learn's loader gives the same dataset.
+  fast = data.load("digits")
+  monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+  slow = data.load("digits")
+  np.testing.assert_array_equal(fast.x_train, slow.x_train)
+  np.testing.assert_array_equal(fast.y_test, slow.y_test)
+
+
 def test_subset_first_and_random():
   ds = data.load("digits")
   first = data.subset(ds, 100)
