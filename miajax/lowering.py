@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 
 import jax
 
@@ -89,10 +90,14 @@ def resolve_lowering(
     backend = jax.default_backend()
   if backend not in BACKENDS:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-  if steps is not None and (
-    isinstance(steps, bool) or not isinstance(steps, int) or steps < 0
-  ):
-    raise ValueError(f"steps must be None or an integer >= 0, got {steps!r}")
+  if steps is not None:
+    if (
+      isinstance(steps, bool)
+      or not isinstance(steps, numbers.Integral)
+      or steps < 0
+    ):
+      raise ValueError(f"steps must be None or an integer >= 0, got {steps!r}")
+    steps = int(steps)
   return _resolve(
     _key(config),
     tuple(int(d) for d in input_shape),

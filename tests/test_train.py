@@ -531,6 +531,8 @@ def test_the_candidates_are_timed_only_when_the_run_can_repay_them(monkeypatch):
   )  # no step count: always timed
   assert not cpu_engine.measurement_pays(*args, 0)  # queries only
   assert cpu_engine.measurement_pays(*args, 10**6)
+  with pytest.raises(ValueError, match="steps must be None or an integer >= 0"):
+    lowering.resolve_lowering(cfg, (32, 32, 3), 10, backend="cpu", steps=-1)
 
   # The engine passes the whole run's steps (every model of keep, whichever
   # chunks this call trains); plans and queries time nothing.
