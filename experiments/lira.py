@@ -104,13 +104,13 @@ def _with_references(
 def _auc_and_tpr(values, is_member) -> dict:
   """The null check's summary: AUC and TPR at the report's FPR levels, without intervals
   (the bootstrap of a full summary costs seconds per attack on large runs)."""
+  tpr = {
+    report.level_key(level): float(metrics.tpr_at_fpr(values, is_member, level))
+    for level in report.FPR_LEVELS
+  }
   return {
     "auc": metrics.auc(values, is_member),
-    "tpr_at_fpr": {
-      report.level_key(level): None if np.isnan(tpr) else tpr
-      for level in report.FPR_LEVELS
-      for tpr in [float(metrics.tpr_at_fpr(values, is_member, level))]
-    },
+    "tpr_at_fpr": {k: None if np.isnan(v) else v for k, v in tpr.items()},
   }
 
 

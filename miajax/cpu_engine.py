@@ -275,9 +275,10 @@ def measurement_pays(
   The whole batch is timed first (its compile time stands for each other
   candidate's); the other candidates cost about as much each, and no
   micro-batch can save more than :data:`MICROBATCH_MAX_SAVING` of a step.
-  A quick run (8 digits MLPs for 10 epochs: ~900 steps of 9 ms against
-  ~5 s of timing) then keeps the whole batch without timing the rest; a
-  shadow-model run of CIFAR-sized nets always measures. ``steps == 0``
+  A quick run (Fashion-MNIST's MLP recipe, 8 models x 15 epochs on 1,297
+  examples: 360 steps of 6 ms, at most 1 s to save against ~3 s of timing)
+  then keeps the whole batch without timing the rest; a shadow-model run of
+  CIFAR-sized nets always measures. ``steps == 0``
   (queries only) times nothing.
   """
   if steps <= 0:

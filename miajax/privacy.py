@@ -232,7 +232,8 @@ def dp_noise_multiplier(
   # Each accountant call costs ~0.2 s. Epsilon falls smoothly in sigma, close to a power law,
   # so a secant step on (log sigma, log eps) lands near the crossing; a probe just past the
   # guess then closes the bracket, and a round that did not halve it ends with a bisection
-  # step (so the loop ends as bisection would). ~8 calls where bisection alone made ~20.
+  # step (so the loop ends as bisection would). Measured on seven settings: 10-18 calls
+  # where bisection alone made 18-23.
   while hi - lo > rtol * hi:
     width = hi - lo
     if lo > 0.0 and e_hi > 0.0:
