@@ -8,7 +8,7 @@ The target is given as its outputs on every candidate of the pool
 ``[examples, queries, classes]``, .npy or .npz, from any framework) and the
 pool indices it trained on (``--target_members``, int .npy).  Shadow models are
 trained with the recipe flags on random halves of the pool (paired design), or
-reused from ``--shadow_store`` (see miajax.store: a store trained for this pool
+reused from ``--shadow_store`` (see miajax.runs.store: a store trained for this pool
 and recipe trains nothing; one with fewer models trains only the missing ones).
 Every shadow is a reference model, the external model the only target.
 
@@ -33,16 +33,10 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import (
-  attacks,
-  compilation_cache,
-  cpu,
-  plots,
-  report,
-  scores,
-  store,
-  train,
-)
+import harness
+from configs import audit as audit_config
+from miajax import attacks, engine, plots, report, scores
+from miajax.runs import store
 
 FLAGS = flags.FLAGS
 
@@ -66,44 +60,50 @@ PROB_RANGE_TOL = 1e-6
 
 def define_flags() -> None:
   """Defined when run, not on import: tests import the validation functions beside other scripts' flags."""
-  common.define_training_flags()
+  config = audit_config.get_config()
+  common.define_training_flags(config)
   flags.DEFINE_string(
     "pool_npz",
-    None,
+    config["pool_npz"],
     "Candidate pool as an .npz with x [N, ...] and int y [N] (optionally x_test, "
     "y_test for the shadows' test accuracy) instead of --dataset's training set; --dataset then "
     "only picks the default recipe.",
   )
   flags.DEFINE_integer(
-    "num_classes", None, "Classes of --pool_npz (default: largest label + 1)."
+    "num_classes",
+    config["num_classes"],
+    "Classes of --pool_npz (default: largest label + 1).",
   )
   flags.DEFINE_string(
     "target_outputs",
-    None,
+    config["target_outputs"],
     "The target's outputs on every pool example: .npy, or .npz holding one "
     "array (or one named 'logits'/'probabilities'), shape [examples, classes] or "
     "[examples, queries, classes] (queries as --queries).",
   )
   flags.DEFINE_string(
     "target_members",
-    None,
+    config["target_members"],
     "int .npy of the pool indices the target trained on.",
   )
   flags.DEFINE_enum(
     "target_kind",
-    "logits",
+    config["target_kind"],
     ["logits", "probabilities"],
     "What --target_outputs holds; "
     "probabilities become logits through a log floored at the smallest float32.",
   )
   flags.DEFINE_string(
     "shadow_store",
-    None,
+    config["shadow_store"],
     "Shadow-model store root (default: <output_dir>/shadow_store); "
     "shadows trained for the same pool and recipe are reused from it.",
   )
   flags.DEFINE_enum(
-    "variant", "miajax", ["miajax", "reference"], "LiRA variant (see README)."
+    "variant",
+    config["variant"],
+    ["miajax", "reference"],
+    "LiRA variant (see README).",
   )
 
 
@@ -396,18 +396,12 @@ def attack_target(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
-  # Later runs of the same recipe load its compiled programs instead of compiling.
-  compilation_cache.use_compilation_cache()
+  harness.start(argv)
   t_start = time.perf_counter()
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
   if FLAGS.design != "paired":
     raise app.UsageError(
       "--design must be paired for an audit: the shadow store grows a paired design "
-      "(see miajax.store)"
+      "(see miajax.runs.store)"
     )
   if FLAGS.num_models < 4 or FLAGS.num_models % 2:
     # Paired shadows give every example M/2 IN and M/2 OUT references; LiRA's variances need >= 2 of each.
@@ -421,7 +415,7 @@ def main(argv):
       spec, dataset=pool.name, data_dir=None, num_examples=None
     )
   try:
-    num_queries = int(train.query_views(pool.x[:1], spec.queries).shape[0])
+    num_queries = int(engine.query_views(pool.x[:1], spec.queries).shape[0])
   except ValueError as e:
     raise app.UsageError(f"--queries: {e}") from None
   target = load_target(
@@ -432,9 +426,8 @@ def main(argv):
     num_classes=pool.num_classes,
     num_queries=num_queries,
   )
-  out = pathlib.Path(FLAGS.output_dir)
-  common.make_output_dir(
-    out
+  out = (
+    harness.make_output_dir()
   )  # only now: a bad target file must leave nothing behind
   t_valid = time.perf_counter()
   logging.info(
@@ -542,19 +535,19 @@ def main(argv):
       "total": time.perf_counter() - t_start,
     },
   }
-  report.write_json_atomic(out / "report.json", rep)
-  print(
+  text = [
     f"\n{pool.name}: external target audited with {int(ok.sum())} shadow models ({shadows.trained} trained now, "
-    f"{shadows.reused} reused), {pool.x.shape[0]} candidates, {target.members.size} members"
-  )
-  print(
+    f"{shadows.reused} reused), {pool.x.shape[0]} candidates, {target.members.size} members",
     f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
-    f"accuracy on pool non-members {rep['target']['test_accuracy']:.4f}\n"
-  )
-  print(report.format_table(summaries))
-  print(
-    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}, {out / 'roc.png'} and "
-    f"{out / 'scores.csv'}"
+    f"accuracy on pool non-members {rep['target']['test_accuracy']:.4f}\n",
+    report.format_table(summaries),
+  ]
+  harness.finish(
+    out,
+    rep,
+    "\n".join(text),
+    wall_s=rep["timing_s"]["total"],
+    also=[out / "roc.png", out / "scores.csv"],
   )
 
 

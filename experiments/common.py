@@ -1,4 +1,8 @@
-"""absl flags shared by the experiment scripts, and the RunSpec they describe."""
+"""absl flags shared by the experiment scripts, and the RunSpec they describe.
+
+Defines no flag on import: a script defines them with its job's config
+(``configs/<job>.py``), which gives their defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,46 +12,41 @@ import sys
 
 from absl import app, flags
 
-from miajax import defenses, label_only, runs, train
+from configs import recipes
+from miajax import defenses, engine, runs
+from miajax.attacks import label_only
 
 FLAGS = flags.FLAGS
 
-# Per-dataset recipes that train in seconds on a CPU; every value can be overridden by a flag.
-DATASET_DEFAULTS = {
-  "digits": dict(
-    model="mlp",
-    widths="256,128",
-    activation="relu",
-    epochs=30,
-    batch_size=64,
-    learning_rate=0.1,
-  ),
-  "fashion_mnist": dict(
-    model="mlp",
-    widths="256,128",
-    activation="relu",
-    epochs=15,
-    batch_size=256,
-    learning_rate=0.1,
-  ),
-}
-GENERIC_DEFAULTS = dict(
-  model="mlp",
-  widths="1024,512,256,128",
-  activation="tanh",
-  epochs=30,
-  batch_size=128,
-  learning_rate=0.1,
-)
+# The running job's config (configs/<job>.py), kept when its flags are defined: the recipe
+# of its own dataset, which another --dataset replaces by that dataset's.
+_job: dict = {}
 
 
-def define_recipe_flags() -> None:
-  """The dataset and the one-model training recipe (used by every script that trains)."""
+def list_default(values) -> list[str]:
+  """A config's numbers as a list flag's default, written as a user would (1, not 1.0)."""
+  return [f"{v:g}" for v in values]
+
+
+def widths_default(model_kwargs: dict) -> str:
+  """A config's MLP widths as ``--widths`` spells them."""
+  return ",".join(str(w) for w in model_kwargs["widths"])
+
+
+def define_recipe_flags(config: dict) -> None:
+  """The dataset and the one-model training recipe (used by every script that trains).
+
+  Defaults from ``config`` (the job's ``configs/<job>.py``); the recipe flags
+  that depend on the dataset (``recipes.PER_DATASET``) default to None, the
+  recipe of ``--dataset``.
+  """
+  _job.clear()
+  _job.update(config)
   flags.DEFINE_string(
-    "dataset", "digits", "Dataset name (miajax.data.DATASETS)."
+    "dataset", config["dataset"], "Dataset name (miajax.data.DATASETS)."
   )
   flags.DEFINE_string(
-    "data_dir", None, "Where dataset files live (see README)."
+    "data_dir", config["data_dir"], "Where dataset files live (see README)."
   )
   flags.DEFINE_string(
     "model",
@@ -65,81 +64,94 @@ def define_recipe_flags() -> None:
   flags.DEFINE_float(
     "learning_rate", None, "Peak learning rate; default per dataset."
   )
-  flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
-  flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+  flags.DEFINE_enum(
+    "optimizer", config["optimizer"], ["sgd", "adam"], "Optimizer."
+  )
+  flags.DEFINE_float("momentum", config["momentum"], "SGD momentum.")
   flags.DEFINE_float(
     "weight_decay",
-    5e-4,
+    config["weight_decay"],
     "Weight decay, the one L2 regularisation (with SGD: a penalty "
     "0.5 w ||params||^2).",
   )
   flags.DEFINE_integer(
-    "seed", 0, "Seed of the design, initialisation, shuffling, dropout."
+    "seed",
+    config["seed"],
+    "Seed of the design, initialisation, shuffling, dropout.",
   )
   flags.DEFINE_string("output_dir", None, "Where outputs go.")
 
 
-def define_training_flags(default_num_models: int = 64) -> None:
-  define_recipe_flags()
+def define_training_flags(config: dict) -> None:
+  """The recipe flags, and how the shadow models are trained and queried (``recipes.shadow_models``)."""
+  define_recipe_flags(config)
   flags.DEFINE_integer(
     "num_examples",
-    None,
+    config["num_examples"],
     "Use only the first N training examples (default: all).",
   )
   flags.DEFINE_integer(
-    "num_models", default_num_models, "Number of shadow models."
+    "num_models", config["num_models"], "Number of shadow models."
   )
   flags.DEFINE_float(
-    "pkeep", 0.5, "Fraction of models each example is IN for (design=lira)."
+    "pkeep",
+    config["pkeep"],
+    "Fraction of models each example is IN for (design=lira).",
   )
   flags.DEFINE_enum(
-    "design", "paired", ["paired", "lira"], "Membership design."
+    "design", config["design"], ["paired", "lira"], "Membership design."
   )
   flags.DEFINE_float(
     "dropout_rate",
-    0.0,
+    config["dropout_rate"],
     "Dropout rate of every model (the defense miajax.defenses.dropout).",
   )
   flags.DEFINE_bool(
-    "augment", False, "Random flip + reflect-pad-4 crop (images)."
+    "augment", config["augment"], "Random flip + reflect-pad-4 crop (images)."
   )
   flags.DEFINE_integer(
-    "models_per_step", None, "Models trained at once (default: memory planner)."
+    "models_per_step",
+    config["models_per_step"],
+    "Models trained at once (default: memory planner).",
   )
   flags.DEFINE_integer(
     "microbatch_size",
-    None,
+    config["microbatch_size"],
     "Examples per gradient micro-batch within a step; must divide "
     "the batch size (default: sized to the CPU cache, whole batches on GPU/TPU).",
   )
   flags.DEFINE_enum(
     "queries",
-    "identity",
-    list(train.QUERY_SETS),
+    config["queries"],
+    list(engine.QUERY_SETS),
     "Query augmentations at inference.",
   )
   flags.DEFINE_bool(
     "label_only",
-    True,
+    config["label_only"],
     "Also keep every model's predicted labels on perturbed copies of the "
     "candidates, for the label-only attacks (augmentation and noise robustness).",
   )
   flags.DEFINE_integer(
     "label_only_shift",
-    1,
+    config["label_only_shift"],
     "Pixel shift of the label-only augmentation views (0: none; "
     "inputs that are not images get none).",
   )
   flags.DEFINE_list(
     "label_only_sigmas",
-    ["0.1", "0.25", "0.5"],
+    list_default(config["label_only_sigmas"]),
     "Gaussian noise levels (input units) of the "
     "label-only noise-robustness views (empty: none).",
   )
-  flags.DEFINE_integer("label_only_copies", 8, "Noisy copies per noise level.")
+  flags.DEFINE_integer(
+    "label_only_copies",
+    config["label_only_copies"],
+    "Noisy copies per noise level.",
+  )
   flags.DEFINE_float(
     "checkpoint_every_s",
-    300.0,
+    config["checkpoint_every_s"],
     "Save the training state of the chunk in flight at the first epoch "
     "boundary this many seconds after the last save, so that a killed run "
     "resumes mid-chunk (0: never by time). Not part of the run's "
@@ -148,32 +160,51 @@ def define_training_flags(default_num_models: int = 64) -> None:
   )
   flags.DEFINE_integer(
     "checkpoint_every_epochs",
-    0,
+    config["checkpoint_every_epochs"],
     "Also save it every this many epochs (0: never by epoch count). Not part "
     "of the run's configuration.",
     lower_bound=0,
   )
 
 
+def _recipe() -> dict:
+  """The recipe of ``--dataset``: the job's own for its default dataset, else the dataset's."""
+  if FLAGS.dataset == _job["dataset"]:
+    return _job
+  return recipes.for_dataset(FLAGS.dataset)
+
+
 def _default(name: str):
   value = getattr(FLAGS, name)
   if value is not None:
     return value
-  return DATASET_DEFAULTS.get(FLAGS.dataset, GENERIC_DEFAULTS)[name]
+  if name in ("widths", "activation"):
+    return _recipe()["model_kwargs"][name]
+  return _recipe()[name]
 
 
-def train_config(**extra) -> train.TrainConfig:
+def _model_kwargs(model: str) -> dict:
+  if model == "mlp":
+    widths = _default("widths")
+    if isinstance(widths, str):
+      widths = widths.split(",")
+    return dict(
+      widths=tuple(int(w) for w in widths), activation=_default("activation")
+    )
+  recipe = _recipe()
+  # A recipe's own arguments belong to its own model, not to one --model names instead.
+  return dict(recipe["model_kwargs"]) if model == recipe["model"] else {}
+
+
+def train_config(**extra) -> engine.TrainConfig:
   """The TrainConfig described by the recipe flags (dataset defaults filled in); ``extra`` adds fields."""
   model = _default("model")
-  kwargs = {}
-  if model == "mlp":
-    kwargs["widths"] = tuple(int(w) for w in _default("widths").split(","))
-    kwargs["activation"] = _default("activation")
+  kwargs = _model_kwargs(model)
   if getattr(FLAGS, "dropout_rate", 0.0):
     extra["defense"] = defenses.chain(
       defenses.dropout(FLAGS.dropout_rate), extra.get("defense")
     )
-  return train.TrainConfig(
+  return engine.TrainConfig(
     model=model,
     model_kwargs=tuple(sorted(kwargs.items())),
     optimizer=FLAGS.optimizer,
@@ -182,6 +213,7 @@ def train_config(**extra) -> train.TrainConfig:
     weight_decay=FLAGS.weight_decay,
     epochs=_default("epochs"),
     batch_size=_default("batch_size"),
+    schedule=_job["schedule"],
     seed=FLAGS.seed,
     **extra,
   )
@@ -214,11 +246,10 @@ def label_only_queries() -> label_only.LabelOnlyQueries | None:
 
 def run_spec(defense=None) -> runs.RunSpec:
   """The RunSpec described by the flags (dataset defaults filled in)."""
-  cfg = train_config(
-    augment=FLAGS.augment,
-    models_per_step=FLAGS.models_per_step,
-    microbatch_size=FLAGS.microbatch_size,
-    defense=defense,
+  cfg = train_config(augment=FLAGS.augment, defense=defense)
+  # How it runs, apart from what is trained: None fields are decided.
+  low = engine.Lowering(
+    models_per_step=FLAGS.models_per_step, microbatch=FLAGS.microbatch_size
   )
   return runs.RunSpec(
     dataset=FLAGS.dataset,
@@ -230,6 +261,7 @@ def run_spec(defense=None) -> runs.RunSpec:
     queries=FLAGS.queries,
     train=cfg,
     label_only=label_only_queries(),
+    lowering=low,
   )
 
 
@@ -268,15 +300,3 @@ def train_run(spec: runs.RunSpec, output_dir, **kwargs):
     return runs.run_training(spec, output_dir, **kwargs)
   except runs.ConfigMismatchError as e:
     usage_error(str(e))
-
-
-def make_output_dir(out) -> None:
-  """Creates ``--output_dir`` or raises a usage error saying why it cannot be used."""
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise app.UsageError(
-      f"--output_dir {str(out)!r} cannot be created: {e}"
-    ) from None
-  if not os.access(out, os.W_OK):
-    raise app.UsageError(f"--output_dir {str(out)!r} is not writable")

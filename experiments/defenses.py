@@ -11,7 +11,7 @@ Rows (``--rows`` picks a subset, comma separated):
   ``dropout+ls+topk``. The default k = 1 is the strongest masking (only the
   predicted class's probability is released); k = 3 would keep all the
   features of ML-Leaks' attack, so it could not change that attack at all.
-  With the residual view of :func:`miajax.outputs.apply_output`, top-k keeps
+  With the residual view of :func:`miajax.defenses.apply_output`, top-k keeps
   ``p_y`` and ``1 - p_y`` of every example whose label is among the k largest,
   so LiRA only loses information on misclassified examples.
 * ``rounding``, ``temperature``, ``label_only``: output transforms on the
@@ -34,7 +34,7 @@ Rows (``--rows`` picks a subset, comma separated):
   (both from :func:`miajax.engine.dp_sampling`, the engine's own step
   count), ``delta = --dp_delta``. The engine draws
   shuffled fixed-size batches; the accountant treats them as Poisson sampled
-  at that rate (see :mod:`miajax.privacy`), the usual convention.
+  at that rate (see :mod:`miajax.defenses.privacy`), the usual convention.
   ``--dp_epochs`` (default 15) is smaller than ``--epochs``: per-example
   gradients make DP-SGD about 25x slower here, and at fixed epsilon fewer
   steps also mean less noise per step. ``--dp_learning_rate`` (default 0.03)
@@ -46,7 +46,7 @@ Rows (``--rows`` picks a subset, comma separated):
   so mildly optimistic for utility).
 * ``l2``: L2 regularisation, as weight decay ``--weight_decay + --l2``
   (with SGD, the same as an extra loss penalty ``0.5 l2 ||params||^2`` on
-  top of the common weight decay; see :mod:`miajax.config`).
+  top of the common weight decay; see :mod:`miajax.engine.recipe`).
 
 Rows that differ only in their output transform share one training run:
 each distinct run lives in ``<output_dir>/runs/<short_name>`` and is reused by
@@ -65,7 +65,7 @@ Attacks per row: ``lira_online``, ``lira_offline`` (on logit-scaled
 confidences of the attacker's view), ``global_threshold`` (the logit-scaled
 score itself), ``max_confidence`` (threshold on the top released
 probability, ML-Leaks' adversary 3) and, with ``--label_only`` (default), the
-label-only attacks of :mod:`miajax.label_only` (augmentation and noise
+label-only attacks of :mod:`miajax.attacks.label_only` (augmentation and noise
 robustness, thresholded and with the binomial shadow test; computed from the
 top-1 labels of perturbed queries, which the output rows all keep). All
 targets' scores are pooled into one ROC per attack.
@@ -93,7 +93,6 @@ import json
 import logging as py_logging
 import math
 import os
-import pathlib
 import time
 import warnings
 from typing import Any
@@ -103,78 +102,88 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import (
-  attacks,
-  compilation_cache,
-  cpu,
-  label_only,
-  metrics,
-  report,
-  runs,
-  scores,
-  train,
-)
+import harness
+from configs import defenses as defenses_config
+from miajax import attacks, engine, metrics, report, runs, scores
 from miajax import defenses as D
-from miajax import engine
-from miajax import outputs as O
+from miajax.attacks import label_only
 
 FLAGS = flags.FLAGS
-common.define_training_flags(default_num_models=16)
+CONFIG = defenses_config.get_config()
+common.define_training_flags(CONFIG)
 flags.DEFINE_string(
   "rows",
-  None,
+  CONFIG["rows"],
   "Comma-separated subset of rows to run (default: all; see module docstring).",
 )
 flags.DEFINE_enum(
   "shadow_defense",
-  "same",
+  CONFIG["shadow_defense"],
   ["same", "none"],
   "same: shadows trained and queried like the targets (defense-aware attacker); "
   "none: undefended shadows.",
 )
-flags.DEFINE_float("dropout", 0.5, "Dropout rate of the dropout rows.")
-flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the ls rows.")
-flags.DEFINE_integer("top_k", 1, "k of the top-k masking rows.")
+flags.DEFINE_float(
+  "dropout", CONFIG["dropout"], "Dropout rate of the dropout rows."
+)
+flags.DEFINE_float(
+  "label_smoothing",
+  CONFIG["label_smoothing"],
+  "Label smoothing of the ls rows.",
+)
+flags.DEFINE_integer("top_k", CONFIG["top_k"], "k of the top-k masking rows.")
 flags.DEFINE_integer(
   "rounding_decimals",
-  1,
+  CONFIG["rounding_decimals"],
   "Decimals of the rounding row's released probabilities.",
 )
 flags.DEFINE_float(
-  "temperature", 4.0, "Temperature of the temperature row's released softmax."
+  "temperature",
+  CONFIG["temperature"],
+  "Temperature of the temperature row's released softmax.",
 )
 flags.DEFINE_float(
-  "hamp_gamma", 0.95, "HAMP entropy threshold (fraction of ln C)."
+  "hamp_gamma",
+  CONFIG["hamp_gamma"],
+  "HAMP entropy threshold (fraction of ln C).",
 )
 flags.DEFINE_float(
   "hamp_alpha",
-  0.01,
+  CONFIG["hamp_alpha"],
   "HAMP entropy weight, per-example convention (C x the released code's).",
 )
 flags.DEFINE_list(
-  "dp_epsilons", ["1", "8"], "Target epsilons of the DP-SGD rows."
+  "dp_epsilons",
+  common.list_default(CONFIG["dp_epsilons"]),
+  "Target epsilons of the DP-SGD rows.",
 )
 flags.DEFINE_float(
-  "dp_delta", 1e-5, "DP delta (also the delta of the empirical epsilon bounds)."
+  "dp_delta",
+  CONFIG["dp_delta"],
+  "DP delta (also the delta of the empirical epsilon bounds).",
 )
-flags.DEFINE_float("dp_clip", 1.0, "DP-SGD per-example L2 clipping norm.")
+flags.DEFINE_float(
+  "dp_clip", CONFIG["dp_clip"], "DP-SGD per-example L2 clipping norm."
+)
 flags.DEFINE_integer(
   "dp_epochs",
-  15,
+  CONFIG["dp_epochs"],
   "Epochs of the DP-SGD rows (their steps enter the accounting).",
 )
 flags.DEFINE_float(
-  "dp_learning_rate", 0.03, "Peak learning rate of the DP-SGD rows."
+  "dp_learning_rate",
+  CONFIG["dp_learning_rate"],
+  "Peak learning rate of the DP-SGD rows.",
 )
 flags.DEFINE_float(
   "l2",
-  5e-3,
+  CONFIG["l2"],
   "Extra weight decay of the l2 row, added to --weight_decay (with SGD: a "
   "penalty 0.5 l2 ||params||^2).",
 )
 flags.DEFINE_list(
   "dropout_sweep",
-  ["0", "0.25", "0.5", "0.75"],
+  common.list_default(CONFIG["dropout_sweep"]),
   "Dropout rates of the sweep (empty to skip).",
 )
 
@@ -231,14 +240,14 @@ def build_rows(keep: np.ndarray, batch_size: int) -> list[Row]:
           Row(
             "+".join(tags) or "none",
             defense,
-            O.top_k(FLAGS.top_k) if use_topk else None,
+            D.top_k(FLAGS.top_k) if use_topk else None,
           )
         )
-  rows.append(Row("rounding", D.none(), O.rounding(FLAGS.rounding_decimals)))
-  rows.append(Row("temperature", D.none(), O.temperature(FLAGS.temperature)))
-  rows.append(Row("label_only", D.none(), O.label_only()))
+  rows.append(Row("rounding", D.none(), D.rounding(FLAGS.rounding_decimals)))
+  rows.append(Row("temperature", D.none(), D.temperature(FLAGS.temperature)))
+  rows.append(Row("label_only", D.none(), D.label_only()))
   rows.append(
-    Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), O.hamp_output())
+    Row("hamp", D.hamp(FLAGS.hamp_gamma, FLAGS.hamp_alpha), D.hamp_output())
   )
   for text in FLAGS.dp_epsilons:
     eps = float(text)
@@ -318,11 +327,11 @@ def random_queries(spec: runs.RunSpec) -> dict:
   """
   ds = runs.load_dataset(spec)
   x = ds.x_train
-  num_queries = int(train.query_views(x[:1], spec.queries).shape[0])
+  num_queries = int(engine.query_views(x[:1], spec.queries).shape[0])
   low, high = float(x.min()), float(x.max())
   seed = spec.train.seed + 20_011
   rand = np.asarray(
-    O.random_inputs(
+    D.random_inputs(
       jax.random.PRNGKey(seed),
       (num_queries * x.shape[0],) + x.shape[1:],
       low=low,
@@ -360,7 +369,7 @@ def attacker_signals(logits, labels, output=None, random_logits=None):
   view = (
     logits
     if output is None
-    else O.apply_output(output, logits, random_logits=random_logits)
+    else D.apply_output(output, logits, random_logits=random_logits)
   )
   lab = np.asarray(labels)[None, :, None]
   return np.asarray(scores.logit_scaled(view, lab)), np.asarray(
@@ -719,21 +728,14 @@ class _DropRdpNoise(py_logging.Filter):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
-  # Later runs of the same recipe load its compiled programs instead of compiling.
-  compilation_cache.use_compilation_cache()
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
+  harness.start(argv)
   if FLAGS.dropout_rate:
     raise app.UsageError(
       "--dropout_rate does not apply here: the rows set dropout (--dropout, --dropout_sweep)"
     )
   py_logging.getLogger("absl").addFilter(_DropRdpNoise())
   t_start = time.perf_counter()
-  out = pathlib.Path(FLAGS.output_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = harness.make_output_dir()
 
   base = _spec(None)
   ds = runs.load_dataset(base)
@@ -771,7 +773,7 @@ def main(argv):
       logging.info(
         "run %s: %s", name, json.dumps(spec.to_json()["train"]["defense"])
       )
-      if row.output is not None and O.needs_random_logits(row.output):
+      if row.output is not None and D.needs_random_logits(row.output):
         run = common.train_run(
           spec,
           out / "runs" / name,
@@ -859,10 +861,8 @@ def main(argv):
       ),
       "defense": D.describe(row.defense),
       "defense_short": defense_label(row),
-      "output": None if row.output is None else O.describe_output(row.output),
-      "output_short": "-"
-      if row.output is None
-      else O.output_short_name(row.output),
+      "output": None if row.output is None else D.describe(row.output),
+      "output_short": "-" if row.output is None else D.short_name(row.output),
       "models": int(ok.sum()),
       "diverged_models": np.flatnonzero(run.diverged).tolist(),
       "train_accuracy": train_acc,
@@ -949,7 +949,7 @@ def main(argv):
     "dropout_sweep": sweep_results,
     "timing_s": timing,
   }
-  report.write_json_atomic(out / "report.json", rep)
+  harness.write_report(out, rep)
   print(table)
   print(
     f"wrote {out / 'report.json'}, {out / 'table.md'}"

@@ -11,7 +11,7 @@ report.json (schema in the README), roc.png and prints the table.
 Attacks: LiRA online/offline (+ fixed variance), the global threshold on
 LiRA's logit-scaled score, RMIA online/offline, the global-threshold attacks
 on loss, confidence, entropy and modified entropy, and (with --label_only,
-the default) the label-only attacks of miajax.label_only: the gap attack,
+the default) the label-only attacks of miajax.attacks.label_only: the gap attack,
 augmentation and noise-robustness attacks, each thresholded and with the
 binomial shadow-model test.
 """
@@ -23,40 +23,37 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
+import harness
 import miajax
-from miajax import (
-  attacks,
-  compilation_cache,
-  cpu,
-  label_only,
-  metrics,
-  plots,
-  report,
-  runs,
-  scores,
-)
+from configs import lira as lira_config
+from miajax import attacks, metrics, plots, report, runs, scores
+from miajax.attacks import label_only
 
 FLAGS = flags.FLAGS
-common.define_training_flags()
+CONFIG = lira_config.get_config()
+common.define_training_flags(CONFIG)
 flags.DEFINE_string(
   "run_dir",
-  None,
+  CONFIG["run_dir"],
   "Reuse a finished run of experiments/train_models.py (default: train "
   "into <output_dir>/run).",
 )
 flags.DEFINE_enum(
-  "variant", "miajax", ["miajax", "reference"], "LiRA variant (see README)."
+  "variant",
+  CONFIG["variant"],
+  ["miajax", "reference"],
+  "LiRA variant (see README).",
 )
 flags.DEFINE_integer(
   "num_references",
-  None,
+  CONFIG["num_references"],
   "Low-cost audit: models 0..R-1 are the only reference (shadow) "
   "models and every other model is attacked with them (R even, so that the paired design "
   "gives every example R/2 IN and R/2 OUT references).  Default: leave-one-out.",
 )
 flags.DEFINE_bool(
   "null_check",
-  True,
+  CONFIG["null_check"],
   "Also attack with an independent random keep mask that the models were "
   "not trained on (for shadows and evaluation): every AUC must be 0.5 up to noise.",
 )
@@ -195,13 +192,7 @@ def attack_all(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
-  # Later runs of the same recipe load its compiled programs instead of compiling.
-  compilation_cache.use_compilation_cache()
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
+  harness.start(argv)
   if not FLAGS.run_dir and FLAGS.num_models < 6:
     # Balanced leave-one-out drops two models per example; per-example variances then need
     # >= 2 IN and >= 2 OUT shadows, i.e. M/2 - 1 >= 2.  Refuse before training anything.
@@ -216,13 +207,9 @@ def main(argv):
       f"--num_references must be even, >= 2 and below --num_models (the rest are the "
       f"targets), got {r}"
     )
-  import pathlib
-
-  out = pathlib.Path(FLAGS.output_dir)
   run = runs.load_run(FLAGS.run_dir) if FLAGS.run_dir else None
-  common.make_output_dir(
-    out
-  )  # before any training or attack: a bad --output_dir must not cost a run
+  # Before any training or attack: a bad --output_dir must not cost a run.
+  out = harness.make_output_dir()
   t_start = time.perf_counter()
   if run is None:
     run = common.train_run(common.run_spec(), out / "run", log=logging.info)
@@ -304,28 +291,29 @@ def main(argv):
       "total": time.perf_counter() - t_start,
     },
   }
-  report.write_json_atomic(out / "report.json", rep)
   how = (
     f"models {r}..{run.keep.shape[0] - 1} attacked with models 0..{r - 1} as references"
     if r
     else "every model attacked with the others as shadows"
   )
-  print(
+  text = [
     f"\n{FLAGS.dataset}: {run.keep.shape[0]} models, {keep.shape[1]} examples, "
-    f"{'fixed references' if r else 'leave-one-out'} ({how}; {keep.size:,} pooled scores)"
-  )
-  print(
+    f"{'fixed references' if r else 'leave-one-out'} ({how}; {keep.size:,} pooled scores)",
     f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
-    f"test accuracy {rep['target']['test_accuracy']:.4f}\n"
-  )
-  print(report.format_table(summaries))
+    f"test accuracy {rep['target']['test_accuracy']:.4f}\n",
+    report.format_table(summaries),
+  ]
   if null:
-    print(
+    text.append(
       "\nnull check (independent random keep mask): AUC "
       + ", ".join(f"{k} {v['auc']:.3f}" for k, v in null.items())
     )
-  print(
-    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'} and {out / 'roc.png'}"
+  harness.finish(
+    out,
+    rep,
+    "\n".join(text),
+    wall_s=rep["timing_s"]["total"],
+    also=[out / "roc.png"],
   )
 
 

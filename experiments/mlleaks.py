@@ -15,7 +15,7 @@ target of --dataset:
 * ``adversary3``: no shadow: the top posterior is the score; the decision
   threshold is the --random_percentile-th percentile of the target's top
   posterior on --num_random uniform random inputs (range of the training
-  inputs), see :func:`miajax.mlleaks.threshold_from_random_inputs`.
+  inputs), see :func:`miajax.attacks.mlleaks.threshold_from_random_inputs`.
 
 With --reverse (default) the same three adversaries also attack the target
 trained on --adv2_dataset; its Adversary 2 uses the --dataset shadow
@@ -49,7 +49,6 @@ report.json: ``adversaries`` (``{adversary: {"shadow_dataset", "none",
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
 import warnings
 
@@ -58,52 +57,58 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import (
-  compilation_cache,
-  cpu,
-  data,
-  designs,
-  mlleaks,
-  outputs,
-  report,
-  train,
-)
+import harness
+from configs import mlleaks as mlleaks_config
+from miajax import data, designs, engine, report
+from miajax import defenses as defenses_lib
+from miajax.attacks import mlleaks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "digits", "The target's dataset.")
+CONFIG = mlleaks_config.get_config()
+flags.DEFINE_string("dataset", CONFIG["dataset"], "The target's dataset.")
 flags.DEFINE_string(
-  "data_dir", None, "Where --dataset's files live (see miajax.data)."
+  "data_dir",
+  CONFIG["data_dir"],
+  "Where --dataset's files live (see miajax.data).",
 )
 flags.DEFINE_string(
   "adv2_dataset",
-  "fashion_mnist",
+  CONFIG["adv2_dataset"],
   "Adversary 2's shadow dataset (and the --reverse target); "
   "'none' skips Adversary 2 and --reverse.",
 )
-flags.DEFINE_string("adv2_data_dir", None, "Where --adv2_dataset's files live.")
+flags.DEFINE_string(
+  "adv2_data_dir", CONFIG["adv2_data_dir"], "Where --adv2_dataset's files live."
+)
 flags.DEFINE_bool(
   "reverse",
-  True,
+  CONFIG["reverse"],
   "Also attack a target trained on --adv2_dataset, its Adversary 2 using the "
   "--dataset shadow.",
 )
 flags.DEFINE_integer(
   "block_size",
-  None,
+  CONFIG["block_size"],
   "Examples in each of the four disjoint blocks of --dataset "
   "(default: a quarter of its training set).",
 )
 flags.DEFINE_integer(
   "adv2_block_size",
-  2500,
+  CONFIG["adv2_block_size"],
   "Examples in each of the four blocks of --adv2_dataset "
   "(capped at a quarter of its training set).",
 )
 flags.DEFINE_string(
-  "model", "mlp", "Target and shadow architecture (miajax.models.MODEL_NAMES)."
+  "model",
+  CONFIG["model"],
+  "Target and shadow architecture (miajax.models.MODEL_NAMES).",
 )
-flags.DEFINE_string("widths", "256,128", "MLP hidden widths.")
-flags.DEFINE_string("activation", "relu", "MLP activation.")
+flags.DEFINE_string(
+  "widths", common.widths_default(CONFIG["model_kwargs"]), "MLP hidden widths."
+)
+flags.DEFINE_string(
+  "activation", CONFIG["model_kwargs"]["activation"], "MLP activation."
+)
 flags.DEFINE_integer(
   "epochs", None, "Training epochs on --dataset (default per dataset: 30)."
 )
@@ -120,39 +125,45 @@ flags.DEFINE_integer(
 flags.DEFINE_float(
   "learning_rate", None, "Peak learning rate (default per dataset: 0.1)."
 )
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
+flags.DEFINE_enum(
+  "optimizer", CONFIG["optimizer"], ["sgd", "adam"], "Optimizer."
+)
 flags.DEFINE_float(
-  "weight_decay", 0.0, "Weight decay (ML-Leaks: L2 1e-7, in effect none)."
+  "weight_decay",
+  CONFIG["weight_decay"],
+  "Weight decay (ML-Leaks: L2 1e-7, in effect none).",
 )
 flags.DEFINE_integer(
-  "top_k", 1, "k of the top-k masking defense (released posteriors)."
+  "top_k",
+  CONFIG["top_k"],
+  "k of the top-k masking defense (released posteriors).",
 )
 flags.DEFINE_enum(
   "attack_model",
-  "mlp",
+  CONFIG["attack_model"],
   list(mlleaks.ATTACK_MODELS),
   "Attack model of Adversaries 1 and 2: "
   "'mlp' (the paper) or 'logreg' (the released code).",
 )
 flags.DEFINE_float(
   "random_percentile",
-  mlleaks.DEFAULT_RANDOM_PERCENTILE,
+  CONFIG["random_percentile"],
   "Adversary 3's threshold: this "
   "percentile of the top posterior on random inputs.",
 )
 flags.DEFINE_integer(
-  "num_random", 1000, "Random inputs for Adversary 3's threshold."
+  "num_random",
+  CONFIG["num_random"],
+  "Random inputs for Adversary 3's threshold.",
 )
 flags.DEFINE_integer(
-  "seed", 0, "Seed of the blocks, initialisation, shuffling and random inputs."
+  "seed",
+  CONFIG["seed"],
+  "Seed of the blocks, initialisation, shuffling and random inputs.",
 )
 flags.DEFINE_string("output_dir", None, "Where report.json goes.")
 
 ROLES = ("target_in", "target_out", "shadow_in", "shadow_out")
-GENERIC = dict(epochs=30, batch_size=128, learning_rate=0.1)
-# ML-Leaks attacks models trained to fit their data (50 epochs, no real regularisation); the common
-# 15-epoch Fashion-MNIST recipe stops at about 0.91 training accuracy, 30 epochs reach about 0.98.
-EPOCHS = {"fashion_mnist": 30}
 
 
 @dataclasses.dataclass
@@ -165,9 +176,8 @@ class Pair:
   seconds: float
 
 
-def _recipe(name: str, epochs_flag) -> train.TrainConfig:
-  defaults = {**GENERIC, **common.DATASET_DEFAULTS.get(name, {})}
-  defaults["epochs"] = EPOCHS.get(name, defaults["epochs"])
+def _recipe(name: str, epochs_flag) -> engine.TrainConfig:
+  defaults = CONFIG["datasets"].get(name, CONFIG["other_datasets"])
   pick = lambda flag, key: defaults[key] if flag is None else flag
   kwargs = {}
   if FLAGS.model == "mlp":
@@ -178,19 +188,21 @@ def _recipe(name: str, epochs_flag) -> train.TrainConfig:
         f"--widths must be comma-separated integers, got {FLAGS.widths!r}"
       ) from None
     kwargs = {"widths": widths, "activation": FLAGS.activation}
-  return train.TrainConfig(
+  return engine.TrainConfig(
     model=FLAGS.model,
     model_kwargs=tuple(sorted(kwargs.items())),
     optimizer=FLAGS.optimizer,
     learning_rate=pick(FLAGS.learning_rate, "learning_rate"),
+    momentum=CONFIG["momentum"],
     weight_decay=FLAGS.weight_decay,
     epochs=pick(epochs_flag, "epochs"),
     batch_size=pick(FLAGS.batch_size, "batch_size"),
+    schedule=CONFIG["schedule"],
     seed=FLAGS.seed,
   )
 
 
-def _fit_batch(config: train.TrainConfig, block: int) -> train.TrainConfig:
+def _fit_batch(config: engine.TrainConfig, block: int) -> engine.TrainConfig:
   """Each model has ``block`` members: a larger batch is cut to that (and every recipe checked now)."""
   config = dataclasses.replace(config, batch_size=min(config.batch_size, block))
   try:
@@ -210,7 +222,7 @@ def _block_size(ds: data.Dataset, requested, flag: str) -> int:
 
 
 def train_pair(
-  ds: data.Dataset, block: int, config: train.TrainConfig, seed: int
+  ds: data.Dataset, block: int, config: engine.TrainConfig, seed: int
 ) -> Pair:
   """Trains the target (on target_in) and the shadow (on shadow_in) in one engine call."""
   t0 = time.perf_counter()
@@ -220,14 +232,14 @@ def train_pair(
   keep = np.zeros((2, 4 * block), bool)
   keep[0, :block] = True  # target_in
   keep[1, 2 * block : 3 * block] = True  # shadow_in
-  result = train.train_models(x, y, keep, config, num_classes=ds.num_classes)
+  result = engine.train_models(config, x, y, keep, num_classes=ds.num_classes)
   if result.diverged.any():
     raise RuntimeError(
       f"{ds.name}: training diverged (models {np.flatnonzero(result.diverged)}); "
       "lower --learning_rate"
     )
   # Uniform pixels over the range of the training inputs, as ML-Leaks draws its random images.
-  rand = outputs.random_inputs(
+  rand = defenses_lib.random_inputs(
     jax.random.PRNGKey(seed),
     (FLAGS.num_random,) + x.shape[1:],
     low=float(ds.x_train.min()),
@@ -236,7 +248,7 @@ def train_pair(
   queries = np.concatenate(
     [x, ds.x_test, np.asarray(rand)]
   )  # one predict call: one compiled batch shape
-  logits = train.predict(
+  logits = engine.predict(
     config, result.variables, queries, num_classes=ds.num_classes
   )[:, :, 0]
   per_role = {
@@ -307,7 +319,7 @@ def attack_target(target: Pair, shadows: dict, defenses: dict) -> dict:
         target.logits["random"],
       ]
     )
-    released = np.asarray(outputs.released_probabilities(transform, z))
+    released = np.asarray(defenses_lib.released_probabilities(transform, z))
     n = 2 * len(target.logits["target_in"])
     threshold = mlleaks.threshold_from_random_inputs(
       released[n:], FLAGS.random_percentile
@@ -382,21 +394,14 @@ def _load_adv2():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
-  # Later runs of the same recipe load its compiled programs instead of compiling.
-  compilation_cache.use_compilation_cache()
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
+  harness.start(argv)
   if FLAGS.num_random < 1:
     raise app.UsageError(f"--num_random must be >= 1, got {FLAGS.num_random}")
   if not 0 <= FLAGS.random_percentile <= 100:
     raise app.UsageError(
       f"--random_percentile must lie in [0, 100], got {FLAGS.random_percentile}"
     )
-  out = pathlib.Path(FLAGS.output_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = harness.make_output_dir()
   t_start = time.perf_counter()
 
   # Every dataset is loaded (and every flag checked) before any training.
@@ -440,7 +445,7 @@ def main(argv):
     )
   t_trained = time.perf_counter()
 
-  defenses = {"none": None, "top_k": outputs.top_k(FLAGS.top_k)}
+  defenses = {"none": None, "top_k": defenses_lib.top_k(FLAGS.top_k)}
   main_pair = pairs[main_ds.name]
   shadows = {"adversary1": main_pair}
   if other_ds is not None:
@@ -473,8 +478,8 @@ def main(argv):
     "attacks": flat,
     "models": {name: p.accuracy for name, p in pairs.items()},
     "defenses": {
-      "none": outputs.describe_output(outputs.identity_output()),
-      "top_k": outputs.describe_output(defenses["top_k"]),
+      "none": defenses_lib.describe(defenses_lib.identity_output()),
+      "top_k": defenses_lib.describe(defenses["top_k"]),
     },
     "timing_s": {
       "load": t_loaded - t_start,
@@ -483,17 +488,15 @@ def main(argv):
       "total": time.perf_counter() - t_start,
     },
   }
-  report.write_json_atomic(out / "report.json", rep)
-
-  print()
+  text = [""]
   for name, p in pairs.items():
     a = p.accuracy
-    print(
+    text.append(
       f"{name}: 4 blocks of {a['block_size']}; target train/test accuracy "
       f"{a['target']['train_accuracy']:.4f} / {a['target']['test_accuracy']:.4f}, shadow "
       f"{a['shadow']['train_accuracy']:.4f} / {a['shadow']['test_accuracy']:.4f}"
     )
-  print(
+  text.append(
     f"\ndefense top_k: only the {FLAGS.top_k} largest posteriors are released; attack model "
     f"{FLAGS.attack_model}; adversary 3 threshold: {FLAGS.random_percentile:g}th percentile of the top "
     f"posterior on {FLAGS.num_random} random inputs\n"
@@ -501,10 +504,8 @@ def main(argv):
   rows = format_rows(main_ds.name, adversaries)
   if reverse:
     rows += format_rows(reverse["target_dataset"], reverse["adversaries"])
-  print(TABLE_HEADER + "\n" + "\n".join(rows))
-  print(
-    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}"
-  )
+  text.append(TABLE_HEADER + "\n" + "\n".join(rows))
+  harness.finish(out, rep, "\n".join(text), wall_s=rep["timing_s"]["total"])
 
 
 if __name__ == "__main__":

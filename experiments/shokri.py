@@ -9,7 +9,7 @@ draws n members and n non-members from the shadow pool (shadows overlap each
 other, never the target's data).  Target and shadows are trained in one
 vmapped call with the same recipe; the shadows' posteriors on their members
 and non-members form the attack dataset; the attack models
-(miajax.shokri) then score the target's 2n examples.
+(miajax.attacks.shokri) then score the target's 2n examples.
 
 Default sizes.  The common reproduction trains CIFAR-10 targets on 2,500 /
 5,000 / 10,000 / 15,000 of its 60,000 images, i.e. 1/24, 1/12, 1/6 and 1/4
@@ -28,7 +28,6 @@ a yardstick, the AUC of the true-label probability itself (no shadows).
 Writes <output_dir>/report.json and prints the same numbers as a table.
 """
 
-import pathlib
 import time
 import warnings
 
@@ -37,28 +36,37 @@ import numpy as np
 from absl import app, flags, logging
 
 import common
-from miajax import compilation_cache, cpu, data, metrics, report, shokri, train
+import harness
+from configs import shokri as shokri_config
+from miajax import data, engine, metrics, report
+from miajax.attacks import shokri
 
 FLAGS = flags.FLAGS
-common.define_recipe_flags()
+CONFIG = shokri_config.get_config()
+common.define_recipe_flags(CONFIG)
 flags.DEFINE_list(
   "sizes",
-  None,
+  CONFIG["sizes"],
   "Training-set sizes n (members per model); default: 1/24, 1/12, 1/6, 1/4 "
   "of the pool (74,149,299,449 for digits).",
 )
-flags.DEFINE_integer("num_shadows", 10, "Shadow models per size.")
+flags.DEFINE_integer(
+  "num_shadows", CONFIG["num_shadows"], "Shadow models per size."
+)
 flags.DEFINE_enum(
-  "attack_model", "mlp", list(shokri.MODELS), "Attack model (miajax.shokri)."
+  "attack_model",
+  CONFIG["attack_model"],
+  list(shokri.MODELS),
+  "Attack model (miajax.attacks.shokri).",
 )
 flags.DEFINE_bool(
-  "per_class", True, "One attack model per true class (else a single one)."
+  "per_class",
+  CONFIG["per_class"],
+  "One attack model per true class (else a single one).",
 )
 
-POOL_FRACTIONS = (1 / 24, 1 / 12, 1 / 6, 1 / 4)
 
-
-def train_config() -> train.TrainConfig:
+def train_config() -> engine.TrainConfig:
   """Target and shadow recipe: the shared recipe flags (experiments/common.py)."""
   return common.train_config()
 
@@ -72,7 +80,7 @@ def parse_sizes(pool: int, batch_size: int) -> list[int]:
         f"--sizes must be comma-separated integers, got {FLAGS.sizes}"
       ) from None
   else:
-    sizes = [int(pool * f) for f in POOL_FRACTIONS]
+    sizes = [int(pool * f) for f in CONFIG["pool_fractions"]]
   for n in sizes:
     if 4 * n > pool:
       raise app.UsageError(
@@ -122,14 +130,14 @@ def run_size(x, y, num_classes, n, cfg):
     include[1:] & include[0]
   ).any():  # the protocol's one hard guarantee; cheap to enforce
     raise RuntimeError("a shadow model's data overlaps the target's")
-  trained = train.train_models(x, y, keep, cfg, num_classes=num_classes)
+  trained = engine.train_models(cfg, x, y, keep, num_classes=num_classes)
   if trained.diverged.any():
     raise RuntimeError(
       f"n={n}: models {np.flatnonzero(trained.diverged).tolist()} diverged; "
       "lower --learning_rate"
     )
   probs = softmax(
-    train.predict(cfg, trained.variables, x, num_classes=num_classes)[:, :, 0]
+    engine.predict(cfg, trained.variables, x, num_classes=num_classes)[:, :, 0]
   )
   t_train = time.perf_counter()
 
@@ -234,13 +242,7 @@ def format_sizes(results) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
-  # Later runs of the same recipe load its compiled programs instead of compiling.
-  compilation_cache.use_compilation_cache()
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
+  harness.start(argv)
   if FLAGS.num_shadows < 1:
     raise app.UsageError(f"--num_shadows must be >= 1, got {FLAGS.num_shadows}")
   t_start = time.perf_counter()
@@ -250,8 +252,7 @@ def main(argv):
   y = np.concatenate([ds.y_train, ds.y_test])
   cfg = train_config()
   sizes = parse_sizes(len(y), cfg.batch_size)
-  out = pathlib.Path(FLAGS.output_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = harness.make_output_dir()
 
   results = {}
   for n in sizes:
@@ -280,15 +281,16 @@ def main(argv):
       "total": time.perf_counter() - t_start,
     },
   }
-  report.write_json_atomic(out / "report.json", rep)
-  print(
+  header = (
     f"\n{FLAGS.dataset}: Shokri et al. shadow-model attack, {FLAGS.num_shadows} shadows per size, "
     f"attack model {FLAGS.attack_model} ({'per class' if FLAGS.per_class else 'single'}); "
     f"evaluation on the target's n members + n non-members; [95% bootstrap interval]\n"
   )
-  print(format_sizes(results))
-  print(
-    f"\nwall time {rep['timing_s']['total']:.1f} s; wrote {out / 'report.json'}"
+  harness.finish(
+    out,
+    rep,
+    header + "\n" + format_sizes(results),
+    wall_s=rep["timing_s"]["total"],
   )
 
 

@@ -29,31 +29,38 @@ import time
 from absl import app, flags, logging
 
 import common
-from miajax import compilation_cache, cpu, runs
+import harness
+from configs import train_models as train_models_config
+from miajax import runs
 
 FLAGS = flags.FLAGS
-common.define_training_flags()
+CONFIG = train_models_config.get_config()
+common.define_training_flags(CONFIG)
 flags.DEFINE_string(
   "coordinator_address",
-  None,
+  CONFIG["coordinator_address"],
   "host:port of process 0 for jax.distributed.initialize "
   "(multi-process runs only).",
 )
 flags.DEFINE_integer(
-  "num_processes", 1, "Number of processes in a multi-process run."
+  "num_processes",
+  CONFIG["num_processes"],
+  "Number of processes in a multi-process run.",
 )
 flags.DEFINE_integer(
-  "process_id", 0, "This process's index in [0, num_processes)."
+  "process_id",
+  CONFIG["process_id"],
+  "This process's index in [0, num_processes).",
 )
 flags.DEFINE_float(
   "merge_timeout_s",
-  600.0,
+  CONFIG["merge_timeout_s"],
   "How long the last process waits for the other processes' "
   "chunks before giving up (they stay on disk; rerun with --merge_only).",
 )
 flags.DEFINE_bool(
   "merge_only",
-  False,
+  CONFIG["merge_only"],
   "Only assemble keep.npy/logits.npy from the chunks in --output_dir.",
 )
 
@@ -71,13 +78,7 @@ def _print_result(result, spec, how=None):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cpu.use_all_cores()  # before any JAX computation: one CPU device per core for the engine
-  # Later runs of the same recipe load its compiled programs instead of compiling.
-  compilation_cache.use_compilation_cache()
-  if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
+  harness.start(argv)
   spec = common.run_spec()
   if FLAGS.merge_only:
     result = runs.merge_chunks(FLAGS.output_dir, spec.num_models)

@@ -1,8 +1,10 @@
 """miajax: membership-inference auditing with many shadow models trained at once.
 
-Layers, each importable on its own: ``data`` -> ``models``/``train`` (the
-engine) -> ``scores`` -> ``attacks`` -> ``metrics`` -> ``report``/``plots``,
-with ``defenses`` plugged into training and querying. ``scores``, ``attacks``
+The package is the pipeline, each layer importable on its own: ``data`` ->
+``models`` / ``engine`` (training and querying many models at once) ->
+``scores`` -> ``attacks`` -> ``metrics`` -> ``report`` / ``plots``, with
+``defenses`` plugged into the engine and ``runs`` (run directories, the
+shadow store, checkpoints) around it. ``scores``, ``attacks``
 and ``metrics`` are pure array functions that work on logits from any
 framework.
 
@@ -18,75 +20,47 @@ __version__ = "0.1.0"
 _SUBMODULES = frozenset(
   {
     "attacks",
-    "config",
-    "cpu",
-    "cpu_engine",
     "data",
     "defenses",
     "designs",
     "engine",
-    "label_only",
-    "lowering",
+    "hyperparams",
     "metrics",
-    "mlleaks",
     "models",
-    "outputs",
     "plots",
-    "privacy",
-    "query",
     "report",
     "runs",
     "scores",
-    "shokri",
-    "store",
-    "train",
-    "winograd",
   }
 )
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it (relative to miajax).
 _EXPORTS = {
-  "use_all_cores": "cpu",
-  "use_compilation_cache": "compilation_cache",
-  "global_threshold": "attacks",
-  "leave_one_out": "attacks",
-  "lira_offline": "attacks",
-  "lira_online": "attacks",
-  "rmia": "attacks",
-  "LiraFit": "attacks",
-  "lira_fit": "attacks",
-  "lira_online_score": "attacks",
-  "lira_offline_score": "attacks",
-  "RmiaFit": "attacks",
-  "rmia_fit": "attacks",
-  "rmia_score": "attacks",
-  "Evaluation": "metrics",
-  "evaluate": "metrics",
-  "LabelOnlyQueries": "label_only",
+  # data and membership designs
   "Dataset": "data",
   "disjoint_split": "data",
   "lira_keep": "data",
   "load": "data",
   "paired_keep": "data",
-  "Defense": "defenses",
-  "chain": "defenses",
-  "OutputTransform": "outputs",
-  "apply_output": "outputs",
-  "chain_outputs": "outputs",
-  "dp_epsilon": "privacy",
-  "dp_noise_multiplier": "privacy",
-  "auc": "metrics",
-  "auc_interval": "metrics",
-  "balanced_accuracy": "metrics",
-  "epsilon_lower_bound": "metrics",
-  "precision_recall_f1": "metrics",
-  "roc_curve": "metrics",
-  "tnr_at_fnr": "metrics",
-  "tpr_at_fpr": "metrics",
-  "tpr_at_fpr_interval": "metrics",
+  # the engine
+  "Lowering": "engine",
+  "ModelFns": "engine",
+  "TrainConfig": "engine",
+  "TrainResult": "engine",
+  "predict": "engine",
+  "train_models": "engine",
+  "PerModel": "hyperparams",
+  "per_model": "hyperparams",
   "get_model": "models",
-  "ensure_shadows": "store",
-  "load_store": "store",
+  "use_all_cores": "engine.cpu.devices",
+  # runs and the shadow store
+  "Pool": "runs.pool",
+  "RunResult": "runs.spec",
+  "RunSpec": "runs.spec",
+  "ensure_shadows": "runs.store",
+  "load_store": "runs.shadows",
+  "use_compilation_cache": "runs.compilation_cache",
+  # membership signals
   "confidence": "scores",
   "cross_entropy": "scores",
   "entropy": "scores",
@@ -94,12 +68,58 @@ _EXPORTS = {
   "max_confidence": "scores",
   "modified_entropy": "scores",
   "top_k_probabilities": "scores",
-  "Lowering": "train",
-  "ModelFns": "train",
-  "TrainConfig": "train",
-  "predict": "train",
-  "resolve_lowering": "train",
-  "train_models": "train",
+  # attacks
+  "LabelOnlyQueries": "attacks.label_only",
+  "LiraFit": "attacks",
+  "RmiaFit": "attacks",
+  "global_threshold": "attacks",
+  "leave_one_out": "attacks",
+  "lira_fit": "attacks",
+  "lira_offline": "attacks",
+  "lira_offline_score": "attacks",
+  "lira_online": "attacks",
+  "lira_online_score": "attacks",
+  "rmia": "attacks",
+  "rmia_fit": "attacks",
+  "rmia_score": "attacks",
+  # defenses and output transforms
+  "Defense": "defenses",
+  "OutputTransform": "defenses",
+  "apply_output": "defenses",
+  "chain": "defenses",
+  "dp_epsilon": "defenses",
+  "dp_noise_multiplier": "defenses",
+  # metrics
+  "Evaluation": "metrics",
+  "auc": "metrics",
+  "auc_interval": "metrics",
+  "balanced_accuracy": "metrics",
+  "epsilon_lower_bound": "metrics",
+  "evaluate": "metrics",
+  "precision_recall_f1": "metrics",
+  "roc_curve": "metrics",
+  "tnr_at_fnr": "metrics",
+  "tpr_at_fpr": "metrics",
+  "tpr_at_fpr_interval": "metrics",
+}
+
+# Names of earlier versions -> where they live now (README, "Changes").
+REMOVED = {
+  "config": "miajax.engine.recipe",
+  "cpu": "miajax.engine.cpu.devices",
+  "cpu_engine": "miajax.engine.cpu.microbatch and miajax.engine.cpu.unroll",
+  "label_only": "miajax.attacks.label_only",
+  "lowering": "miajax.engine.lowering",
+  "mlleaks": "miajax.attacks.mlleaks",
+  "outputs": "miajax.defenses",
+  "privacy": "miajax.defenses",
+  "query": "miajax.engine.query",
+  "shokri": "miajax.attacks.shokri",
+  "store": "miajax.runs.store",
+  "train": "miajax.engine",
+  "winograd": "miajax.engine.cpu.winograd",
+  "chain_outputs": "miajax.chain",
+  "resolve_lowering": "miajax.engine.resolve_lowering",
 }
 
 __all__ = sorted(_SUBMODULES | set(_EXPORTS))
@@ -114,6 +134,11 @@ def __getattr__(name):
     )
     globals()[name] = value  # later lookups skip __getattr__
     return value
+  if name in REMOVED:
+    raise AttributeError(
+      f"module {__name__!r} has no attribute {name!r}: it is "
+      f"{REMOVED[name]} now"
+    )
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -10,23 +10,15 @@ each model keeps its own parameters *and* its own batch-norm statistics (the
 ``batch_stats`` collection is simply another stacked pytree), without
 ``nn.vmap``.
 
-Convolutions: ``conv_impl`` (default ``"xla"``, XLA's own convolution, what
-you get from :func:`get_model`) picks the lowering; the engine's CPU lowering
-(:mod:`miajax.lowering`) asks for the others. Under ``vmap`` with per-model weights an ``nn.Conv`` becomes one grouped
-convolution, which XLA:CPU runs slowly; an im2col formulation (``"patches"``:
-slices then a matmul) turns the model axis into a batched matmul instead.  On
-CPU the engine does not vmap convolutional models at all (it unrolls the
-models of a step, see ``miajax.train``), and ``"hybrid"`` (XLA's convolution
-forward and for the input gradient, patches @ dY for the weight gradient) is
-the fastest single-model form there for shapes that ``"winograd"`` (3x3,
-stride 1, SAME, at least 16 input channels, float32: F(4x4, 3x3) minimal
-filtering, :mod:`miajax.winograd`) does not take: ``"winograd"`` falls back to
-hybrid where it does not apply.  On GPU/TPU the native convolution is used.
+Convolutions: ``conv_impl`` is ``"xla"`` (XLA's own convolution, what
+:func:`get_model` gives and what GPU/TPU runs) or a convolution function. On
+CPU the engine passes its own forms (im2col patches for vmapped models,
+Winograd F(4x4, 3x3) for unrolled ones: :mod:`miajax.engine.cpu.convs`):
+the model stays a plain Flax module that never imports the engine.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -34,8 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from miajax import winograd
 
 __all__ = [
   "Conv",
@@ -49,104 +39,19 @@ __all__ = [
 ]
 
 
-CONV_IMPLS = ("winograd", "hybrid", "patches", "xla_patches", "xla")
-
-
-def _resolve_conv_impl(impl: str) -> str:
-  if impl not in CONV_IMPLS:
-    raise ValueError(
-      f"conv_impl must be one of {list(CONV_IMPLS)}, got {impl!r}"
-    )
-  return impl
-
-
 def _xla_conv(x, kernel, strides, padding):
   return lax.conv_general_dilated(
     x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _hybrid_conv(x, kernel, strides, padding):
-  """XLA's convolution, with the weight gradient computed as patches^T @ dY.
-
-  On XLA:CPU the forward convolution and its input gradient (itself a
-  convolution) are fast, but the weight gradient, a convolution that
-  contracts over the batch, is several times slower than the same
-  contraction written as a matmul over im2col patches.
-  """
-  return _xla_conv(x, kernel, strides, padding)
-
-
-def _hybrid_fwd(x, kernel, strides, padding):
-  return _xla_conv(x, kernel, strides, padding), (x, kernel)
-
-
-def _hybrid_bwd(strides, padding, residuals, g):
-  x, kernel = residuals
-  kh, kw, cin, cout = kernel.shape
-  patches = _patches(x, kh, kw, strides, padding)
-  dkernel = (
-    jnp.einsum(
-      "...k,...f->kf",
-      patches.reshape(-1, kh * kw * cin),
-      g.reshape(-1, cout),
-      preferred_element_type=jnp.float32,
-    )
-    .astype(kernel.dtype)
-    .reshape(kernel.shape)
-  )
-  dx = jax.vjp(lambda x_: _xla_conv(x_, kernel, strides, padding), x)[1](g)[0]
-  return dx, dkernel
-
-
-_hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
-
-
-def _patches(x, kh: int, kw: int, strides, padding: str):
-  """im2col by slicing: ``[batch, H', W', kh*kw*C]`` in (kh, kw, C) order.
-
-  Built from pads and strided slices rather than a convolution, so that under
-  ``vmap`` and ``grad`` XLA sees only data movement plus one batched matmul
-  (the transpose of a slice is a pad, not a grouped convolution).
-  """
-  sh, sw = strides
-  h, w = x.shape[-3:-1]
-  if padding == "SAME":
-    out_h, out_w = -(-h // sh), -(-w // sw)
-    pad_h = max((out_h - 1) * sh + kh - h, 0)
-    pad_w = max((out_w - 1) * sw + kw - w, 0)
-    x = jnp.pad(
-      x,
-      ((0, 0),) * (x.ndim - 3)
-      + (
-        (pad_h // 2, pad_h - pad_h // 2),
-        (pad_w // 2, pad_w - pad_w // 2),
-        (0, 0),
-      ),
-    )
-  elif padding == "VALID":
-    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-  else:
-    raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-  cols = [
-    x[
-      ...,
-      i : i + (out_h - 1) * sh + 1 : sh,
-      j : j + (out_w - 1) * sw + 1 : sw,
-      :,
-    ]
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  return jnp.concatenate(cols, axis=-1)
-
-
 class Conv(nn.Module):
   """A 2-D convolution, NHWC, with the same parameters as ``nn.Conv``.
 
-  ``impl='patches'`` computes it as image patches times a matrix (fast for
-  vmapped models on CPU); ``'xla'`` uses ``lax.conv_general_dilated``.
+  ``impl``: ``"xla"`` (``lax.conv_general_dilated``) or a function
+  ``conv(x [batch, H, W, C], kernel [kh, kw, C, F], strides, padding) ->
+  [batch, H', W', F]``; the engine passes its CPU forms
+  (:mod:`miajax.engine.cpu.convs`) this way, so models never import it.
   """
 
   features: int
@@ -154,7 +59,7 @@ class Conv(nn.Module):
   strides: tuple[int, int] = (1, 1)
   padding: str = "SAME"
   use_bias: bool = True
-  impl: str = "xla"
+  impl: Any = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -167,37 +72,14 @@ class Conv(nn.Module):
     dtype = self.dtype or x.dtype
     kernel = kernel.astype(dtype)
     x = x.astype(dtype)
-    impl = _resolve_conv_impl(self.impl)
-    if impl == "winograd" and not winograd.supported(
-      x.shape, kernel.shape, self.strides, self.padding, dtype
-    ):
-      impl = "hybrid"  # other shapes and strides, thin inputs, bfloat16
-    if impl == "winograd":
-      y = winograd.conv3x3(x, kernel)
-    elif impl == "hybrid":
-      y = _hybrid_conv(x, kernel, tuple(self.strides), self.padding)
-    elif impl == "patches":
-      y = _patches(x, kh, kw, self.strides, self.padding) @ kernel.reshape(
-        kh * kw * cin, self.features
-      )
-    elif impl == "xla_patches":
-      patches = lax.conv_general_dilated_patches(
-        x,
-        (kh, kw),
-        self.strides,
-        self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
-      # Patch features come out channel-major: (cin, kh, kw).
-      w = kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, self.features)
-      y = patches @ w
+    if callable(self.impl):
+      y = self.impl(x, kernel, tuple(self.strides), self.padding)
+    elif self.impl == "xla":
+      y = _xla_conv(x, kernel, tuple(self.strides), self.padding)
     else:
-      y = lax.conv_general_dilated(
-        x,
-        kernel,
-        self.strides,
-        self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      raise ValueError(
+        "conv_impl must be 'xla' or a function conv(x, kernel, strides, "
+        f"padding) -> y, got {self.impl!r}"
       )
     if self.use_bias:
       y = y + self.param(
@@ -250,7 +132,7 @@ class LeNet5(nn.Module):
 
   num_classes: int
   dropout_rate: float = 0.0
-  conv_impl: str = "xla"
+  conv_impl: Any = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -276,7 +158,7 @@ class MLLeaksCNN(nn.Module):
 
   num_classes: int
   dropout_rate: float = 0.0
-  conv_impl: str = "xla"
+  conv_impl: Any = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -317,7 +199,7 @@ class CNNSmall(nn.Module):
   num_classes: int
   width: int = 32
   dropout_rate: float = 0.0
-  conv_impl: str = "xla"
+  conv_impl: Any = "xla"
   dtype: Any = None
 
   @nn.compact
@@ -338,7 +220,7 @@ class _WideBlock(nn.Module):
   features: int
   strides: int
   dropout_rate: float
-  conv_impl: str
+  conv_impl: Any
   dtype: Any
 
   @nn.compact
@@ -384,7 +266,7 @@ class WideResNet(nn.Module):
   depth: int = 16
   width: int = 4
   dropout_rate: float = 0.0
-  conv_impl: str = "xla"
+  conv_impl: Any = "xla"
   dtype: Any = None
 
   @nn.compact

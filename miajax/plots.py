@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from miajax import metrics
+from miajax.metrics import _checks, _roc
 
 __all__ = ["plot_roc"]
 
@@ -53,8 +53,8 @@ def plot_roc(
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
       raise ValueError(f"curves[{name!r}] must be a pair (scores, is_member)")
     # Sort once per curve; the public functions would each sort again.
-    split = metrics._split(*pair)
-    ranked = metrics._ranked(split)
+    split = _checks._split(*pair)
+    ranked = _roc._ranked(split)
     fpr = np.concatenate(
       [[0.0], (1.0 - ranked.neg_below / split.neg.size)[::-1]]
     )
@@ -63,8 +63,8 @@ def plot_roc(
     )
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)  # shown as n/a instead
-      low = metrics._tpr_at(split, 0.001, "tpr_at_fpr", "non-members")
-    area = metrics._auc(split, ranked)
+      low = _roc._tpr_at(split, 0.001, "tpr_at_fpr", "non-members")
+    area = _roc._auc(split, ranked)
     low_text = "n/a" if math.isnan(low) else f"{100 * low:.1f}%"
     prepared.append(
       (f"{name} (AUC {area:.3f}, TPR@0.1%FPR {low_text})", fpr, tpr)

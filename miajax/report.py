@@ -1,4 +1,4 @@
-"""Per-attack summaries for ``report.json``, a Markdown table, and atomic JSON writes.
+"""Per-attack summaries for ``report.json`` and a Markdown table.
 
 The summary follows the report schema of every script for one attack,
 ``{"auc", "balanced_accuracy", "tpr_at_fpr": {"0.01", "0.001", "1e-05"},
@@ -9,15 +9,13 @@ are ``None``, because ``NaN`` is not valid JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
-import tempfile
-
-import numpy as np
 
 from miajax import metrics
+
+# Re-exported: scripts write report.json through this module.
+from miajax.runs.io import to_jsonable, write_json_atomic
 
 __all__ = [
   "FPR_LEVELS",
@@ -204,59 +202,3 @@ def format_table(
       row.append("n/a" if eps is None else f"{eps:.2f}")
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
-
-
-def to_jsonable(obj):
-  """``obj`` with numpy values made plain Python and NaN/inf made ``None``.
-
-  dict keys become ``str``; tuples and arrays become lists.
-  """
-  if isinstance(obj, dict):
-    return {str(k): to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return [to_jsonable(v) for v in obj.tolist()]
-  if isinstance(obj, np.generic):
-    obj = obj.item()
-  if isinstance(obj, float):
-    return obj if math.isfinite(obj) else None
-  return obj
-
-
-def write_json_atomic(path, obj, *, indent: int = 2) -> None:
-  """Write ``to_jsonable(obj)`` as JSON so that readers never see a partial file.
-
-  The text is serialised first (a failure leaves the old file untouched),
-  written to a temporary file in the same directory, fsynced, then moved
-  over ``path`` with ``os.replace`` (atomic on POSIX and Windows).
-  """
-  path = os.fspath(path)
-  text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(
-    dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-  )
-  try:
-    # mkstemp creates the file 0600; a report should be readable like any file.
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  try:
-    # Persist the rename itself; not possible on every platform.
-    dir_fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(dir_fd)
-  except OSError:
-    pass
-  finally:
-    os.close(dir_fd)

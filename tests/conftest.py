@@ -16,7 +16,7 @@ _FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _FLAGS:
   os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_backend_optimization_level=0"
 
-from miajax import compilation_cache  # noqa: E402
+from miajax.runs import compilation_cache  # noqa: E402
 
 # One persistent compilation cache for the session (never the user's own):
 # the scripts the tests run in subprocesses load the programs that earlier

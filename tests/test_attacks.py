@@ -137,11 +137,11 @@ def miajax_numpy(shadow, keep, target, offline, fix_variance, use=None):
   return (lp_in - lp_out).mean(-1)
 
 
-def loo_numpy(scores, keep, offline, fix_variance, balanced):
+def loo_numpy(scores, keep, offline, fix_variance, balanced, seed=0):
   """Leave-one-out by refitting per target; balanced also drops, per example, the
   partner model (from the group the target is not in)."""
   models, examples = keep.shape
-  partners = np.asarray(attacks.leave_one_out_partners(keep))
+  partners = np.asarray(attacks.leave_one_out_partners(keep, seed=seed))
   rows = []
   for t in range(models):
     use = np.ones(keep.shape, bool)
@@ -304,6 +304,37 @@ def test_partners_are_uniform_over_the_other_group():
   assert np.array_equal(
     partners, np.asarray(attacks.leave_one_out_partners(keep))
   )
+
+
+def test_balanced_leave_one_out_seed_draws_the_partners():
+  scores, keep = ragged(10, 45, 2, seed=13, min_count=3)
+  scores = scores.astype(np.float32)
+
+  def loo(**kwargs):
+    return np.asarray(
+      attacks.leave_one_out(scores, keep, attack="lira_online", **kwargs)
+    )
+
+  default, other = loo(), loo(seed=1)
+  np.testing.assert_array_equal(loo(seed=0), default)
+  np.testing.assert_array_equal(loo(seed=1), other)
+  assert not np.array_equal(other, default)
+  partners = np.asarray(attacks.leave_one_out_partners(keep, seed=1))
+  assert not np.array_equal(
+    partners, np.asarray(attacks.leave_one_out_partners(keep))
+  )
+  assert np.all(keep[partners, np.arange(keep.shape[1])] != keep)
+  want = loo_numpy(scores.astype(np.float64), keep, False, False, True, seed=1)
+  np.testing.assert_allclose(
+    other, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+  )
+  # Plain leave-one-out drops no partner, so the seed cannot matter.
+  np.testing.assert_array_equal(
+    loo(balanced=False, seed=1), loo(balanced=False)
+  )
+  for bad in (-1, 1.5, True):
+    with pytest.raises(ValueError, match="seed"):
+      loo(seed=bad)
 
 
 def test_numpy_baseline_matches_leave_one_out():

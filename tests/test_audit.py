@@ -1,4 +1,4 @@
-"""experiments/audit.py and miajax.store: target validation, exact LiRA scores, store reuse and growth."""
+"""experiments/audit.py and miajax.runs.store: target validation, exact LiRA scores, store reuse and growth."""
 
 import dataclasses
 import importlib
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from absl import app
 
-from miajax import attacks, checkpoint, designs, runs, scores, store, train
+from miajax import attacks, designs, runs, scores, engine
+from miajax.runs import checkpoint, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -25,7 +26,7 @@ SPEC = runs.RunSpec(
   dataset="digits",
   num_examples=N,
   num_models=10,
-  train=train.TrainConfig(
+  train=engine.TrainConfig(
     model="mlp",
     model_kwargs=(("activation", "relu"), ("widths", (32,))),
     epochs=2,
@@ -302,7 +303,7 @@ def test_store_loads_and_queries_saved_parameters(store10):
   )
   variables = loaded.variables([2, 9])
   np.testing.assert_allclose(
-    train.predict(loaded.config, variables, pool.x[:20], num_classes=C),
+    engine.predict(loaded.config, variables, pool.x[:20], num_classes=C),
     shadows.logits[[2, 9], :20],
     atol=1e-5,
   )

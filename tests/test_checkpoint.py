@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from miajax import checkpoint, data, defenses, runs, train
+from miajax import data, defenses, runs, engine
+from miajax.runs import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SILENT = dict(log=lambda s: None, progress=lambda p: None)
@@ -37,21 +38,21 @@ def _fail_at(models_done: int, epoch: int):
   return progress
 
 
-def _spec(**train_kwargs) -> runs.RunSpec:
+def _spec(axis=None, **train_kwargs) -> runs.RunSpec:
   cfg = dict(
     model="mlp",
     model_kwargs=(("activation", "relu"), ("widths", (16,))),
     epochs=4,
     batch_size=32,
     learning_rate=0.1,
-    models_per_step=2,
-    microbatch_size=32,  # no micro-batch timing run on the CPU paths
   )
   return runs.RunSpec(
     dataset="digits",
     num_examples=240,
     num_models=4,
-    train=train.TrainConfig(**{**cfg, **train_kwargs}),
+    train=engine.TrainConfig(**{**cfg, **train_kwargs}),
+    # No micro-batch timing run on the CPU paths.
+    lowering=engine.Lowering(model_axis=axis, models_per_step=2, microbatch=32),
   )
 
 
@@ -73,8 +74,11 @@ def _replace_train(spec: runs.RunSpec, **changes) -> runs.RunSpec:
 def test_a_chunk_failing_mid_way_resumes_and_equals_an_uninterrupted_run(
   tmp_path, axis, every, fail_epoch, resume_epoch, defense
 ):
-  spec = _spec(model_axis=axis, defense=defense)
-  assert train.model_axis(spec.train, (8, 8, 1), 10) == (axis or "vmap")
+  spec = _spec(axis, defense=defense)
+  low = engine.resolve_lowering(
+    spec.train, (8, 8, 1), 10, lowering=spec.lowering
+  )
+  assert low.model_axis == (axis or "vmap")
   ref = runs.run_training(spec, tmp_path / "ref", **SILENT)
 
   run = tmp_path / "run"
@@ -95,7 +99,9 @@ def test_a_chunk_failing_mid_way_resumes_and_equals_an_uninterrupted_run(
   # Other checkpoint settings, another chunk size: the same run, it resumes.
   lines, seen = [], []
   res = runs.run_training(
-    _replace_train(spec, models_per_step=4),
+    dataclasses.replace(
+      spec, lowering=dataclasses.replace(spec.lowering, models_per_step=4)
+    ),
     run,
     log=lines.append,
     progress=seen.append,
@@ -139,31 +145,30 @@ def test_batch_norm_dropout_and_augmentation_resume_exactly(tmp_path):
   # chunks of 2 is this one's too.
   x, y = ds.x_train[:240], ds.y_train[:240]
   keep = data.paired_keep(2, 240, seed=2)
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model=BatchNormMLP(),
     optimizer="adam",
     learning_rate=1e-2,
     epochs=3,
     batch_size=32,
     augment=True,
-    model_axis="vmap",
   )
-  ref = train.train_models(x, y, keep, cfg, num_classes=10)
+  ref = engine.train_models(cfg, x, y, keep, num_classes=10)
   lines = []
   saver = checkpoint.Checkpointer(tmp_path, every_epochs=1, log=lines.append)
   with pytest.raises(Boom):
-    for _ in train.train_chunks(
+    for _ in engine.train_chunks(
+      cfg,
       x,
       y,
       keep,
-      cfg,
       num_classes=10,
       checkpoints=saver,
       progress=_fail_at(0, 2),
     ):
       pass
-  (got,) = train.train_chunks(
-    x, y, keep, cfg, num_classes=10, checkpoints=saver
+  (got,) = engine.train_chunks(
+    cfg, x, y, keep, num_classes=10, checkpoints=saver
   )
   assert lines == ["resuming models [0, 2) from the checkpoint at epoch 2 of 3"]
   assert got.resumed_epoch == 2
@@ -337,14 +342,14 @@ def test_train_models_resumes_after_sigkill_mid_chunk(tmp_path):
     dataset="digits",
     num_examples=240,
     num_models=2,
-    train=train.TrainConfig(
+    train=engine.TrainConfig(
       model="mlp",
       model_kwargs=(("activation", "relu"), ("widths", (16,))),
       epochs=200,
       batch_size=32,
       learning_rate=0.1,
-      models_per_step=2,
     ),
+    lowering=engine.Lowering(models_per_step=2),
   )
   # The script resumes in a new process while this one trains the
   # uninterrupted reference and then runs the script on the reference's

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from miajax import compilation_cache
+from miajax.runs import compilation_cache
 
 CHILD = """
 import sys, jax, jax.numpy as jnp
 from jax._src import monitoring
-from miajax import compilation_cache
+from miajax.runs import compilation_cache
 hits = []
 monitoring.register_event_listener(
   lambda name, **kw: hits.append(name) if "cache_hits" in name else None

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from miajax import cpu
+from miajax.engine.cpu import devices as cpu
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
 import gzip
+import importlib.util
 import os
 import pathlib
 import sys
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from miajax import data
+from miajax.data import loaders
 
 FASHION_STEMS = [
   "train-images-idx3-ubyte",
@@ -50,14 +52,14 @@ def test_digits_read_directly_equal_scikit_learns_loader(monkeypatch):
   from sklearn.datasets import load_digits
 
   ref = load_digits()
-  pixels, labels = data._digits_arrays()
+  pixels, labels = loaders._digits_arrays()
   np.testing.assert_array_equal(
     pixels, ref.data
   )  # same order: the split depends on it
   np.testing.assert_array_equal(labels, ref.target)
   # Where the file cannot be found, scikit-learn's loader gives the same dataset.
   fast = data.load("digits")
-  monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
   slow = data.load("digits")
   np.testing.assert_array_equal(fast.x_train, slow.x_train)
   np.testing.assert_array_equal(fast.y_test, slow.y_test)
@@ -137,8 +139,8 @@ def test_tfds_data_source_under_mock(mock_tfds, tmp_path, name, shape, classes):
 def test_tfds_chunked_read_matches_single_read(mock_tfds, tmp_path):
   with mock_tfds.testing.mock_data(num_examples=10):
     src = mock_tfds.data_source("mnist", split="train", data_dir=tmp_path)
-    x_chunked, y_chunked = data._read_source(src, chunk=3)
-    x_one, y_one = data._read_source(src, chunk=100)
+    x_chunked, y_chunked = loaders._read_source(src, chunk=3)
+    x_one, y_one = loaders._read_source(src, chunk=100)
   np.testing.assert_array_equal(x_chunked, x_one)
   np.testing.assert_array_equal(y_chunked, y_one)
   assert x_one.shape == (10, 28, 28, 1)
@@ -243,7 +245,7 @@ def test_npz_missing_file_message(tmp_path):
   ],
 )
 def test_npz_bad_contents(tmp_path, monkeypatch, arrays, match):
-  monkeypatch.setitem(data._NPZ_CLASSES, "location30", 3)
+  monkeypatch.setitem(loaders._NPZ_CLASSES, "location30", 3)
   path = tmp_path / "location30.npz"
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match=match) as info:
@@ -373,7 +375,7 @@ def test_fashion_mnist_search_order_and_missing_message(tmp_path, monkeypatch):
   debian = tmp_path / "debian"
   debian.mkdir()
   _write_fashion(debian, np.random.default_rng(1), n_train=10, n_test=3)
-  monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(debian))
+  monkeypatch.setattr(loaders, "DEBIAN_FASHION_MNIST_DIR", str(debian))
   own = tmp_path / "own"
   own.mkdir()
   # An empty data_dir falls through to the Debian directory ...
@@ -385,7 +387,7 @@ def test_fashion_mnist_search_order_and_missing_message(tmp_path, monkeypatch):
   empty = tmp_path / "empty"
   empty.mkdir()
   monkeypatch.setattr(
-    data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "nowhere")
+    loaders, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "nowhere")
   )
   with pytest.raises(ValueError) as info:
     data.load("fashion_mnist", data_dir=empty)

@@ -1,8 +1,11 @@
 """Loss-level defenses checked against float64 numpy formulas."""
 
 import dataclasses
+import importlib
 import json
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from miajax import config as config_lib
-from miajax import data, engine, train
+from miajax.engine import recipe as config_lib
+from miajax import data, engine
 from miajax import defenses as D
-from miajax import outputs, privacy
+from miajax.defenses import privacy
 
 C = 10
 RNG = np.random.default_rng(0)
@@ -184,8 +187,8 @@ def test_chain_structure_and_accessors():
     D.chain(D.dp_sgd(1.0, 1.0), inner, D.dp_sgd(1.0, 2.0))
   with pytest.raises(ValueError, match="dropout"):
     D.chain(inner, D.dropout(0.1))
-  with pytest.raises(TypeError, match="chain_outputs"):
-    D.chain(D.label_smoothing(0.1), outputs.top_k(3))
+  with pytest.raises(ValueError, match="an output transform.*a defense"):
+    D.chain(D.label_smoothing(0.1), D.top_k(3))
   with pytest.raises(TypeError):
     D.chain("l2")
 
@@ -218,15 +221,39 @@ def test_validation_errors():
 
 
 def test_explicit_exports():
-  # Only the accounting that sets dp_sgd's noise is re-exported; output
-  # transforms and the clipping step live in their own modules.
-  assert (
-    D.dp_epsilon is privacy.dp_epsilon
-    and D.dp_noise_multiplier is privacy.dp_noise_multiplier
-  )
+  # Every public name of the submodules is re-exported flat, as itself.
+  from miajax.defenses import base, hamp_defense, hooks, outputs, training
+
   assert all(hasattr(D, name) for name in D.__all__)
-  for name in ("top_k", "apply_output", "clip_and_noise", "l2", "L2"):
+  for module in (base, training, hooks, outputs, hamp_defense, privacy):
+    for name in module.__all__:
+      if module is not base or name in ("chain", "describe", "short_name"):
+        assert getattr(D, name) is getattr(module, name), name
+        assert name in D.__all__, name
+  # one vocabulary for both kinds; L2 is TrainConfig.weight_decay
+  for name in ("chain_outputs", "describe_output", "output_short_name", "l2"):
     assert not hasattr(D, name), name
+  for old in ("miajax.outputs", "miajax.privacy"):
+    with pytest.raises(ModuleNotFoundError):
+      importlib.import_module(old)
+
+
+def test_the_package_does_not_import_the_engine():
+  # Defenses plug into the engine; the attack layer imports the output
+  # transforms through this package without the training stack.
+  code = (
+    "import sys, miajax.defenses\n"
+    "print(' '.join(m for m in sys.modules if m.startswith(('miajax', "
+    "'optax', 'flax'))))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+  )
+  loaded = set(out.stdout.split())
+  assert "miajax.defenses.training" in loaded
+  others = {m for m in loaded if not m.startswith("miajax.defenses")}
+  # miajax.hyperparams: the per-model values (numpy only).
+  assert others == {"miajax", "miajax.hyperparams"}, sorted(others)
 
 
 def test_dp_summary_uses_the_accountant():
@@ -363,7 +390,7 @@ def test_user_defense_loss_and_targets_match_float64():
     )
     D.per_example_loss(bad(), LOGITS, LABELS)
   with pytest.raises(ValueError, match="model_kwargs"):
-    train.TrainConfig(model_kwargs=(("dropout_rate", 0.2),)).validate()
+    engine.TrainConfig(model_kwargs=(("dropout_rate", 0.2),)).validate()
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +408,7 @@ def _cfg(**kw):
     batch_size=32,
     seed=1,
   )
-  return train.TrainConfig(**{**base, **kw})
+  return engine.TrainConfig(**{**base, **kw})
 
 
 def _reference_sgd(cfg, x, y, keep_row, key, tx, loss_fn):
@@ -424,7 +451,7 @@ def _assert_params_close(got, want, **tol):
 
 
 @dataclasses.dataclass(frozen=True)
-class MixUniform(outputs.OutputTransform):
+class MixUniform(D.OutputTransform):
   """A user output transform: release ``(1 - lam) p + lam / C``."""
 
   lam: float
@@ -438,7 +465,7 @@ def test_user_defense_trains_like_a_hand_written_loop(small_digits):
   x, y, keep = small_digits
   tx = optax.sgd(0.1, momentum=0.9)
   cfg = _cfg(optimizer=tx, defense=USER)
-  res = train.train_models(x, y, keep, cfg, num_classes=10)
+  res = engine.train_models(cfg, x, y, keep, num_classes=10)
   assert not res.diverged.any()
 
   def hand_loss(p, logits, yb):
@@ -457,23 +484,23 @@ def test_user_defense_trains_like_a_hand_written_loop(small_digits):
     _assert_params_close(got, want, rtol=2e-4, atol=2e-5)
 
   # ... and is queried through a user output transform
-  logits = train.predict(cfg, res.variables, x, num_classes=10)
-  view = train.predict(
+  logits = engine.predict(cfg, res.variables, x, num_classes=10)
+  view = engine.predict(
     cfg, res.variables, x, num_classes=10, output=MixUniform(0.1)
   )
   p = np.exp(np_log_softmax(logits))
   np.testing.assert_allclose(view, np.log(0.9 * p + 0.01), rtol=1e-5, atol=1e-5)
   # transforms that read the models' logits on random inputs get them too
-  hamp = outputs.chain_outputs(outputs.hamp_output(), MixUniform(0.1))
+  hamp = D.chain(D.hamp_output(), MixUniform(0.1))
   with pytest.raises(ValueError, match="random_x"):
-    train.predict(cfg, res.variables, x, num_classes=10, output=hamp)
+    engine.predict(cfg, res.variables, x, num_classes=10, output=hamp)
   noise = np.random.default_rng(0).uniform(size=x.shape).astype(np.float32)
-  view = train.predict(
+  view = engine.predict(
     cfg, res.variables, x, num_classes=10, output=hamp, random_x=noise
   )
-  rand = train.predict(cfg, res.variables, noise, num_classes=10)
+  rand = engine.predict(cfg, res.variables, noise, num_classes=10)
   np.testing.assert_allclose(
-    view, outputs.apply_output(hamp, logits, random_logits=rand), rtol=1e-6
+    view, D.apply_output(hamp, logits, random_logits=rand), rtol=1e-6
   )
   assert np.all(view.argmax(-1) == logits.argmax(-1))
 
@@ -486,17 +513,17 @@ def test_weight_decay_is_the_half_squared_norm_penalty_with_sgd(small_digits):
   # gradients (the batch gradient), so the penalty's gradient must be added
   # after it.
   x, y, keep = small_digits
-  decayed = train.train_models(
-    x, y, keep, _cfg(weight_decay=0.05), num_classes=10
+  decayed = engine.train_models(
+    _cfg(weight_decay=0.05), x, y, keep, num_classes=10
   )
-  penalised = train.train_models(
-    x,
-    y,
-    keep,
+  penalised = engine.train_models(
     _cfg(
       weight_decay=0.0,
       defense=D.chain(MeanOfExamples(), HalfSquaredNorm(0.05)),
     ),
+    x,
+    y,
+    keep,
     num_classes=10,
   )
   _assert_params_close(

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from miajax import data, label_only, runs, train
+from miajax import data, runs, engine
+from miajax.attacks import label_only
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = [
@@ -31,7 +32,7 @@ SINGLE_SPEC = runs.RunSpec(
   dataset="digits",
   num_examples=300,
   num_models=6,
-  train=train.TrainConfig(
+  train=engine.TrainConfig(
     model="mlp",
     model_kwargs=(("activation", "tanh"), ("widths", (32,))),
     epochs=2,
@@ -49,25 +50,27 @@ SINGLE_SPEC = runs.RunSpec(
 SHARD_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from miajax import compilation_cache, data, engine, train
+from miajax import data, engine
+from miajax.engine import loop
+from miajax.runs import compilation_cache
 compilation_cache.use_compilation_cache()  # the session's: what loop mode compiles per device, once
 ds = data.load("digits")
 keep = data.paired_keep(6, 300, seed=1)
-record = engine.train_chunks
+record = loop.train_chunks
 def recording(*args, **kwargs):
   for chunk in record(*args, **kwargs):
     chunks.append(chunk)
     yield chunk
-engine.train_chunks = recording
+loop.train_chunks = recording
 for case in sys.argv[2:]:
   models_per_step, model_axis = case.split(",")
-  cfg = train.TrainConfig(model="mlp", model_kwargs=(("activation", "tanh"), ("widths", (32,))), epochs=2, batch_size=32,
-                          models_per_step=int(models_per_step), model_axis=model_axis)
+  cfg = engine.TrainConfig(model="mlp", model_kwargs=(("activation", "tanh"), ("widths", (32,))), epochs=2, batch_size=32)
+  low = engine.Lowering(models_per_step=int(models_per_step), model_axis=model_axis)
   chunks, shards = [], []  # per epoch: (device id, models held) of the chunk's parameters *during* training
-  res = train.train_models(ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10,
+  res = engine.train_models(cfg, ds.x_train[:300], ds.y_train[:300], keep, num_classes=10, lowering=low,
                            progress=lambda p: shards.append(p["model_shards"]))
   devices = sorted({d.id for c in chunks for d in jax.tree_util.tree_leaves(c.variables)[0].sharding.device_set})
-  logits = train.predict(cfg, res.variables, ds.x_test[:40], num_classes=10)
+  logits = engine.predict(cfg, res.variables, ds.x_test[:40], num_classes=10, lowering=low)
   np.save(f"{sys.argv[1]}/{models_per_step}-{model_axis}.npy", logits)
   print(json.dumps({"case": case, "local_devices": jax.local_device_count(), "devices_used": devices,
                     "shards": shards, "chunks": [len(c.model_indices) for c in chunks]}))
@@ -114,13 +117,16 @@ def four_devices(tmp_path_factory):
     # device the four cases agree to 2.4e-7 (test_train compares the modes there).
     ds = data.load("digits")
     keep = data.paired_keep(6, 300, seed=1)
-    cfg = dataclasses.replace(
-      SINGLE_SPEC.train, models_per_step=6, model_axis="vmap"
+    cfg = SINGLE_SPEC.train
+    res = engine.train_models(
+      cfg,
+      ds.x_train[:300],
+      ds.y_train[:300],
+      keep,
+      num_classes=10,
+      lowering=engine.Lowering(models_per_step=6, model_axis="vmap"),
     )
-    res = train.train_models(
-      ds.x_train[:300], ds.y_train[:300], keep, cfg, num_classes=10
-    )
-    one = train.predict(cfg, res.variables, ds.x_test[:40], num_classes=10)
+    one = engine.predict(cfg, res.variables, ds.x_test[:40], num_classes=10)
     outs = [p.communicate(timeout=600) for p in procs]
   finally:
     for p in procs:
@@ -287,13 +293,13 @@ def test_merge_waits_for_every_model_and_accepts_mixed_chunk_sizes(tmp_path):
     dataset="digits",
     num_examples=200,
     num_models=4,
-    train=train.TrainConfig(
+    train=engine.TrainConfig(
       model="mlp",
       model_kwargs=(("widths", (16,)),),
       epochs=1,
       batch_size=32,
-      models_per_step=1,
     ),
+    lowering=engine.Lowering(models_per_step=1),
   )
   assert (
     runs.run_training(
@@ -305,18 +311,7 @@ def test_merge_waits_for_every_model_and_accepts_mixed_chunk_sizes(tmp_path):
   with pytest.raises(TimeoutError, match=r"models \[2, 3\]"):
     runs.wait_and_merge(tmp_path, 4, timeout_s=0.0, poll_s=0.0)
   # Finish with another chunk size (as after a restart with more free memory).
-  spec2 = runs.RunSpec(
-    **{
-      **spec.__dict__,
-      "train": train.TrainConfig(
-        model="mlp",
-        model_kwargs=(("widths", (16,)),),
-        epochs=1,
-        batch_size=32,
-        models_per_step=2,
-      ),
-    }
-  )
+  spec2 = dataclasses.replace(spec, lowering=engine.Lowering(models_per_step=2))
   res = runs.run_training(spec2, tmp_path, log=lambda s: None)
   assert res.logits.shape == (4, 200, 1, 10) and res.chunks_trained == 1
   whole = runs.run_training(spec2, tmp_path / "whole", log=lambda s: None)

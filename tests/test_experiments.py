@@ -14,9 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from miajax import runs, train
+from miajax import engine, runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from configs import lira as lira_config  # plain values: defines no flags
+
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 # The recipe of test_defenses_script.py (8 models on all 1297 digits): the second of the two
 # scripts to run loads its training, prediction and attack programs from the session's
@@ -124,17 +127,19 @@ def test_run_resumes_after_a_failure_without_retraining_finished_chunks(
   # The real SIGKILL of experiments/train_models.py mid-chunk is in
   # test_checkpoint.py; here the run fails right after its first chunk is
   # written, with no checkpoint to resume from.
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model="mlp",
     model_kwargs=(("activation", "relu"), ("widths", (16,))),
     epochs=4,
     batch_size=32,
     learning_rate=0.1,
-    models_per_step=2,
-    microbatch_size=32,
   )
   spec = runs.RunSpec(
-    dataset="digits", num_examples=240, num_models=6, train=cfg
+    dataset="digits",
+    num_examples=240,
+    num_models=6,
+    train=cfg,
+    lowering=engine.Lowering(models_per_step=2, microbatch=32),
   )
   quiet = dict(log=lambda s: None, checkpoint_every_s=0)
   full = runs.run_training(spec, tmp_path / "full", progress=None, **quiet)
@@ -201,3 +206,114 @@ def test_lira_on_real_fashion_mnist_small(tmp_path):
     report["target"]["test_accuracy"] > 0.7
   )  # real images, a real classifier
   assert time.time() - t0 < 180
+
+
+def test_lira_default_recipe():
+  """The recipe lira.py runs without flags (docs, README and the tests' SMALL rely on it)."""
+  c = lira_config.get_config()
+  assert (c["dataset"], c["model"], c["model_kwargs"]) == (
+    "digits",
+    "mlp",
+    {"widths": (256, 128), "activation": "relu"},
+  )
+  assert (c["epochs"], c["batch_size"], c["learning_rate"]) == (30, 64, 0.1)
+  assert (c["optimizer"], c["momentum"], c["weight_decay"]) == (
+    "sgd",
+    0.9,
+    5e-4,
+  )
+  assert (c["schedule"], c["num_models"], c["design"], c["queries"]) == (
+    "cosine",
+    64,
+    "paired",
+    "identity",
+  )
+
+
+# Imports lira.py with its config changed, then builds the RunSpec of each command line.
+RECIPE_DRIVER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from configs import lira as lira_config
+default = lira_config.get_config
+lira_config.get_config = lambda: dict(
+  default(), epochs=7, weight_decay=0.25, num_models=10
+)
+from absl import flags
+import common, lira
+out = {}
+for argv in json.loads(sys.argv[2]):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["lira.py", *argv])
+  spec = common.run_spec()
+  t = spec.train
+  out[" ".join(argv)] = [
+    spec.num_models, t.model, dict(t.model_kwargs), t.epochs, t.batch_size,
+    t.learning_rate, t.weight_decay, t.momentum, t.schedule,
+  ]
+print(json.dumps(out))
+"""
+
+
+def test_config_gives_the_flag_defaults_and_flags_override_it():
+  cases = [
+    [],
+    ["--epochs=3", "--weight_decay=0", "--num_models=6", "--widths=32"],
+    # Another dataset: its own recipe (recipes.DATASETS), not the job's digits one; the
+    # settings that do not depend on the dataset stay the job's.
+    ["--dataset=fashion_mnist"],
+    ["--dataset=cifar10"],  # no recipe of its own: recipes.GENERIC
+  ]
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      RECIPE_DRIVER,
+      str(ROOT / "experiments"),
+      json.dumps(cases),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  mlp = {"activation": "relu", "widths": [256, 128]}
+  generic = {"activation": "tanh", "widths": [1024, 512, 256, 128]}
+  assert got == {
+    "": [10, "mlp", mlp, 7, 64, 0.1, 0.25, 0.9, "cosine"],
+    "--epochs=3 --weight_decay=0 --num_models=6 --widths=32": [
+      6,
+      "mlp",
+      {"activation": "relu", "widths": [32]},
+      3,
+      64,
+      0.1,
+      0.0,
+      0.9,
+      "cosine",
+    ],
+    "--dataset=fashion_mnist": [
+      10,
+      "mlp",
+      mlp,
+      15,
+      256,
+      0.1,
+      0.25,
+      0.9,
+      "cosine",
+    ],
+    "--dataset=cifar10": [
+      10,
+      "mlp",
+      generic,
+      30,
+      128,
+      0.1,
+      0.25,
+      0.9,
+      "cosine",
+    ],
+  }

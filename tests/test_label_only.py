@@ -7,7 +7,8 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from miajax import attacks, data, label_only, runs, train
+from miajax import attacks, data, runs, engine
+from miajax.attacks import label_only
 
 
 # ----------------------------------------------------------------- views
@@ -246,7 +247,7 @@ def test_bad_inputs_name_the_argument(call, match):
 
 @pytest.mark.slow
 def test_run_keeps_view_labels_that_equal_a_direct_prediction(tmp_path):
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model="mlp",
     model_kwargs=(("widths", (32,)),),
     epochs=2,
@@ -263,11 +264,11 @@ def test_run_keeps_view_labels_that_equal_a_direct_prediction(tmp_path):
   )
   assert res.label_only == q
   ds = runs.load_dataset(spec)
-  trained = train.train_models(
-    ds.x_train, ds.y_train, runs.make_keep(spec, 120), cfg, num_classes=10
+  trained = engine.train_models(
+    cfg, ds.x_train, ds.y_train, runs.make_keep(spec, 120), num_classes=10
   )
   views = np.asarray(q.views(ds.x_train))
-  logits = train.predict(
+  logits = engine.predict(
     cfg, trained.variables, views.reshape((-1, 8, 8, 1)), num_classes=10
   )[:, :, 0]
   want = logits.argmax(-1).reshape(4, 21, 120).transpose(0, 2, 1)

@@ -8,8 +8,8 @@ import pytest
 from started import Started
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from miajax import mlleaks
-from miajax import outputs as O
+from miajax.attacks import mlleaks
+from miajax import defenses as O
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ import pytest
 from jax import lax
 
 from miajax import models
+from miajax.engine.cpu import convs
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +49,7 @@ def _conv_variables(rng, kernel, cin, features):
 def test_patch_conv_equals_xla_conv(padding, strides, kernel):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
-  conv = models.Conv(4, kernel, strides, padding, impl="patches")
+  conv = models.Conv(4, kernel, strides, padding, impl=convs.CONVS["patches"])
   variables = _conv_variables(rng, kernel, 3, 4)
   got = conv.apply(variables, x)
   w, b = variables["params"]["kernel"], variables["params"]["bias"]
@@ -59,16 +60,16 @@ def test_patch_conv_equals_xla_conv(padding, strides, kernel):
     + b
   )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  both = models.Conv(4, kernel, strides, padding, impl="xla_patches").apply(
-    variables, x
-  )
+  both = models.Conv(
+    4, kernel, strides, padding, impl=convs.CONVS["xla_patches"]
+  ).apply(variables, x)
   np.testing.assert_allclose(both, want, rtol=1e-5, atol=1e-5)
 
 
 def test_patch_conv_gradient_matches_xla():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
-  a = models.Conv(5, (3, 3), impl="patches")
+  a = models.Conv(5, (3, 3), impl=convs.CONVS["patches"])
   b = models.Conv(5, (3, 3), impl="xla")
   variables = _conv_variables(rng, (3, 3), 3, 5)
   loss = lambda m: lambda v, x: (m.apply(v, x) ** 2).sum()
@@ -181,7 +182,8 @@ def test_reshape_pooling_equals_avg_pool():
 
 
 def test_hybrid_conv_gradients_equal_xla_conv():
-  from miajax.models import _hybrid_conv, _xla_conv
+  from miajax.engine.cpu.convs import _xla_conv
+  from miajax.engine.cpu.convs import hybrid_conv as _hybrid_conv
 
   rng = np.random.default_rng(1)
   for strides, padding, shape in [

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from miajax import data, defenses, lowering, models, privacy, runs, train
+from miajax import data, defenses, engine, models, runs
+from miajax.engine import lowering
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -134,7 +135,7 @@ def reference_train(
       per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0))(
         params, xb, yb, jnp.arange(batch)
       )
-      grads = privacy.clip_and_noise(
+      grads = defenses.clip_and_noise(
         per,
         jax.random.fold_in(skey, 7),
         l2_norm_clip=dp[0],
@@ -210,10 +211,10 @@ def test_user_flax_module_with_adamw_schedule_equals_one_model_optax_loops():
     optax.warmup_cosine_decay_schedule(0.0, 3e-3, spe, epochs * spe),
     weight_decay=1e-4,
   )
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model=TinyCNN(), optimizer=make_tx, epochs=epochs, batch_size=batch, seed=5
   )
-  res = train.train_models(x, y, keep, cfg, num_classes=10)
+  res = engine.train_models(cfg, x, y, keep, num_classes=10)
   assert np.all(res.loss[:, -1] < res.loss[:, 0])  # it trained
   module = TinyCNN()
   ref = lambda rows, keys: reference_train(
@@ -230,7 +231,7 @@ def test_user_flax_module_with_adamw_schedule_equals_one_model_optax_loops():
   )
   _compare(res, keep, 5, ref, rtol=2e-4, atol=2e-5)
   # predict runs the user module too.
-  logits = train.predict(cfg, res.variables, x[:7], num_classes=10)
+  logits = engine.predict(cfg, res.variables, x[:7], num_classes=10)
   direct = module.apply(
     jax.tree_util.tree_map(lambda a: a[3], res.variables), x[:7]
   )
@@ -251,7 +252,7 @@ def test_plain_jax_init_apply_pair_and_custom_loss_equal_one_model_loops():
     ]
     return -((1 - jnp.exp(logp)) ** 2) * logp
 
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model=(mlp_init, mlp_apply),
     optimizer=tx,
     loss=focal,
@@ -260,7 +261,7 @@ def test_plain_jax_init_apply_pair_and_custom_loss_equal_one_model_loops():
     seed=1,
     model_name="tanh_mlp",
   )
-  res = train.train_models(x, y, keep, cfg, num_classes=10)
+  res = engine.train_models(cfg, x, y, keep, num_classes=10)
   pair_apply = lambda v, xb, *, train, rngs, mutable=(): mlp_apply(
     v, xb, train=train, rngs=rngs
   )
@@ -278,7 +279,7 @@ def test_plain_jax_init_apply_pair_and_custom_loss_equal_one_model_loops():
     loss=focal,
   )
   _compare(res, keep, 1, ref, rtol=1e-4, atol=1e-5)
-  logits = train.predict(cfg, res.variables, x, num_classes=10)
+  logits = engine.predict(cfg, res.variables, x, num_classes=10)
   np.testing.assert_allclose(
     logits[0, :, 0],
     mlp_apply(
@@ -292,8 +293,14 @@ def test_plain_jax_init_apply_pair_and_custom_loss_equal_one_model_loops():
   )
 
 
-def _gpu_lowering(cfg, shape):
-  low = lowering.resolve_lowering(cfg, shape, 10, backend="gpu")
+def _gpu_lowering(cfg, shape, dtype="float32"):
+  low = lowering.resolve_lowering(
+    cfg,
+    shape,
+    10,
+    backend="gpu",
+    lowering=engine.Lowering(compute_dtype=dtype),
+  )
   assert (
     low.model_axis,
     low.conv_impl,
@@ -322,7 +329,6 @@ def test_accelerator_lowering_forced_on_cpu_equals_one_model_loops(case):
   )
   dp, dtype, tol = None, jnp.float32, dict(rtol=2e-4, atol=2e-5)
   if case == "bfloat16":
-    kwargs["compute_dtype"] = "bfloat16"
     dtype = jnp.bfloat16
     tol = dict(
       rtol=0.05, atol=5e-3
@@ -330,9 +336,9 @@ def test_accelerator_lowering_forced_on_cpu_equals_one_model_loops(case):
   if case == "dp_sgd":
     dp = (1.0, 0.5)
     kwargs["defense"] = defenses.dp_sgd(*dp)
-  cfg = train.TrainConfig(**kwargs)
-  low = _gpu_lowering(cfg, x.shape[1:])
-  res = train.train_models(x, y, keep, cfg, num_classes=10, lowering=low)
+  cfg = engine.TrainConfig(**kwargs)
+  low = _gpu_lowering(cfg, x.shape[1:], jnp.dtype(dtype).name)
+  res = engine.train_models(cfg, x, y, keep, num_classes=10, lowering=low)
   module = models.get_model(
     "cnn_small",
     10,
@@ -365,7 +371,7 @@ def test_accelerator_lowering_trains_batch_norm_with_per_model_statistics():
   epochs, batch = 2, 8
   steps = int(np.ceil(keep.sum(1).max() / batch))
   tx = optax.sgd(0.05, momentum=0.9)
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model="wrn",
     model_kwargs=(("depth", 10), ("width", 1)),
     optimizer=tx,
@@ -374,7 +380,7 @@ def test_accelerator_lowering_trains_batch_norm_with_per_model_statistics():
     seed=2,
   )
   low = _gpu_lowering(cfg, x.shape[1:])
-  res = train.train_models(x, y, keep, cfg, num_classes=10, lowering=low)
+  res = engine.train_models(cfg, x, y, keep, num_classes=10, lowering=low)
   assert "batch_stats" in res.variables
   module = models.get_model("wrn", 10, depth=10, width=1)
   ref = lambda rows, keys: reference_train(
@@ -392,7 +398,7 @@ def test_accelerator_lowering_trains_batch_norm_with_per_model_statistics():
   )
   _compare(res, keep, 2, ref, rtol=5e-4, atol=5e-5)
   # Inference uses each model's own running statistics.
-  logits = train.predict(
+  logits = engine.predict(
     cfg, res.variables, x[:5], num_classes=10, lowering=low
   )
   own_apply = jax.jit(functools.partial(module.apply, train=False))
@@ -428,22 +434,19 @@ def test_user_model_configuration_errors_are_named():
   ]
   for kwargs, match in cases:
     with pytest.raises(ValueError, match=match):
-      train.TrainConfig(**kwargs).validate()
+      engine.TrainConfig(**kwargs).validate()
   x, y = _data(n=32)
-  cfg = train.TrainConfig(
-    model=TinyCNN(), optimizer=optax.sgd(0.1), batch_size=8, epochs=1
+  cfg = engine.TrainConfig(
+    model=TinyCNN(),
+    optimizer=optax.sgd(0.1),
+    batch_size=8,
+    epochs=1,
+    learning_rate=[1.0, 0.5],
   )
   with pytest.raises(
-    ValueError, match="per-model learning rates need a built-in optimizer"
+    ValueError, match="per-model learning_rate needs a built-in optimizer"
   ):
-    train.train_models(
-      x,
-      y,
-      data.paired_keep(2, 32),
-      cfg,
-      num_classes=10,
-      learning_rates=np.ones(2),
-    )
+    engine.train_models(cfg, x, y, data.paired_keep(2, 32), num_classes=10)
   with pytest.raises(ValueError, match="backend must be one of"):
     lowering.resolve_lowering(cfg, (8, 8, 1), 10, backend="ipu")
 
@@ -451,7 +454,7 @@ def test_user_model_configuration_errors_are_named():
 @pytest.mark.usefixtures("cheap_random_bits")
 @pytest.mark.slow
 def test_run_directory_fingerprints_a_user_model_and_refuses_another(tmp_path):
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model=(mlp_init, mlp_apply),
     optimizer=optax.sgd(0.1),
     epochs=1,
@@ -468,7 +471,7 @@ def test_run_directory_fingerprints_a_user_model_and_refuses_another(tmp_path):
     dataset="digits",
     num_examples=100,
     num_models=2,
-    train=train.TrainConfig(
+    train=engine.TrainConfig(
       model=TinyCNN(),
       optimizer=optax.sgd(0.1),
       epochs=1,
@@ -483,14 +486,8 @@ def test_run_directory_fingerprints_a_user_model_and_refuses_another(tmp_path):
 def test_one_place_reads_the_default_backend():
   hits = [
     (p.name, i)
-    for p in (ROOT / "miajax").glob("*.py")
+    for p in (ROOT / "miajax").rglob("*.py")
     for i, line in enumerate(p.read_text().splitlines())
     if re.search(r"default_backend\(", line)
   ]
   assert [name for name, _ in hits] == ["lowering.py"]
-  big = [
-    p.name
-    for p in (ROOT / "miajax").glob("*.py")
-    if len(p.read_text().splitlines()) > 800
-  ]
-  assert "train.py" not in big

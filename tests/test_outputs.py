@@ -11,7 +11,6 @@ import dataclasses
 import jax.numpy as jnp
 
 from miajax import defenses as D
-from miajax import outputs as O
 from miajax import scores
 
 C = 10
@@ -43,7 +42,7 @@ def np_hamp(z, u):
 
 def test_temperature_matches_formula():
   for t in (0.5, 2.0, 10.0):
-    view = O.apply_output(O.temperature(t), LOGITS)
+    view = D.apply_output(D.temperature(t), LOGITS)
     np.testing.assert_allclose(
       np.exp(view), np_softmax(LOGITS / t), rtol=2e-5, atol=1e-7
     )
@@ -55,9 +54,9 @@ def test_top_k_matches_ml_leaks_masking(k):
   mask = np_top_k_mask(p, k)
   released = np.where(mask, p, 0.0)  # no renormalisation
   np.testing.assert_allclose(
-    O.released_probabilities(O.top_k(k), LOGITS), released, rtol=2e-5, atol=1e-7
+    D.released_probabilities(D.top_k(k), LOGITS), released, rtol=2e-5, atol=1e-7
   )
-  view = np.asarray(O.apply_output(O.top_k(k), LOGITS), np.float64)
+  view = np.asarray(D.apply_output(D.top_k(k), LOGITS), np.float64)
   np.testing.assert_allclose(view[mask], np.log(p[mask]), rtol=2e-5, atol=1e-5)
   if k < C:
     fill = np.log((1 - released.sum(-1, keepdims=True)) / (C - k))
@@ -66,18 +65,18 @@ def test_top_k_matches_ml_leaks_masking(k):
     )
     # the attacker's softmax of the view gives back the released probabilities on kept classes
     np.testing.assert_allclose(np_softmax(view)[mask], p[mask], rtol=1e-4)
-  floor = np.asarray(O.apply_output(O.top_k(k), LOGITS, fill="floor"))
+  floor = np.asarray(D.apply_output(D.top_k(k), LOGITS, fill="floor"))
   if k < C:
-    assert np.all(floor[~mask] == np.float32(O.FLOOR_LOG_PROB))
+    assert np.all(floor[~mask] == np.float32(D.FLOOR_LOG_PROB))
 
 
 @pytest.mark.parametrize("d", [0, 1, 2, 3])
 def test_rounding_matches_formula(d):
   p = np_softmax(LOGITS)
   want = np.round(p, d)
-  got = np.asarray(O.released_probabilities(O.rounding(d), LOGITS))
+  got = np.asarray(D.released_probabilities(D.rounding(d), LOGITS))
   np.testing.assert_allclose(got, want, atol=1e-6)
-  view = np.asarray(O.apply_output(O.rounding(d), LOGITS), np.float64)
+  view = np.asarray(D.apply_output(D.rounding(d), LOGITS), np.float64)
   assert np.all(np.isfinite(view))
   nz = want > 0
   np.testing.assert_allclose(view[nz], np.log(want[nz]), atol=1e-5)
@@ -85,25 +84,25 @@ def test_rounding_matches_formula(d):
 
 
 def test_label_only_is_one_hot_argmax():
-  view = np.asarray(O.apply_output(O.label_only(), LOGITS))
+  view = np.asarray(D.apply_output(D.label_only(), LOGITS))
   top = np.argmax(LOGITS, -1)
   np.testing.assert_array_equal(
-    O.released_probabilities(O.label_only(), LOGITS), np.eye(C)[top]
+    D.released_probabilities(D.label_only(), LOGITS), np.eye(C)[top]
   )
   np.testing.assert_array_equal(np.argmax(view, -1), top)
   assert np.all(view[np.eye(C)[top] > 0] == 0.0)
-  assert np.all(view[np.eye(C)[top] == 0] == np.float32(O.FLOOR_LOG_PROB))
+  assert np.all(view[np.eye(C)[top] == 0] == np.float32(D.FLOOR_LOG_PROB))
   # logit-scaled becomes a two-valued correctness signal
   s = np.asarray(scores.logit_scaled(view, LABELS))
   correct = top == LABELS
   np.testing.assert_allclose(
-    s[correct], -O.FLOOR_LOG_PROB - np.log(C - 1), rtol=1e-5
+    s[correct], -D.FLOOR_LOG_PROB - np.log(C - 1), rtol=1e-5
   )
   assert np.all(s[~correct] < -60)
 
 
 def test_hamp_output_matches_formula():
-  view = O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM)
+  view = D.apply_output(D.hamp_output(), LOGITS, random_logits=RANDOM)
   want = np_hamp(LOGITS, RANDOM)
   np.testing.assert_allclose(np.exp(view), want, rtol=2e-5, atol=1e-7)
   # the confidence profile is the random input's: same multiset of probabilities
@@ -116,7 +115,7 @@ def test_hamp_output_matches_formula():
   # ranking of every class kept
   np.testing.assert_array_equal(np.argsort(view, -1), np.argsort(LOGITS, -1))
   # one random vector broadcast over queries
-  view1 = O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM[0, 0])
+  view1 = D.apply_output(D.hamp_output(), LOGITS, random_logits=RANDOM[0, 0])
   np.testing.assert_allclose(
     np.exp(view1),
     np_hamp(LOGITS, np.broadcast_to(RANDOM[0, 0], LOGITS.shape)),
@@ -126,32 +125,32 @@ def test_hamp_output_matches_formula():
 
 
 CHAINS = [
-  O.temperature(3.0),
-  O.top_k(1),
-  O.top_k(3),
-  O.rounding(1),
-  O.rounding(3),
-  O.label_only(),
-  O.hamp_output(),
-  O.chain_outputs(O.temperature(2.0), O.top_k(3), O.rounding(2)),
-  O.chain_outputs(O.hamp_output(), O.top_k(2)),
-  O.identity_output(),
+  D.temperature(3.0),
+  D.top_k(1),
+  D.top_k(3),
+  D.rounding(1),
+  D.rounding(3),
+  D.label_only(),
+  D.hamp_output(),
+  D.chain(D.temperature(2.0), D.top_k(3), D.rounding(2)),
+  D.chain(D.hamp_output(), D.top_k(2)),
+  D.identity_output(),
 ]
 
 
-@pytest.mark.parametrize("t", CHAINS, ids=O.output_short_name)
+@pytest.mark.parametrize("t", CHAINS, ids=D.short_name)
 def test_label_preserved_and_finite(t):
   big = LOGITS.copy()
   big[0] *= 1e4  # gaps far beyond float32 exp range
   big[1, 0] = [1e30, -1e30] + [0.0] * (C - 2)
   for z in (LOGITS, big):
-    view = np.asarray(O.apply_output(t, z, random_logits=RANDOM))
+    view = np.asarray(D.apply_output(t, z, random_logits=RANDOM))
     assert view.dtype == np.float32 and view.shape == z.shape
-    assert np.all(np.isfinite(view)), O.output_short_name(t)
+    assert np.all(np.isfinite(view)), D.short_name(t)
     argmax_same = np.argmax(view, -1) == np.argmax(z, -1)
-    if isinstance(t, O.Rounding) or O.output_short_name(t).count("rounding"):
+    if isinstance(t, D.Rounding) or D.short_name(t).count("rounding"):
       # rounding may tie the top two classes; every mismatch must be such a tie
-      r = np.asarray(O.released_probabilities(t, z, random_logits=RANDOM))
+      r = np.asarray(D.released_probabilities(t, z, random_logits=RANDOM))
       top2 = np.sort(r, -1)[..., -2:]
       assert np.all(argmax_same | (top2[..., 0] == top2[..., 1]))
     else:
@@ -167,7 +166,7 @@ def test_documented_invariances():
   p = np_softmax(z)
   # top-k keeps the top-1 confidence: a max-confidence threshold attack is unchanged
   for k in (1, 3):
-    view = O.apply_output(O.top_k(k), z)
+    view = D.apply_output(D.top_k(k), z)
     np.testing.assert_allclose(
       scores.max_confidence(view), p.max(-1), rtol=1e-5
     )
@@ -186,7 +185,7 @@ def test_documented_invariances():
   z2 = LOGITS[..., :2]
   y2 = LABELS % 2
   np.testing.assert_allclose(
-    scores.logit_scaled(O.apply_output(O.temperature(4.0), z2), y2),
+    scores.logit_scaled(D.apply_output(D.temperature(4.0), z2), y2),
     np.asarray(scores.logit_scaled(z2, y2)) / 4.0,
     rtol=1e-4,
     atol=1e-5,
@@ -194,68 +193,67 @@ def test_documented_invariances():
 
 
 def test_jit_with_transform_argument():
-  t = O.chain_outputs(O.temperature(2.0), O.top_k(3))
-  f = jax.jit(lambda tr, z: O.apply_output(tr, z))
-  np.testing.assert_allclose(f(t, LOGITS), O.apply_output(t, LOGITS), rtol=1e-6)
+  t = D.chain(D.temperature(2.0), D.top_k(3))
+  f = jax.jit(lambda tr, z: D.apply_output(tr, z))
+  np.testing.assert_allclose(f(t, LOGITS), D.apply_output(t, LOGITS), rtol=1e-6)
 
 
 def test_random_inputs():
   key = jax.random.PRNGKey(0)
-  u = np.asarray(O.random_inputs(key, (64, 8, 8, 1), low=-1.0, high=1.0))
+  u = np.asarray(D.random_inputs(key, (64, 8, 8, 1), low=-1.0, high=1.0))
   assert (
     u.shape == (64, 8, 8, 1)
     and u.min() >= -1
     and u.max() < 1
     and abs(u.mean()) < 0.05
   )
-  b = np.asarray(O.random_inputs(key, (2000, 5), distribution="bernoulli"))
+  b = np.asarray(D.random_inputs(key, (2000, 5), distribution="bernoulli"))
   assert set(np.unique(b)) == {0.0, 1.0} and abs(b.mean() - 0.5) < 0.03
   with pytest.raises(ValueError, match="distribution"):
-    O.random_inputs(key, (2,), distribution="normal")
+    D.random_inputs(key, (2,), distribution="normal")
 
 
 def test_structure_and_validation():
-  t = O.chain_outputs(
-    O.temperature(2.0), O.chain_outputs(O.top_k(3), None), O.rounding(2)
-  )
+  t = D.chain(D.temperature(2.0), D.chain(D.top_k(3), None), D.rounding(2))
   assert [p.name for p in t.parts] == ["temperature", "top_k", "rounding"]
-  assert O.chain_outputs(O.top_k(2)) == O.top_k(2)
-  assert O.needs_random_logits(O.chain_outputs(O.hamp_output(), O.top_k(1)))
-  assert not O.needs_random_logits(t)
-  desc = O.describe_output(t)
+  assert D.chain(D.top_k(2)) == D.top_k(2)
+  assert D.needs_random_logits(D.chain(D.hamp_output(), D.top_k(1)))
+  assert not D.needs_random_logits(t)
+  desc = D.describe(t)
   assert json.loads(json.dumps(desc)) == desc and desc["parts"][1] == {
     "name": "top_k",
     "k": 3,
   }
-  assert O.output_short_name(t) == "temperature(2)+top_k(3)+rounding(2)"
-  assert O.describe_output(None) == {"name": "identity"}
+  assert D.short_name(t) == "temperature(2)+top_k(3)+rounding(2)"
+  assert D.describe(D.identity_output()) == {"name": "identity"}
+  assert D.short_name(D.identity_output()) == "identity"
   for bad in (
-    lambda: O.top_k(0),
-    lambda: O.rounding(-1),
-    lambda: O.rounding(11),
-    lambda: O.temperature(0.0),
-    lambda: O.temperature(float("inf")),
+    lambda: D.top_k(0),
+    lambda: D.rounding(-1),
+    lambda: D.rounding(11),
+    lambda: D.temperature(0.0),
+    lambda: D.temperature(float("inf")),
   ):
     with pytest.raises(ValueError):
       bad()
   with pytest.raises(TypeError):
-    O.top_k(2.5)
-  with pytest.raises(TypeError, match="output transform"):
-    O.chain_outputs(O.top_k(1), D.label_smoothing(0.1))
+    D.top_k(2.5)
+  with pytest.raises(ValueError, match="a defense.*an output transform"):
+    D.chain(D.top_k(1), D.label_smoothing(0.1))
   with pytest.raises(ValueError, match="k <= classes"):
-    O.apply_output(O.top_k(C + 1), LOGITS)
+    D.apply_output(D.top_k(C + 1), LOGITS)
   with pytest.raises(ValueError, match="random_logits"):
-    O.apply_output(O.hamp_output(), LOGITS)
+    D.apply_output(D.hamp_output(), LOGITS)
   with pytest.raises(ValueError, match="random_logits"):
-    O.apply_output(O.hamp_output(), LOGITS, random_logits=RANDOM[..., :3])
+    D.apply_output(D.hamp_output(), LOGITS, random_logits=RANDOM[..., :3])
   with pytest.raises(ValueError, match="fill"):
-    O.apply_output(O.top_k(1), LOGITS, fill="zero")
+    D.apply_output(D.top_k(1), LOGITS, fill="zero")
   with pytest.raises(ValueError, match="classes"):
-    O.apply_output(O.top_k(1), LOGITS[..., :1])
+    D.apply_output(D.top_k(1), LOGITS[..., :1])
 
 
 @dataclasses.dataclass(frozen=True)
-class MixUniform(O.OutputTransform):
+class MixUniform(D.OutputTransform):
   """A user transform: release ``(1 - lam) p + lam / C`` (keeps the label)."""
 
   lam: float
@@ -266,14 +264,14 @@ class MixUniform(O.OutputTransform):
 
 
 @dataclasses.dataclass(frozen=True)
-class NoisyLogits(O.OutputTransform):
+class NoisyLogits(D.OutputTransform):
   """A randomised user transform on the log-space release: noise on log q."""
 
   sigma: float
 
   def apply(self, release, *, key=None, random_logits=None):
     noise = self.sigma * jax.random.normal(key, release.log_probs.shape)
-    return O.Release.from_logits(release.log_probs + noise)
+    return D.Release.from_logits(release.log_probs + noise)
 
 
 def test_user_output_transform_through_probabilities():
@@ -281,53 +279,127 @@ def test_user_output_transform_through_probabilities():
   mixed = 0.8 * p + 0.2 / C
   t = MixUniform(0.2)
   np.testing.assert_allclose(
-    O.released_probabilities(t, LOGITS), mixed, rtol=2e-5, atol=1e-7
+    D.released_probabilities(t, LOGITS), mixed, rtol=2e-5, atol=1e-7
   )
   np.testing.assert_allclose(
-    O.apply_output(t, LOGITS), np.log(mixed), rtol=2e-5, atol=1e-6
+    D.apply_output(t, LOGITS), np.log(mixed), rtol=2e-5, atol=1e-6
   )
   # composed with a built-in: top-2 of the mixed vector, the rest filled with
   # the evenly spread missing mass
-  both = O.chain_outputs(t, O.top_k(2))
+  both = D.chain(t, D.top_k(2))
   mask = np_top_k_mask(mixed, 2)
   np.testing.assert_allclose(
-    O.released_probabilities(both, LOGITS),
+    D.released_probabilities(both, LOGITS),
     np.where(mask, mixed, 0.0),
     rtol=2e-5,
     atol=1e-7,
   )
   fill = np.log((1 - np.where(mask, mixed, 0).sum(-1, keepdims=True)) / (C - 2))
-  view = np.asarray(O.apply_output(both, LOGITS), np.float64)
+  view = np.asarray(D.apply_output(both, LOGITS), np.float64)
   np.testing.assert_allclose(
     view, np.where(mask, np.log(mixed), fill), rtol=1e-4, atol=1e-4
   )
   # a user value is static under jit, and describes itself
-  f = jax.jit(lambda tr, z: O.apply_output(tr, z))
+  f = jax.jit(lambda tr, z: D.apply_output(tr, z))
   np.testing.assert_allclose(f(both, LOGITS), view, rtol=1e-4, atol=1e-4)
-  assert O.describe_output(both) == {
+  assert D.describe(both) == {
     "name": "output_chain",
     "parts": [{"name": "mix_uniform", "lam": 0.2}, {"name": "top_k", "k": 2}],
   }
-  assert O.output_short_name(both) == "mix_uniform(0.2)+top_k(2)"
-  assert not O.needs_random_logits(both)
+  assert D.short_name(both) == "mix_uniform(0.2)+top_k(2)"
+  assert not D.needs_random_logits(both)
   with pytest.raises(NotImplementedError, match="probabilities"):
-    O.apply_output(O.OutputTransform(), LOGITS)
+    D.apply_output(D.OutputTransform(), LOGITS)
 
 
 def test_user_output_transform_gets_a_key_per_chain_part():
   key = jax.random.PRNGKey(3)
-  t = O.chain_outputs(O.temperature(2.0), NoisyLogits(0.5))
-  got = np.asarray(O.apply_output(t, LOGITS, key))
+  t = D.chain(D.temperature(2.0), NoisyLogits(0.5))
+  got = np.asarray(D.apply_output(t, LOGITS, key))
   # part 1 of the chain draws from fold_in(key, 1)
   noise = 0.5 * np.asarray(
     jax.random.normal(jax.random.fold_in(key, 1), LOGITS.shape), np.float64
   )
   want = np.log(np_softmax(np.log(np_softmax(LOGITS / 2.0)) + noise))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  other = O.apply_output(t, LOGITS, jax.random.PRNGKey(4))
+  other = D.apply_output(t, LOGITS, jax.random.PRNGKey(4))
   assert not np.allclose(other, got)
-  assert O.describe_output(NoisyLogits(0.5)) == {
+  assert D.describe(NoisyLogits(0.5)) == {
     "name": "NoisyLogits",
     "sigma": 0.5,
   }
   assert jnp.all(jnp.isfinite(other))
+
+
+# ---------------------------------------------------------------------------
+# one vocabulary for defenses and output transforms
+
+
+def test_chain_of_outputs_applies_the_parts_one_after_another():
+  parts = (D.temperature(2.0), D.top_k(3), NoisyLogits(0.1), D.rounding(2))
+  key = jax.random.PRNGKey(5)
+  t = D.chain(parts[0], D.chain(parts[1], None), *parts[2:])
+  # the value chain_outputs gave: one flat OutputChain
+  assert isinstance(t, D.OutputChain) and t == D.OutputChain(parts)
+  by_hand = D.Release.from_logits(jnp.asarray(LOGITS))
+  for i, part in enumerate(parts):
+    by_hand = part.apply(by_hand, key=jax.random.fold_in(key, i))
+  got = t.apply(D.Release.from_logits(jnp.asarray(LOGITS)), key=key)
+  for a, b in zip(got, by_hand):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(
+    D.released_probabilities(t, LOGITS, key), by_hand.probabilities()
+  )
+
+
+def test_chain_refuses_to_mix_defenses_and_output_transforms():
+  with pytest.raises(
+    ValueError,
+    match=r"argument 1 is an output transform \(top_k\(3\)\), but argument 0 "
+    r"\(label_smoothing\(0\.1\)\) is a defense, so a defense was expected",
+  ):
+    D.chain(D.label_smoothing(0.1), D.top_k(3))
+  with pytest.raises(
+    ValueError,
+    match=r"argument 2 is a defense \(dropout\(0\.5\)\+label_smoothing\(0\.1\)\)"
+    r", but argument 0 \(temperature\(2\)\+top_k\(3\)\) is an output transform",
+  ):
+    D.chain(
+      D.chain(D.temperature(2.0), D.top_k(3)),
+      None,
+      D.chain(D.dropout(0.5), D.label_smoothing(0.1)),
+    )
+  with pytest.raises(ValueError, match="a defense.*an output transform"):
+    D.chain(D.hamp_output(), D.hamp(0.9, 0.01))
+  with pytest.raises(TypeError, match="defense or an output transform"):
+    D.chain(D.top_k(1), "rounding")
+
+
+def test_describe_and_short_name_work_for_both_kinds():
+  d = D.chain(D.dropout(0.5), D.label_smoothing(0.1))
+  o = D.chain(D.temperature(2.0), D.top_k(3))
+  assert D.describe(d) == {
+    "name": "chain",
+    "parts": [
+      {"name": "dropout", "rate": 0.5},
+      {"name": "label_smoothing", "eps": 0.1},
+    ],
+  }
+  assert D.describe(o) == {
+    "name": "output_chain",
+    "parts": [{"name": "temperature", "t": 2.0}, {"name": "top_k", "k": 3}],
+  }
+  assert D.short_name(d) == "dropout(0.5)+label_smoothing(0.1)"
+  assert D.short_name(o) == "temperature(2)+top_k(3)"
+  assert D.describe(D.top_k(3)) == {"name": "top_k", "k": 3}
+  assert D.describe(D.hamp(0.95, 0.01)) == {
+    "name": "hamp",
+    "gamma": 0.95,
+    "alpha": 0.01,
+  }
+  assert D.short_name(D.hamp_output()) == "hamp_output"
+  assert D.short_name(D.hamp(0.95, 0.01)) == "hamp(0.95, 0.01)"
+  assert D.short_name(MixUniform(0.2)) == "mix_uniform(0.2)"
+  assert D.describe(None) == {"name": "none"} and D.short_name(None) == "none"
+  with pytest.raises(TypeError, match="defense or an output transform"):
+    D.describe("top_k")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miajax import privacy as P
+from miajax import defenses as P
 
 
 def direct_rdp(noise, q, steps, delta):

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from miajax import progress
+from miajax.runs import progress
 
 
 class Terminal(io.StringIO):

@@ -9,7 +9,7 @@ from started import Started
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from miajax import shokri
+from miajax.attacks import shokri
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 C = 10

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from miajax import cpu_engine, data, defenses, engine, lowering, train
+from miajax import data, defenses, engine
+from miajax.engine import lowering
+from miajax.engine.cpu import microbatch as cpu_engine
 
 MLP = (("activation", "relu"), ("widths", (256, 128)))
 # Every MLP here trains without weight decay (the random-label test needs none
@@ -23,7 +25,7 @@ def four_models(digits):
   # Four models (paired_keep's first four rows are those of eight): each one
   # is checked on its own, and half the models halve the 30 epochs' run time.
   keep = data.paired_keep(4, len(digits.x_train), seed=0)
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model="mlp",
     model_kwargs=MLP,
     epochs=30,
@@ -31,10 +33,10 @@ def four_models(digits):
     learning_rate=0.1,
     **NO_DECAY,
   )
-  result = train.train_models(
-    digits.x_train, digits.y_train, keep, cfg, num_classes=10
+  result = engine.train_models(
+    cfg, digits.x_train, digits.y_train, keep, num_classes=10
   )
-  logits = train.predict(cfg, result.variables, digits.x_train, num_classes=10)
+  logits = engine.predict(cfg, result.variables, digits.x_train, num_classes=10)
   return keep, cfg, result, logits
 
 
@@ -63,7 +65,7 @@ def test_random_labels_are_memorised_only_by_the_models_that_saw_them(digits):
   rng = np.random.RandomState(0)
   y = rng.randint(0, 10, len(digits.y_train)).astype(np.int32)
   keep = data.paired_keep(2, len(y), seed=1)
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model="mlp",
     model_kwargs=MLP,
     epochs=60,
@@ -71,9 +73,9 @@ def test_random_labels_are_memorised_only_by_the_models_that_saw_them(digits):
     learning_rate=0.1,
     **NO_DECAY,
   )
-  result = train.train_models(digits.x_train, y, keep, cfg, num_classes=10)
+  result = engine.train_models(cfg, digits.x_train, y, keep, num_classes=10)
   correct = (
-    train.predict(cfg, result.variables, digits.x_train, num_classes=10)[
+    engine.predict(cfg, result.variables, digits.x_train, num_classes=10)[
       :, :, 0
     ].argmax(-1)
     == y
@@ -107,16 +109,26 @@ def test_same_seed_same_logits_and_chunking_does_not_matter(digits):
   # alone, at position 0 of its chunk (models 1 and 2 move, model 3's ragged
   # chunk is checked against a plain one). Two chunk sizes, 3 and 1: each
   # size compiles its own step.
+  cfg = engine.TrainConfig(**base)
   for per_step in (3, 3, 1):
-    cfg = train.TrainConfig(models_per_step=per_step, **base)
-    r = train.train_models(x, y, keep, cfg, num_classes=10)
-    outs.append(train.predict(cfg, r.variables, x, num_classes=10))
+    low = engine.Lowering(models_per_step=per_step)
+    r = engine.train_models(cfg, x, y, keep, num_classes=10, lowering=low)
+    outs.append(engine.predict(cfg, r.variables, x, num_classes=10))
   np.testing.assert_array_equal(outs[0], outs[1])
   np.testing.assert_allclose(outs[2], outs[0], atol=1e-4, rtol=0)
-  other = train.TrainConfig(models_per_step=3, **{**base, "seed": 6})
-  r = train.train_models(x, y, keep, other, num_classes=10)
+  other = engine.TrainConfig(**{**base, "seed": 6})
+  r = engine.train_models(
+    other,
+    x,
+    y,
+    keep,
+    num_classes=10,
+    lowering=engine.Lowering(models_per_step=3),
+  )
   assert (
-    np.abs(train.predict(other, r.variables, x, num_classes=10) - outs[0]).max()
+    np.abs(
+      engine.predict(other, r.variables, x, num_classes=10) - outs[0]
+    ).max()
     > 1e-2
   )
 
@@ -127,14 +139,17 @@ def test_a_diverging_model_is_stopped_and_flagged_without_harming_the_others(
   x, y = digits.x_train[:400], digits.y_train[:400]
   keep = data.paired_keep(4, 400, seed=0)
   # Model 1 diverges in a chunk with models 0 and 2; model 3 has its own.
-  cfg = train.TrainConfig(**SMALL, models_per_step=3)
-  lrs = np.array([0.05, 1e9, 0.05, 0.05], np.float32)
-  r = train.train_models(x, y, keep, cfg, num_classes=10, learning_rates=lrs)
+  cfg = engine.TrainConfig(**SMALL)
+  low = engine.Lowering(models_per_step=3)
+  lrs = engine.TrainConfig(
+    **{**SMALL, "learning_rate": [0.05, 1e9, 0.05, 0.05]}
+  )
+  r = engine.train_models(lrs, x, y, keep, num_classes=10, lowering=low)
   np.testing.assert_array_equal(r.diverged, [False, True, False, False])
   assert np.isnan(r.loss[1, -1]) and np.isfinite(r.loss[[0, 2, 3]]).all()
-  ref = train.train_models(x, y, keep, cfg, num_classes=10)
-  got = train.predict(cfg, r.variables, x, num_classes=10)
-  want = train.predict(cfg, ref.variables, x, num_classes=10)
+  ref = engine.train_models(cfg, x, y, keep, num_classes=10, lowering=low)
+  got = engine.predict(cfg, r.variables, x, num_classes=10)
+  want = engine.predict(cfg, ref.variables, x, num_classes=10)
   np.testing.assert_allclose(got[[0, 2, 3]], want[[0, 2, 3]], atol=1e-5)
   assert np.isfinite(got[[0, 2, 3]]).all()
 
@@ -146,11 +161,11 @@ def lenet5_vmapped(digits):
   compiled training program for both)."""
   x, y = digits.x_train[:256], digits.y_train[:256]
   keep = data.paired_keep(4, 256, seed=3)
-  base = dict(
-    model="lenet5", epochs=2, batch_size=32, models_per_step=4, augment=True
-  )
-  cfg = train.TrainConfig(**base, model_axis="vmap")
-  return x, y, keep, base, train.train_models(x, y, keep, cfg, num_classes=10)
+  base = dict(model="lenet5", epochs=2, batch_size=32, augment=True)
+  cfg = engine.TrainConfig(**base)
+  low = engine.Lowering(models_per_step=4, model_axis="vmap")
+  res = engine.train_models(cfg, x, y, keep, num_classes=10, lowering=low)
+  return x, y, keep, base, res
 
 
 @pytest.mark.slow
@@ -158,12 +173,12 @@ def test_queries_and_augmented_training(lenet5_vmapped):
   # Augmented training ran in the fixture; queries through the resolved
   # lowering (no explicit model axis), as the models' users predict.
   x, _, _, base, r = lenet5_vmapped
-  cfg = train.TrainConfig(**base)
-  plain = train.predict(cfg, r.variables, x[:10], num_classes=10)
-  mirror = train.predict(
+  cfg = engine.TrainConfig(**base)
+  plain = engine.predict(cfg, r.variables, x[:10], num_classes=10)
+  mirror = engine.predict(
     cfg, r.variables, x[:10], num_classes=10, queries="mirror"
   )
-  shifts = train.predict(
+  shifts = engine.predict(
     cfg, r.variables, x[:10], num_classes=10, queries="shifts"
   )
   assert (
@@ -173,10 +188,10 @@ def test_queries_and_augmented_training(lenet5_vmapped):
   )
   np.testing.assert_allclose(mirror[:, :, 0], plain[:, :, 0], atol=1e-5)
   np.testing.assert_allclose(shifts[:, :, 0], plain[:, :, 0], atol=1e-5)
-  flipped = train.predict(cfg, r.variables, x[:10, :, ::-1], num_classes=10)
+  flipped = engine.predict(cfg, r.variables, x[:10, :, ::-1], num_classes=10)
   np.testing.assert_allclose(mirror[:, :, 1], flipped[:, :, 0], atol=1e-5)
   # Query views: query 0 is the input; the shifts are reflect-padded translations.
-  views = np.asarray(train.query_views(x[:3], "shifts"))
+  views = np.asarray(engine.query_views(x[:3], "shifts"))
   np.testing.assert_array_equal(views[0], x[:3])
   padded = np.pad(x[:3], ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
   np.testing.assert_array_equal(views[2], padded[:, 4:12, 8:16])  # dy=0, dx=+4
@@ -201,18 +216,18 @@ def test_epoch_order_uses_only_members_and_covers_them():
   [
     (
       lambda k, x, y, c: (k.astype(int), x, y, c),
-      "keep must be a numpy bool array",
+      "keep must be a bool array",
     ),
     (
       lambda k, x, y, c: (k[:, :-1], x, y, c),
       "keep has 199 columns but x has 200",
     ),
     (
-      lambda k, x, y, c: (k, x, y, train.TrainConfig(model="nope")),
+      lambda k, x, y, c: (k, x, y, engine.TrainConfig(model="nope")),
       "model must be one of",
     ),
     (
-      lambda k, x, y, c: (k, x, y, train.TrainConfig(batch_size=150)),
+      lambda k, x, y, c: (k, x, y, engine.TrainConfig(batch_size=150)),
       "batch_size=150 is larger",
     ),
     (
@@ -227,47 +242,75 @@ def test_epoch_order_uses_only_members_and_covers_them():
     (lambda k, x, y, c: (k, x, y.astype(np.float32), c), "integer labels"),
     (lambda k, x, y, c: (k, x, y + 10, c), r"y must be in \[0, 10\)"),
     (
-      lambda k, x, y, c: (k, x, y, train.TrainConfig(epochs=0)),
+      lambda k, x, y, c: (k, x, y, engine.TrainConfig(epochs=0)),
       "epochs must be a positive integer",
     ),
     (
-      lambda k, x, y, c: (k, x, y, train.TrainConfig(optimizer="lbfgs")),
+      lambda k, x, y, c: (k, x, y, engine.TrainConfig(optimizer="lbfgs")),
       "optimizer",
     ),
     (lambda k, x, y, c: (k[0], x, y, c), "keep must be 2-D"),
+    (lambda k, x, y, c: (k.astype(int), x, y, c), "keep must be a bool"),
     (
-      lambda k, x, y, c: (
-        k,
-        x,
-        y,
-        train.TrainConfig(batch_size=32, microbatch_size=5),
-      ),
-      r"microbatch_size must be a positive divisor of batch_size \(32\)",
-    ),
-    (
-      lambda k, x, y, c: (
-        k,
-        x,
-        y,
-        train.TrainConfig(model="wrn16-4", batch_size=32, microbatch_size=8),
-      ),
-      "batch norm",
+      lambda k, x, y, c: (k, x, y, engine.TrainConfig(momentum=1.5)),
+      r"momentum must lie in \[0, 1\)",
     ),
   ],
 )
 def test_bad_inputs_fail_before_training(digits, mutate, match):
   x, y = digits.x_train[:200], digits.y_train[:200]
   keep = data.paired_keep(2, 200, seed=0)
-  k, x, y, cfg = mutate(keep, x, y, train.TrainConfig(batch_size=32))
+  k, x, y, cfg = mutate(keep, x, y, engine.TrainConfig(batch_size=32))
   with pytest.raises(ValueError, match=match):
-    train.train_models(x, y, k, cfg, num_classes=10)
+    engine.train_models(cfg, x, y, k, num_classes=10)
+
+
+@pytest.mark.parametrize(
+  "model,low,match",
+  [
+    (
+      "mlp",
+      dict(microbatch=5),
+      r"microbatch must be a positive divisor of batch_size \(32\)",
+    ),
+    ("wrn16-4", dict(microbatch=8), "batch norm"),
+    ("mlp", dict(model_axis="pmap"), "model_axis must be one of"),
+    ("mlp", dict(compute_dtype="float16"), "compute_dtype must be one of"),
+    ("mlp", dict(models_per_step=0), "models_per_step must be a positive"),
+  ],
+)
+def test_bad_lowerings_fail_before_training(digits, model, low, match):
+  x, y = digits.x_train[:200], digits.y_train[:200]
+  keep = data.paired_keep(2, 200, seed=0)
+  cfg = engine.TrainConfig(model=model, batch_size=32)
+  with pytest.raises(ValueError, match=match):
+    engine.train_models(
+      cfg, x, y, keep, num_classes=10, lowering=engine.Lowering(**low)
+    )
+
+
+def test_train_models_takes_the_recipe_first_and_jax_keep(digits):
+  x, y = digits.x_train[:200], digits.y_train[:200]
+  keep = data.paired_keep(2, 200, seed=0)
+  with pytest.raises(ValueError, match=r"train_models\(config, x, y, keep"):
+    engine.train_models(x, y, keep, engine.TrainConfig(), num_classes=10)
+  cfg = engine.TrainConfig(
+    model_kwargs={"widths": (16,)}, epochs=1, batch_size=32
+  )
+  a = engine.train_models(cfg, x, y, jax.numpy.asarray(keep), num_classes=10)
+  b = engine.train_models(cfg, x, y, keep, num_classes=10)
+  np.testing.assert_array_equal(a.loss, b.loss)
+  # A pytree: jax.tree_util maps over its arrays.
+  assert len(jax.tree_util.tree_leaves(a)) > len(
+    jax.tree_util.tree_leaves(a.variables)
+  )
 
 
 def test_model_kwargs_may_be_a_dict():
-  pairs = train.TrainConfig(
+  pairs = engine.TrainConfig(
     model_kwargs=(("activation", "relu"), ("widths", (32,)))
   )
-  spelled = train.TrainConfig(
+  spelled = engine.TrainConfig(
     model_kwargs={"widths": [32], "activation": "relu"}
   )
   assert spelled == pairs and hash(spelled) == hash(pairs)
@@ -275,16 +318,25 @@ def test_model_kwargs_may_be_a_dict():
 
 
 def test_memory_planner_chunks_by_free_memory():
-  cfg = train.TrainConfig(model="mlp", batch_size=128, model_axis="vmap")
-  many = train.plan_models_per_step(
-    cfg, 100, (600,), 256, bytes_available=64 << 30
+  cfg = engine.TrainConfig(model="mlp", batch_size=128)
+  vmap = engine.resolve_lowering(
+    cfg, (600,), 100, lowering=engine.Lowering(model_axis="vmap")
   )
-  few = train.plan_models_per_step(
-    cfg, 100, (600,), 256, bytes_available=1 << 30
+  many = engine.plan_models_per_step(
+    cfg, 100, (600,), 256, bytes_available=64 << 30, lowering=vmap
+  )
+  few = engine.plan_models_per_step(
+    cfg, 100, (600,), 256, bytes_available=1 << 30, lowering=vmap
   )
   assert many == 256 and 1 <= few < 64
-  override = train.TrainConfig(model="mlp", models_per_step=7)
-  assert train.plan_models_per_step(override, 100, (600,), 256) == 7
+  override = engine.Lowering(models_per_step=7)
+  assert (
+    engine.plan_models_per_step(cfg, 100, (600,), 256, lowering=override) == 7
+  )
+
+
+def _axis(cfg, shape, num_classes):
+  return engine.resolve_lowering(cfg, shape, num_classes, steps=0).model_axis
 
 
 def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
@@ -292,32 +344,32 @@ def test_model_axis_is_picked_per_backend_and_step_size(monkeypatch):
   monkeypatch.setattr(
     cpu_engine,
     "microbatch_timings",
-    lambda cfg, *a: {8: 1.0, cfg.batch_size: 1.0},  # whole batch always timed
+    lambda cfg, *a, **k: {8: 1.0, cfg.batch_size: 1.0},  # whole batch timed
   )
   lowering._resolve.cache_clear()
-  big_mlp = train.TrainConfig(
+  big_mlp = engine.TrainConfig(
     model="mlp", batch_size=128
   )  # Purchase-shaped: ~1e9 FLOPs per step
-  small_mlp = train.TrainConfig(
+  small_mlp = engine.TrainConfig(
     model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64
   )
-  cnn = train.TrainConfig(model="cnn_small", batch_size=128)
-  assert train.model_axis(small_mlp, (8, 8, 1), 10) == "vmap"
+  cnn = engine.TrainConfig(model="cnn_small", batch_size=128)
+  assert _axis(small_mlp, (8, 8, 1), 10) == "vmap"
   if jax.default_backend() == "cpu":
-    assert train.model_axis(big_mlp, (600,), 100) == "loop"
+    assert _axis(big_mlp, (600,), 100) == "loop"
     assert (
-      train.plan_models_per_step(big_mlp, 100, (600,), 256)
-      <= train.UNROLL_MAX_MODELS * jax.local_device_count()
+      engine.plan_models_per_step(big_mlp, 100, (600,), 256)
+      <= engine.UNROLL_MAX_MODELS * jax.local_device_count()
     )
-    assert train.model_axis(cnn, (32, 32, 3), 10) == "unroll"
+    assert _axis(cnn, (32, 32, 3), 10) == "unroll"
     assert (
-      train.plan_models_per_step(cnn, 10, (32, 32, 3), 256)
-      <= train.UNROLL_MAX_MODELS
+      engine.plan_models_per_step(cnn, 10, (32, 32, 3), 256)
+      <= engine.UNROLL_MAX_MODELS
     )
   else:
-    assert train.model_axis(big_mlp, (600,), 100) == "vmap"
+    assert _axis(big_mlp, (600,), 100) == "vmap"
   with pytest.raises(ValueError, match="model_axis must be"):
-    train.TrainConfig(model_axis="pmap").validate()
+    engine.Lowering(model_axis="pmap").validate()
 
 
 @pytest.mark.slow
@@ -332,11 +384,11 @@ def test_unrolled_and_looped_steps_equal_the_vmapped_one(lenet5_vmapped, axis):
   # whole batch; the looped ones take whole batches.
   x, y, keep, base, ref = lenet5_vmapped
   if axis == "unroll":
-    cfg = dict(base, models_per_step=2, microbatch_size=16)
+    low = engine.Lowering(model_axis=axis, models_per_step=2, microbatch=16)
   else:
-    cfg = dict(base, microbatch_size=base["batch_size"])
-  got = train.train_models(
-    x, y, keep, train.TrainConfig(**cfg, model_axis=axis), num_classes=10
+    low = engine.Lowering(model_axis=axis, microbatch=base["batch_size"])
+  got = engine.train_models(
+    engine.TrainConfig(**base), x, y, keep, num_classes=10, lowering=low
   )
   np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4, atol=1e-5)
   for a, b in zip(
@@ -389,16 +441,23 @@ def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
     # One model per unrolled step (two chunks): an unrolled program's compile
     # time grows with its models, and several models in one unrolled,
     # micro-batched step are test_unrolled_and_looped_steps_equal_the_vmapped_one's.
-    models_per_step=1 if axis == "unroll" else 2,
-    model_axis=axis,
     defense=d,
     **NO_DECAY,
   )
-  whole = train.train_models(
-    x, y, keep, train.TrainConfig(**base, microbatch_size=16), num_classes=10
-  )
-  micro = train.train_models(
-    x, y, keep, train.TrainConfig(**base, microbatch_size=4), num_classes=10
+  per_step = 1 if axis == "unroll" else 2
+  cfg = engine.TrainConfig(**base)
+  whole, micro = (
+    engine.train_models(
+      cfg,
+      x,
+      y,
+      keep,
+      num_classes=10,
+      lowering=engine.Lowering(
+        model_axis=axis, models_per_step=per_step, microbatch=m
+      ),
+    )
+    for m in (16, 4)
   )
   assert not np.allclose(whole.loss[:, 0], whole.loss[:, 1])  # it trained
   np.testing.assert_allclose(micro.loss, whole.loss, rtol=1e-5)
@@ -410,10 +469,10 @@ def test_microbatched_steps_equal_the_whole_batch(model, axis, defense):
 
 
 def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
-  cnn = train.TrainConfig(model="cnn_small", batch_size=128)
+  cnn = engine.TrainConfig(model="cnn_small", batch_size=128)
   shape = (32, 32, 3)
   fake = {8: 3.0, 16: 1.0, 32: 2.0, 64: 1.5, 128: 4.0}
-  monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a: fake)
+  monkeypatch.setattr(cpu_engine, "microbatch_timings", lambda *a, **k: fake)
   lowering._resolve.cache_clear()
   try:
     assert (
@@ -423,18 +482,18 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
       lowering.resolve_lowering(cnn, shape, 10, backend="gpu").microbatch == 128
     )  # whole batches
     # Never with dropout, batch norm, vmapped small models; an explicit size wins.
-    dropout = train.TrainConfig(
+    dropout = engine.TrainConfig(
       model="cnn_small", batch_size=128, defense=defenses.dropout(0.1)
     )
     assert (
       lowering.resolve_lowering(dropout, shape, 10, backend="cpu").microbatch
       == 128
     )
-    wrn = train.TrainConfig(model="wrn16-4", batch_size=128)
+    wrn = engine.TrainConfig(model="wrn16-4", batch_size=128)
     assert (
       lowering.resolve_lowering(wrn, shape, 10, backend="cpu").microbatch == 128
     )
-    small = train.TrainConfig(
+    small = engine.TrainConfig(
       model="mlp", model_kwargs=(("widths", (64,)),), batch_size=64
     )
     assert (
@@ -446,25 +505,28 @@ def test_auto_microbatch_is_the_fastest_measured_size(monkeypatch):
     monkeypatch.setattr(
       cpu_engine,
       "microbatch_timings",
-      lambda *a: {8: 1.2, 16: 0.95, 32: 0.92, 64: 1.0},
+      lambda *a, **k: {8: 1.2, 16: 0.95, 32: 0.92, 64: 1.0},
     )
     lowering._resolve.cache_clear()
-    near = train.TrainConfig(model="cnn_small", batch_size=64)
+    near = engine.TrainConfig(model="cnn_small", batch_size=64)
     assert (
       lowering.resolve_lowering(near, shape, 10, backend="cpu").microbatch == 64
     )
     monkeypatch.setattr(
       cpu_engine,
       "microbatch_timings",
-      lambda *a: {8: 1.2, 16: 0.95, 32: 0.89, 64: 1.0},
+      lambda *a, **k: {8: 1.2, 16: 0.95, 32: 0.89, 64: 1.0},
     )
     lowering._resolve.cache_clear()
     assert (
       lowering.resolve_lowering(near, shape, 10, backend="cpu").microbatch == 32
     )
-    fixed = train.TrainConfig(model="cnn_small", microbatch_size=32)
+    fixed = engine.Lowering(microbatch=32)
+    cnn = engine.TrainConfig(model="cnn_small")
     assert (
-      lowering.resolve_lowering(fixed, shape, 10, backend="cpu").microbatch
+      lowering.resolve_lowering(
+        cnn, shape, 10, backend="cpu", lowering=fixed
+      ).microbatch
       == 32
     )
   finally:
@@ -481,11 +543,13 @@ def test_runs_that_differ_outside_the_gradient_share_one_measurement(
   monkeypatch.setattr(
     cpu_engine,
     "microbatch_timings",
-    lambda c, *a: seen.append(c) or {8: 1.0, c.batch_size: 1.0},
+    lambda c, *a, compute_dtype: (
+      seen.append((c, compute_dtype)) or {8: 1.0, c.batch_size: 1.0}
+    ),
   )
   base = dict(model="cnn_small", batch_size=64)
-  a = train.TrainConfig(**base, epochs=3, seed=1)
-  b = train.TrainConfig(
+  a = engine.TrainConfig(**base, epochs=3, seed=1)
+  b = engine.TrainConfig(
     **base,
     epochs=30,
     seed=7,
@@ -494,17 +558,19 @@ def test_runs_that_differ_outside_the_gradient_share_one_measurement(
     weight_decay=0.0,
     schedule="constant",
     warmup_epochs=1.0,
-    models_per_step=4,
     augment=True,
   )
   others = [
-    train.TrainConfig(**{**base, "batch_size": 32}),
-    train.TrainConfig(**base, compute_dtype="bfloat16"),
-    train.TrainConfig(**base, defense=defenses.label_smoothing(0.1)),
-    train.TrainConfig(**base, model_kwargs=(("width", 16),)),
+    engine.TrainConfig(**{**base, "batch_size": 32}),
+    engine.TrainConfig(**base, defense=defenses.label_smoothing(0.1)),
+    engine.TrainConfig(**base, model_kwargs=(("width", 16),)),
   ]
   for cfg in (a, b, *others):
     cpu_engine.measure_microbatch(cfg, (32, 32, 3), 10, "winograd")
+  # The dtype is the lowering's: it enters the measurement too.
+  cpu_engine.measure_microbatch(
+    a, (32, 32, 3), 10, "winograd", compute_dtype="bfloat16"
+  )
   assert seen[0] == seen[1] and hash(seen[0]) == hash(seen[1])
   assert all(seen[0] != other for other in seen[2:])
 
@@ -513,14 +579,16 @@ def test_the_candidates_are_timed_only_when_the_run_can_repay_them(monkeypatch):
   # The whole batch: 1 s to compile, 10 ms per step. cnn_small at batch 64 has
   # 3 more candidates (8, 16, 32): ~3 x (1 + 4 x 0.01) = 3.12 s to time them,
   # and a micro-batch saves at most half a step: 0.005 s per step.
-  monkeypatch.setattr(cpu_engine, "whole_batch_timing", lambda *a: (1.0, 0.01))
+  monkeypatch.setattr(
+    cpu_engine, "whole_batch_timing", lambda *a, **k: (1.0, 0.01)
+  )
   timed = []
   monkeypatch.setattr(
     cpu_engine,
     "microbatch_timings",
-    lambda c, *a: timed.append(c) or {8: 0.001, 16: 1.0, 32: 1.0, 64: 1.0},
+    lambda c, *a, **k: timed.append(c) or {8: 0.001, 16: 1.0, 32: 1.0, 64: 1.0},
   )
-  cfg = train.TrainConfig(model="cnn_small", batch_size=64)
+  cfg = engine.TrainConfig(model="cnn_small", batch_size=64)
   args = (cfg, (32, 32, 3), 10, "winograd")
   assert cpu_engine.measure_microbatch(*args, steps=600) == 64 and not timed
   assert (
@@ -538,7 +606,7 @@ def test_the_candidates_are_timed_only_when_the_run_can_repay_them(monkeypatch):
   # chunks this call trains); plans and queries time nothing.
   seen = []
 
-  def pays(config, shape, num_classes, conv, steps):
+  def pays(config, shape, num_classes, conv, steps, **kw):
     seen.append(steps)
     return False
 
@@ -549,19 +617,17 @@ def test_the_candidates_are_timed_only_when_the_run_can_repay_them(monkeypatch):
     x = rng.uniform(size=(40, 4, 4, 1)).astype(np.float32)
     y = rng.integers(0, 3, 40)
     keep = data.paired_keep(4, 40, seed=0)  # 20 members each: 2 steps of 16
-    small = train.TrainConfig(
-      model="mlp",
-      model_kwargs=(("widths", (8,)),),
-      model_axis="loop",
-      batch_size=16,
-      epochs=3,
+    small = engine.TrainConfig(
+      model="mlp", model_kwargs=(("widths", (8,)),), batch_size=16, epochs=3
     )
-    assert train.plan_models_per_step(small, 3, (4, 4, 1), 4) >= 1
-    (res,) = train.train_chunks(x, y, keep, small, num_classes=3, chunks=[[1]])
-    train.predict(small, res.variables, x, num_classes=3)
-    # The plan asks with 0 steps (and the query reuses that answer); training with all
-    # 4 models x 3 epochs x 2 steps, though it trains model 1 only.
-    assert seen == [0, 4 * 3 * 2]
+    loop = engine.Lowering(model_axis="loop")
+    (res,) = engine.train_chunks(
+      small, x, y, keep, num_classes=3, chunks=[[1]], lowering=loop
+    )
+    engine.predict(small, res.variables, x, num_classes=3, lowering=loop)
+    # Training asks with all 4 models x 3 epochs x 2 steps, though it trains
+    # model 1 only; the query with 0 (it takes no gradient step).
+    assert seen == [4 * 3 * 2, 0]
   finally:
     lowering._resolve.cache_clear()
 
@@ -574,7 +640,7 @@ def test_microbatch_timings_time_every_divisor_and_the_pick_follows_them():
   # after pooling), so every convolution is the hybrid one, which compiles
   # faster (Winograd layers under micro-batches are
   # test_microbatched_steps_equal_the_whole_batch's).
-  cfg = train.TrainConfig(
+  cfg = engine.TrainConfig(
     model="cnn_small", model_kwargs=(("width", 16),), batch_size=24
   )
   timings = cpu_engine.microbatch_timings(cfg, (12, 12, 3), 10, "winograd")

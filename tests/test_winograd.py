@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miajax import models, winograd
+from miajax import models
+from miajax.engine.cpu import convs, winograd
 
 
 def _direct(x, k):
@@ -159,7 +160,9 @@ def test_cnn_small_logits_and_gradients_agree_across_conv_impls():
   )
 
   def loss_and_grads(impl):
-    model = models.get_model("cnn_small", 10, conv_impl=impl)
+    model = models.get_model(
+      "cnn_small", 10, conv_impl=convs.conv_function(impl)
+    )
 
     def loss(v):
       logits = model.apply(v, x)

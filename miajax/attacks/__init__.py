@@ -1,0 +1,63 @@
+"""Membership-inference attacks on per-model scores, never on models.
+
+LiRA (Carlini et al., IEEE S&P 2022), RMIA (Zarifzadeh et al., ICML 2024),
+the global-threshold baseline and leave-one-out over a pool of models, as
+pure array functions: `float[models, examples, queries]` shadow scores with
+`bool[models, examples]` membership in, `float[targets, examples]` out,
+higher = member. docs/attacks.md describes the jit-able cores and the
+checking wrappers, docs/lira.md the differences from the released LiRA code.
+
+The classic attacks are submodules, loaded on first use: `label_only`
+(Choquette-Choo et al. 2021, Li & Zhang 2021), `shokri` (Shokri et al.
+2017) and `mlleaks` (Salem et al. 2019).
+"""
+
+import importlib
+
+from miajax.attacks._checks import VARIANTS
+from miajax.attacks._leave_one_out import (
+  ATTACKS,
+  leave_one_out,
+  leave_one_out_partners,
+)
+from miajax.attacks._lira import (
+  LiraFit,
+  lira_fit,
+  lira_offline,
+  lira_offline_score,
+  lira_online,
+  lira_online_score,
+  offline_log_odds,
+)
+from miajax.attacks._rmia import RmiaFit, rmia, rmia_fit, rmia_score
+from miajax.attacks._thresholds import global_threshold
+
+# Lazy so that `import miajax.attacks` stays at jax + numpy: mlleaks loads
+# scipy through miajax.metrics, shokri scikit-learn when it fits.
+_SUBMODULES = frozenset({"label_only", "mlleaks", "shokri"})
+
+__all__ = [
+  "ATTACKS",
+  "VARIANTS",
+  "LiraFit",
+  "RmiaFit",
+  "global_threshold",
+  "leave_one_out",
+  "leave_one_out_partners",
+  "lira_fit",
+  "lira_offline",
+  "lira_offline_score",
+  "lira_online",
+  "lira_online_score",
+  "offline_log_odds",
+  "rmia",
+  "rmia_fit",
+  "rmia_score",
+  *sorted(_SUBMODULES),
+]
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,85 @@
+"""Everything that writes files: run directories, the shadow store, checkpoints.
+
+``run_dir`` trains a :class:`RunSpec` chunk by chunk into a resumable run
+directory, ``merge`` splits a run over processes and assembles it, ``store``
+keeps shadow models keyed by pool and recipe (``pool``, ``shadows``),
+``checkpoint`` saves a chunk mid-training, ``progress`` shows it, and
+``compilation_cache`` keeps compiled programs for the next process. Every
+file goes through ``io`` (atomic writes, chunk file names).
+
+The package is lazy (PEP 562) like :mod:`miajax`: :mod:`miajax.report` writes
+through ``miajax.runs.io``, and importing that must not load the training
+stack. A name below is imported from its module the first time it is used.
+"""
+
+import importlib
+
+_SUBMODULES = frozenset(
+  {
+    "checkpoint",
+    "compilation_cache",
+    "io",
+    "merge",
+    "pool",
+    "progress",
+    "run_dir",
+    "shadows",
+    "spec",
+    "store",
+  }
+)
+
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+  "ConfigMismatchError": "spec",
+  "RunResult": "spec",
+  "RunSpec": "spec",
+  "load_dataset": "spec",
+  "make_keep": "spec",
+  "label_view_predictions": "run_dir",
+  "load_run": "run_dir",
+  "run_training": "run_dir",
+  "merge_chunks": "merge",
+  "process_slice": "merge",
+  "wait_and_merge": "merge",
+  "STORE_VERSION": "pool",
+  "Pool": "pool",
+  "fingerprint": "pool",
+  "pool_from_spec": "pool",
+  "Shadows": "shadows",
+  "load_store": "shadows",
+  "ensure_shadows": "store",
+  "Checkpointer": "checkpoint",
+  "Restored": "checkpoint",
+  "check_intervals": "checkpoint",
+  "checkpoint_files": "checkpoint",
+  "Progress": "progress",
+  "default_cache_dir": "compilation_cache",
+  "use_compilation_cache": "compilation_cache",
+  "chunk_files": "io",
+  "chunk_name": "io",
+  "digest": "io",
+  "parse_chunk_name": "io",
+  "save_npy_atomic": "io",
+  "save_npz_atomic": "io",
+  "write_atomic": "io",
+  "write_json_atomic": "io",
+}
+
+__all__ = sorted(_SUBMODULES | set(_EXPORTS))
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  if name in _EXPORTS:
+    value = getattr(
+      importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name
+    )
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return __all__
