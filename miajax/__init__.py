@@ -13,7 +13,7 @@ only, not Flax, optax, the engine or TensorFlow Datasets. A public name
 below is imported from its module the first time it is used.
 """
 
-import importlib
+from miajax import _lazy
 
 __version__ = "0.1.0"
 
@@ -122,25 +122,6 @@ REMOVED = {
   "resolve_lowering": "miajax.engine.resolve_lowering",
 }
 
-__all__ = sorted(_SUBMODULES | set(_EXPORTS))
-
-
-def __getattr__(name):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"{__name__}.{name}")
-  if name in _EXPORTS:
-    value = getattr(
-      importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name
-    )
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-  if name in REMOVED:
-    raise AttributeError(
-      f"module {__name__!r} has no attribute {name!r}: it is "
-      f"{REMOVED[name]} now"
-    )
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-  return __all__
+__getattr__, __dir__, __all__ = _lazy.attach(
+  __name__, _SUBMODULES, _EXPORTS, REMOVED
+)

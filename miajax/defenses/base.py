@@ -23,8 +23,16 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["Component", "Composite", "chain", "describe", "short_name"]
+__all__ = [
+  "check_logits",
+  "Component",
+  "Composite",
+  "chain",
+  "describe",
+  "short_name",
+]
 
 # The root declared with default=True (Defense): None and an empty chain stand
 # for its empty composition, none(), as they did before output transforms
@@ -189,3 +197,16 @@ def short_name(value) -> str:
     args = ", ".join(_format(v) for v in part.values())
     out.append(f"{name}({args})" if part else name)
   return "+".join(out)
+
+
+def check_logits(logits):
+  """``logits`` as a JAX array ``float[..., classes]`` (>= 2 classes), else a clear error."""
+  logits = jnp.asarray(logits)
+  if logits.ndim < 1 or logits.shape[-1] < 2:
+    raise ValueError(
+      "logits must be float[..., classes] with >= 2 classes, got shape "
+      f"{logits.shape}"
+    )
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+  return logits

@@ -36,14 +36,7 @@ def _as_defense(defense) -> Defense:
 
 
 def _check_logits_labels(logits, labels):
-  logits = jnp.asarray(logits)
-  if logits.ndim < 1 or logits.shape[-1] < 2:
-    raise ValueError(
-      "logits must be float[..., classes] with >= 2 classes, got shape "
-      f"{logits.shape}"
-    )
-  if not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+  logits = base.check_logits(logits)
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"labels must be integers, got dtype {labels.dtype}")

@@ -386,15 +386,7 @@ def _masked_min(x, zero):
 
 def _run(transform, logits, key, random_logits) -> Release:
   transform = _as_transform(transform)
-  logits = jnp.asarray(logits)
-  if logits.ndim < 1 or logits.shape[-1] < 2:
-    raise ValueError(
-      "logits must be float[..., classes] with >= 2 classes, got shape "
-      f"{logits.shape}"
-    )
-  if not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
-  logits = logits.astype(jnp.float32)
+  logits = base.check_logits(logits).astype(jnp.float32)
   if transform.needs_random_logits:
     if random_logits is None:
       raise ValueError(

@@ -12,7 +12,7 @@ through ``miajax.runs.io``, and importing that must not load the training
 stack. A name below is imported from its module the first time it is used.
 """
 
-import importlib
+from miajax import _lazy
 
 _SUBMODULES = frozenset(
   {
@@ -66,20 +66,4 @@ _EXPORTS = {
   "write_json_atomic": "io",
 }
 
-__all__ = sorted(_SUBMODULES | set(_EXPORTS))
-
-
-def __getattr__(name):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"{__name__}.{name}")
-  if name in _EXPORTS:
-    value = getattr(
-      importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name
-    )
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-  return __all__
+__getattr__, __dir__, __all__ = _lazy.attach(__name__, _SUBMODULES, _EXPORTS)
