@@ -219,7 +219,7 @@ def train_chunk(run: Run, idx: np.ndarray, done: int) -> TrainResult:
   restored, start, spent = _restore(run, idx, ci, identity)
   ci = ci._replace(start_epoch=start)
   on_epoch = _Epochs(run, idx, identity, start, spent, done)
-  if run.low.model_axis == "loop":
+  if run.low.call_per_model:
     state, losses = unroll.run_loop_chunk(
       run.compiled,
       ci,

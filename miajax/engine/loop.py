@@ -71,7 +71,7 @@ def _setup(config, x, y, keep, num_classes, lowering, progress, checkpoints):
   if steps % spc:
     spc = math.gcd(steps, spc)
   mesh = devices_lib.models_mesh()
-  if low.model_axis == "loop":  # each model's step runs on its own device
+  if low.call_per_model:  # each model's step runs on its own device
     data = tuple(
       [jax.device_put(a, d) for d in mesh.devices.flat] for a in (x, y)
     )

@@ -104,6 +104,16 @@ class Lowering:
       )
     convs.conv_function(self.conv_impl)
 
+  @property
+  def per_model_programs(self) -> bool:
+    """Each model its own program (``"unroll"``, ``"loop"``) rather than one batched one."""
+    return self.model_axis in ("unroll", "loop")
+
+  @property
+  def call_per_model(self) -> bool:
+    """One compiled call per model, on its own device (``"loop"``)."""
+    return self.model_axis == "loop"
+
   def conv_function(self):
     """The convolution registry models get (``"xla"`` or a CPU form's function)."""
     return convs.conv_function(self.conv_impl)

@@ -29,7 +29,7 @@ def plan_models_per_step(
   low = lowering or resolve_lowering(config, input_shape, num_classes, steps=0)
   if low.models_per_step is not None:
     return int(min(low.models_per_step, num_models))
-  if low.model_axis in ("unroll", "loop"):
+  if low.per_model_programs:
     num_models = min(
       num_models, unroll.UNROLL_MAX_MODELS * jax.local_device_count()
     )

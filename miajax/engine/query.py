@@ -182,7 +182,7 @@ def _logits(
   replicated = NamedSharding(mesh, PartitionSpec())
   # As in training: one plain program per model beats the vmapped (grouped)
   # form on CPU.
-  per_model = low.model_axis in ("unroll", "loop")
+  per_model = low.per_model_programs
   fn = _predict_fn(fns, per_model)
   if per_model:
     models = [

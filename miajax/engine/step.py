@@ -244,9 +244,9 @@ def stepper(prog: Program):
   would still batch its dots).
   """
   one = functools.partial(step_one, prog)
-  if prog.lowering.model_axis == "vmap":
-    return jax.vmap(one, in_axes=(0, 0, 0, None, None, None))
-  return unroll.unrolled(one)
+  if prog.lowering.per_model_programs:
+    return unroll.unrolled(one)
+  return jax.vmap(one, in_axes=(0, 0, 0, None, None, None))
 
 
 def multi_step(prog: Program, carry, keys, order, x, y, step0, num_steps: int):
