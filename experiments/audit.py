@@ -35,7 +35,7 @@ from absl import app, flags, logging
 import common
 import harness
 from configs import audit as audit_config
-from miajax import attacks, engine, plots, report, scores
+from miajax import attacks, engine, plots, report, scores, usability
 from miajax.runs import store
 
 FLAGS = flags.FLAGS
@@ -56,6 +56,16 @@ THRESHOLD_ATTACKS = {
 # How far rows of --target_kind=probabilities may sum from 1: float16 softmax outputs are off by ~1e-3.
 PROB_SUM_TOL = 1e-2
 PROB_RANGE_TOL = 1e-6
+
+
+TARGET_KINDS = ("auto", "logits", "probabilities")
+
+
+def looks_like_probabilities(out: np.ndarray) -> bool:
+  """Every row non-negative and summing to 1 (within float16 rounding): softmax outputs, not logits."""
+  return bool(
+    out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(-1), 1, atol=1e-3)
+  )
 
 
 def define_flags() -> None:
@@ -89,9 +99,11 @@ def define_flags() -> None:
   flags.DEFINE_enum(
     "target_kind",
     config["target_kind"],
-    ["logits", "probabilities"],
-    "What --target_outputs holds; "
-    "probabilities become logits through a log floored at the smallest float32.",
+    TARGET_KINDS,
+    "What --target_outputs holds; probabilities become logits through a log "
+    "floored at the smallest float32. auto: logits, except that outputs that "
+    "look like probabilities (every row non-negative, summing to 1) are "
+    "refused: say which they are.",
   )
   flags.DEFINE_string(
     "shadow_store",
@@ -123,6 +135,10 @@ def check_target(
   num_queries: int,
 ) -> Target:
   """Validates the target's outputs and member indices; a bad value is an ``app.UsageError`` naming its flag."""
+  if kind not in TARGET_KINDS:
+    raise app.UsageError(
+      f"--target_kind must be one of {', '.join(TARGET_KINDS)}, got {kind!r}"
+    )
   out = np.asarray(outputs)
   where = "--target_outputs"
   if out.dtype == bool or not (
@@ -175,11 +191,15 @@ def check_target(
     logits = np.log(np.maximum(out, np.finfo(np.float32).tiny))
   else:
     logits = out
-    if (
-      out.min() >= 0
-      and out.max() <= 1
-      and np.allclose(out.sum(-1), 1, atol=1e-3)
-    ):
+    if looks_like_probabilities(out):
+      if kind == "auto":
+        # Read as logits they would give every attack the wrong scores,
+        # silently: the user must say which they are.
+        raise app.UsageError(
+          f"{where} look like probabilities (every row non-negative, summing "
+          "to 1): pass --target_kind=probabilities, or --target_kind=logits "
+          "if they are logits"
+        )
       logging.warning(
         "%s look like probabilities (every row in [0, 1] summing to 1); if so, pass "
         "--target_kind=probabilities",
@@ -346,36 +366,48 @@ def attack_target(
   target: Target,
   labels: np.ndarray,
   *,
+  usable=None,
   variant: str = "miajax",
   log=logging.info,
 ) -> tuple[dict, dict]:
-  """Every attack on the one target with all (non-diverged) shadows as references: (summaries, scores[examples])."""
-  ok = ~shadows.diverged
-  if not ok.all():
-    logging.warning(
-      "excluding %d diverged shadow models: %s",
-      (~ok).sum(),
-      np.flatnonzero(~ok),
-    )
+  """Every attack on the one target with the usable shadows as references: (summaries, scores[examples]).
+
+  ``usable``: ``bool[models]`` (``usability.model_usability``; default: the
+  non-diverged shadows).  An example with too few usable references is
+  unscored (NaN) and counted in its attack's summary; without any usable
+  shadow only the attacks that need none run.
+  """
+  ok = ~shadows.diverged if usable is None else np.asarray(usable, bool)
   keep, logits = shadows.keep[ok], shadows.logits[ok]
   lab = labels[None, :, None]
-  shadow_scaled = np.asarray(scores.logit_scaled(logits, lab))
   target_scaled = np.asarray(scores.logit_scaled(target.logits[None], lab))
-  shadow_conf = np.asarray(scores.confidence(logits, lab))
-  target_conf = np.asarray(scores.confidence(target.logits[None], lab))
-  computed = {
-    name: (
-      lambda fn=fn, fix=fix: fn(
-        shadow_scaled, keep, target_scaled, fix_variance=fix, variant=variant
+  computed = {}
+  if ok.any():
+    shadow_scaled = np.asarray(scores.logit_scaled(logits, lab))
+    shadow_conf = np.asarray(scores.confidence(logits, lab))
+    target_conf = np.asarray(scores.confidence(target.logits[None], lab))
+    few = dict(too_few_shadows="nan")
+    computed = {
+      name: (
+        lambda fn=fn, fix=fix: fn(
+          shadow_scaled,
+          keep,
+          target_scaled,
+          fix_variance=fix,
+          variant=variant,
+          **few,
+        )
       )
-    )
-    for name, (fn, fix) in LIRA_ATTACKS.items()
-  }
+      for name, (fn, fix) in LIRA_ATTACKS.items()
+    }
   computed["global_threshold"] = lambda: attacks.global_threshold(target_scaled)
-  computed["rmia"] = lambda: attacks.rmia(shadow_conf, keep, target_conf)
-  computed["rmia_offline"] = lambda: attacks.rmia(
-    shadow_conf, keep, target_conf, offline=True
-  )
+  if ok.any():
+    computed["rmia"] = lambda: attacks.rmia(
+      shadow_conf, keep, target_conf, **few
+    )
+    computed["rmia_offline"] = lambda: attacks.rmia(
+      shadow_conf, keep, target_conf, offline=True, **few
+    )
   for name, signal in THRESHOLD_ATTACKS.items():
     computed[name] = lambda signal=signal: attacks.global_threshold(
       np.asarray(scores.membership_signal(signal, target.logits[None], lab))
@@ -388,15 +420,21 @@ def attack_target(
     with warnings.catch_warnings():
       # Levels finer than 1/non-members are reported as null ("n/a").
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
-      summaries[name] = report.attack_summary(s, target.is_member)
+      summaries[name] = usability.summarise_scored(s, target.is_member)
+    auc, unscored = summaries[name]["auc"], summaries[name]["unscored_examples"]
     log(
-      f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)"
+      f"{name}: AUC {'n/a' if auc is None else f'{auc:.4f}'}"
+      + (f", {unscored} examples unscored" if unscored else "")
+      + f" ({time.perf_counter() - t0:.1f} s)"
     )
   return summaries, all_scores
 
 
 def main(argv):
   harness.start(argv)
+  if FLAGS.shadow_store:
+    # Before any training: the store is written as its shadows are trained.
+    harness.check_writable(FLAGS.shadow_store, "--shadow_store")
   t_start = time.perf_counter()
   if FLAGS.design != "paired":
     raise app.UsageError(
@@ -455,12 +493,30 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--shadow_store / recipe: {e}") from None
   t_shadows = time.perf_counter()
+  verdict = usability.model_usability(
+    shadows.logits,
+    shadows.labels,
+    shadows.keep,
+    shadows.train_accuracy,
+    diverged=shadows.diverged,
+  )
+  ok = verdict.usable
+  for e in verdict.excluded():
+    logging.warning(
+      "excluding shadow model %d: %s: %s", e["model"], e["reason"], e["detail"]
+    )
+  if not ok.any():
+    logging.error(
+      "no usable shadow model: only the attacks that need none are run"
+    )
   summaries, all_scores = attack_target(
-    shadows, target, pool.y, variant=FLAGS.variant
+    shadows, target, pool.y, usable=ok, variant=FLAGS.variant
   )
   t_attacked = time.perf_counter()
 
-  order = np.lexsort((np.arange(pool.x.shape[0]), -all_scores["lira_online"]))
+  # Most exposed first (unscored, NaN, last).
+  rank_by = "lira_online" if "lira_online" in all_scores else "loss_threshold"
+  order = np.lexsort((np.arange(pool.x.shape[0]), -all_scores[rank_by]))
   names = list(all_scores)
   _write_csv_atomic(
     out / "scores.csv",
@@ -475,24 +531,26 @@ def main(argv):
       for i in order
     ),
   )
-  plots.plot_roc(
-    {
-      name: (all_scores[name], target.is_member)
-      for name in (
-        "lira_online",
-        "lira_online_fixed",
-        "lira_offline",
-        "global_threshold",
-        "rmia",
-        "loss_threshold",
-      )
-    },
-    out / "roc.png",
-    title=f"{pool.name}: external target, {shadows.keep.shape[0]} shadow models",
-  )
+  curves = {
+    name: usability.scored(all_scores[name], target.is_member)
+    for name in (
+      "lira_online",
+      "lira_online_fixed",
+      "lira_offline",
+      "global_threshold",
+      "rmia",
+      "loss_threshold",
+    )
+    if name in all_scores and summaries[name]["auc"] is not None
+  }
+  if curves:
+    plots.plot_roc(
+      curves,
+      out / "roc.png",
+      title=f"{pool.name}: external target, {int(ok.sum())} shadow models",
+    )
   pred = target.logits[:, 0].argmax(-1)
   correct = pred == pool.y
-  ok = ~shadows.diverged
   rep = {
     "config": common.flag_values(),
     # The target's accuracy on its own members and on the pool's other candidates (its held-out data here).
@@ -502,7 +560,8 @@ def main(argv):
       "test_accuracy_on": "pool non-members",
       "members": int(target.members.size),
       "non_members": int((~target.is_member).sum()),
-      "kind": FLAGS.target_kind,
+      # auto lets only logits through.
+      "kind": "logits" if FLAGS.target_kind == "auto" else FLAGS.target_kind,
     },
     "shadows": {
       "models": int(shadows.keep.shape[0]),
@@ -510,13 +569,18 @@ def main(argv):
       "reused": shadows.reused,
       "store": str(shadows.path),
       "fingerprint": shadows.fingerprint,
-      "train_accuracy": float(shadows.train_accuracy[ok].mean()),
+      "usable_models": int(ok.sum()),
+      # Over the usable shadows only.
+      "train_accuracy": (
+        float(shadows.train_accuracy[ok].mean()) if ok.any() else None
+      ),
       "test_accuracy": (
         float(np.mean(shadows.test_accuracy[ok]))
-        if np.isfinite(shadows.test_accuracy[ok]).all()
+        if ok.any() and np.isfinite(shadows.test_accuracy[ok]).all()
         else None
       ),
       "diverged_models": np.flatnonzero(shadows.diverged).tolist(),
+      "excluded_models": verdict.excluded(),
     },
     "protocol": {
       "evaluation": "external_target",
@@ -525,6 +589,9 @@ def main(argv):
       "queries": num_queries,
       "pool": pool.identity(),
     },
+    "attacks_skipped": None
+    if ok.any()
+    else "no usable shadow model: only the attacks that need none ran",
     "attacks": summaries,
     "timing_s": {
       "validate": t_valid - t_start,
@@ -535,22 +602,36 @@ def main(argv):
       "total": time.perf_counter() - t_start,
     },
   }
+  count = (
+    f"{int(ok.sum())} " + ("" if ok.all() else "usable ") + "shadow models"
+  )
+  count += "" if ok.all() else f" of {ok.size}"
   text = [
-    f"\n{pool.name}: external target audited with {int(ok.sum())} shadow models ({shadows.trained} trained now, "
+    f"\n{pool.name}: external target audited with {count} ({shadows.trained} trained now, "
     f"{shadows.reused} reused), {pool.x.shape[0]} candidates, {target.members.size} members",
     f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
     f"accuracy on pool non-members {rep['target']['test_accuracy']:.4f}\n",
     report.format_table(summaries),
   ]
+  unscored = {
+    k: v["unscored_examples"]
+    for k, v in summaries.items()
+    if v["unscored_examples"]
+  }
+  if unscored:
+    text.append(
+      "\nexamples left unscored (too few usable shadows): "
+      + ", ".join(f"{k} {n}" for k, n in unscored.items())
+    )
   harness.finish(
     out,
     rep,
     "\n".join(text),
     wall_s=rep["timing_s"]["total"],
-    also=[out / "roc.png", out / "scores.csv"],
+    also=([out / "roc.png"] if curves else []) + [out / "scores.csv"],
   )
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  harness.run(main)

@@ -7,13 +7,13 @@ Defines no flag on import: a script defines them with its job's config
 from __future__ import annotations
 
 import json
-import os
-import sys
+import re
 
 from absl import app, flags
 
+import harness
 from configs import recipes
-from miajax import defenses, engine, runs
+from miajax import data, defenses, engine, runs
 from miajax.attacks import label_only
 
 FLAGS = flags.FLAGS
@@ -188,12 +188,37 @@ def _model_kwargs(model: str) -> dict:
     widths = _default("widths")
     if isinstance(widths, str):
       widths = widths.split(",")
-    return dict(
-      widths=tuple(int(w) for w in widths), activation=_default("activation")
-    )
+    try:
+      widths = tuple(int(w) for w in widths)
+    except ValueError:
+      widths = ()
+    if not widths or min(widths) < 1:
+      raise app.UsageError(
+        f"--widths={FLAGS.widths}: expected comma-separated positive integers"
+      )
+    return dict(widths=widths, activation=_default("activation"))
   recipe = _recipe()
   # A recipe's own arguments belong to its own model, not to one --model names instead.
   return dict(recipe["model_kwargs"]) if model == recipe["model"] else {}
+
+
+# Library argument names whose flag is spelled otherwise.
+_FLAG_NAMES = {"microbatch": "microbatch_size"}
+
+
+def as_usage_error(error: Exception) -> app.UsageError:
+  """A library ValueError about a value the flags gave, as a usage error naming that flag.
+
+  The library's messages start with the argument's name (``momentum must lie
+  in [0, 1), got 1.5``); where a flag of that name exists it becomes
+  ``--momentum must lie in [0, 1), got 1.5``.
+  """
+  message = str(error)
+  word = re.match(r"\w*", message).group()
+  flag = _FLAG_NAMES.get(word, word)
+  if word and flag in FLAGS:
+    return app.UsageError(f"--{flag}{message[len(word) :]}")
+  return app.UsageError(f"recipe: {message}")
 
 
 def train_config(**extra) -> engine.TrainConfig:
@@ -204,7 +229,7 @@ def train_config(**extra) -> engine.TrainConfig:
     extra["defense"] = defenses.chain(
       defenses.dropout(FLAGS.dropout_rate), extra.get("defense")
     )
-  return engine.TrainConfig(
+  cfg = engine.TrainConfig(
     model=model,
     model_kwargs=tuple(sorted(kwargs.items())),
     optimizer=FLAGS.optimizer,
@@ -217,6 +242,12 @@ def train_config(**extra) -> engine.TrainConfig:
     seed=FLAGS.seed,
     **extra,
   )
+  # Now, not when training starts: a bad --momentum is a usage error.
+  try:
+    cfg.validate()
+  except ValueError as e:
+    raise as_usage_error(e) from None
+  return cfg
 
 
 def label_only_queries() -> label_only.LabelOnlyQueries | None:
@@ -245,12 +276,36 @@ def label_only_queries() -> label_only.LabelOnlyQueries | None:
 
 
 def run_spec(defense=None) -> runs.RunSpec:
-  """The RunSpec described by the flags (dataset defaults filled in)."""
+  """The RunSpec described by the flags (dataset defaults filled in).
+
+  Every value the flags alone decide is checked here, before any data is
+  loaded: a bad one is a usage error naming its flag.
+  """
+  # audit.py's --pool_npz replaces the dataset: --dataset then only names a recipe.
+  pool_npz = "pool_npz" in FLAGS and FLAGS.pool_npz
+  if FLAGS.dataset not in data.DATASETS and not pool_npz:
+    raise app.UsageError(
+      f"--dataset: unknown dataset {FLAGS.dataset!r}; expected one of "
+      f"{', '.join(data.DATASETS)}"
+    )
   cfg = train_config(augment=FLAGS.augment, defense=defense)
   # How it runs, apart from what is trained: None fields are decided.
   low = engine.Lowering(
     models_per_step=FLAGS.models_per_step, microbatch=FLAGS.microbatch_size
   )
+  try:
+    low.validate(cfg.batch_size)
+  except ValueError as e:
+    raise as_usage_error(e) from None
+  if FLAGS.num_models < 1:
+    raise app.UsageError(f"--num_models must be >= 1, got {FLAGS.num_models}")
+  if FLAGS.design == "paired" and FLAGS.num_models % 2:
+    raise app.UsageError(
+      "--num_models must be even for --design=paired (models come in IN/OUT "
+      f"pairs), got {FLAGS.num_models}"
+    )
+  if FLAGS.design == "lira" and not 0 < FLAGS.pkeep < 1:
+    raise app.UsageError(f"--pkeep must be in (0, 1), got {FLAGS.pkeep}")
   return runs.RunSpec(
     dataset=FLAGS.dataset,
     data_dir=FLAGS.data_dir,
@@ -283,8 +338,7 @@ def flag_values() -> dict:
 
 def usage_error(message: str):
   """Exit with status 2 and one line ``<script>: error: <message>`` (no help text, no traceback)."""
-  sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {message}\n")
-  sys.exit(2)
+  harness.usage_error(message)
 
 
 def train_run(spec: runs.RunSpec, output_dir, **kwargs):

@@ -104,7 +104,7 @@ from absl import app, flags, logging
 import common
 import harness
 from configs import defenses as defenses_config
-from miajax import attacks, engine, metrics, report, runs, scores
+from miajax import attacks, engine, metrics, report, runs, scores, usability
 from miajax import defenses as D
 from miajax.attacks import label_only
 
@@ -378,7 +378,8 @@ def attacker_signals(logits, labels, output=None, random_logits=None):
 
 
 def attack_scores(target, keep, shadow=None) -> dict[str, np.ndarray]:
-  """Membership scores ``float[targets, examples]`` of every attack.
+  """Membership scores ``float[targets, examples]`` of every attack, NaN
+  where an example had too few shadows.
 
   Args:
     target: (logit-scaled, max-confidence) scores of the targets.
@@ -390,9 +391,13 @@ def attack_scores(target, keep, shadow=None) -> dict[str, np.ndarray]:
   out = {}
   for name in ("lira_online", "lira_offline"):
     if shadow is None:
-      out[name] = attacks.leave_one_out(lira_t, keep, attack=name)
+      out[name] = attacks.leave_one_out(
+        lira_t, keep, attack=name, too_few_shadows="nan"
+      )
     else:
-      out[name] = getattr(attacks, name)(shadow[0], shadow[1], lira_t)
+      out[name] = getattr(attacks, name)(
+        shadow[0], shadow[1], lira_t, too_few_shadows="nan"
+      )
   out["global_threshold"] = attacks.global_threshold(lira_t)
   out["max_confidence"] = attacks.global_threshold(maxc_t)
   return {k: np.asarray(v, np.float64) for k, v in out.items()}
@@ -432,21 +437,31 @@ def label_scores(
 def summarise(
   all_scores: dict, keep: np.ndarray, *, delta: float, seed: int
 ) -> tuple[dict, dict]:
-  """(``{attack: attack_summary}``, the row's Bonferroni-combined empirical epsilon)."""
+  """(``{attack: attack_summary}``, the row's Bonferroni-combined empirical epsilon),
+  both over each attack's scored entries (``usability.summarise_scored``)."""
   summaries, bounds = {}, {}
   per_attack = 1.0 - (1.0 - CONFIDENCE) / len(all_scores)
+
+  def summary(s, k):
+    return report.attack_summary(
+      s, k, confidence=CONFIDENCE, seed=seed, delta=delta
+    )
+
   for name, s in all_scores.items():
     with warnings.catch_warnings():
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
-      summaries[name] = report.attack_summary(
-        s, keep, confidence=CONFIDENCE, seed=seed, delta=delta
+      summaries[name] = usability.summarise_scored(s, keep, summary)
+    if summaries[name]["auc"] is not None:
+      bounds[name] = metrics.epsilon_lower_bound(
+        *usability.scored(s, keep),
+        delta=delta,
+        confidence=per_attack,
+        seed=seed,
       )
-    bounds[name] = metrics.epsilon_lower_bound(
-      s, keep, delta=delta, confidence=per_attack, seed=seed
-    )
-  best = max(bounds, key=bounds.get)
+  # An attack that scored nothing bounds nothing: 0, the trivial bound.
+  best = max(bounds, key=bounds.get, default=None)
   return summaries, {
-    "epsilon": bounds[best],
+    "epsilon": 0.0 if best is None else bounds[best],
     "attack": best,
     "confidence": CONFIDENCE,
     "per_attack_confidence": per_attack,
@@ -500,11 +515,11 @@ def summary_table(rows: list[dict]) -> str:
     "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
   ]
   for r in rows:
-    lo = r["attacks"]["lira_online"]
-    ci = lo["tpr_at_fpr_ci"].get("0.01")
-    tpr1 = _f(lo["tpr_at_fpr"]["0.01"]) + (
-      f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
-    )
+    # A row whose models were all unusable has no attacks: n/a cells.
+    lo = r["attacks"].get("lira_online") or {}
+    tpr = lo.get("tpr_at_fpr") or {}
+    ci = (lo.get("tpr_at_fpr_ci") or {}).get("0.01")
+    tpr1 = _f(tpr.get("0.01")) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
     best = _best(r["attacks"], list(r["attacks"]))
     lbest = _best(r["attacks"], LABEL_ATTACKS)
     if lbest is None:
@@ -525,15 +540,17 @@ def summary_table(rows: list[dict]) -> str:
           _f(r["train_accuracy"]),
           _f(r["test_accuracy"]),
           _f(r["train_test_gap"]),
-          _f(lo["auc"]),
+          _f(lo.get("auc")),
           tpr1,
-          _f(lo["tpr_at_fpr"]["0.001"], ".4f"),
+          _f(tpr.get("0.001"), ".4f"),
           *label_cells,
-          f"{_f(r['attacks'][best]['tpr_at_fpr']['0.01'])} ({best})",
+          "n/a"
+          if best is None
+          else f"{_f(r['attacks'][best]['tpr_at_fpr']['0.01'])} ({best})",
           "-"
           if dp is None
           else f"{dp['epsilon']:.2f} (sigma {dp['noise_multiplier']:.3f})",
-          f"{emp['epsilon']:.2f} ({emp['attack']})",
+          "n/a" if emp is None else f"{emp['epsilon']:.2f} ({emp['attack']})",
         ]
       )
       + " |"
@@ -585,19 +602,20 @@ def plot_privacy_utility(rows: list[dict], path) -> None:
   handles = []
   for i, r in enumerate(rows):
     color, marker = cmap(i % 20), _MARKERS[i % len(_MARKERS)]
-    zero_any = False
+    zero_any, h = False, None
     for title, ax in panels:
       attack = (
         "lira_online"
         if title == "lira_online"
         else _best(r["attacks"], LABEL_ATTACKS)
       )
-      if attack is None:
+      # Rows without usable models have no attack (nor accuracy) to draw.
+      if attack not in r["attacks"] or r["test_accuracy"] is None:
         continue
       a = r["attacks"][attack]
       y, floored = _on_log_axis(a["tpr_at_fpr"]["0.01"])
       zero_any |= floored
-      ci = a["tpr_at_fpr_ci"].get("0.01")
+      ci = (a.get("tpr_at_fpr_ci") or {}).get("0.01")
       err = (
         None
         if (floored or not ci)
@@ -613,6 +631,8 @@ def plot_privacy_utility(rows: list[dict], path) -> None:
         markersize=7,
         markerfacecolor="none" if floored else color,
       )
+    if h is None:
+      continue
     label = r["name"] + (
       " (TPR 0 in a panel: drawn on the floor, hollow)" if zero_any else ""
     )
@@ -652,13 +672,14 @@ def plot_privacy_utility(rows: list[dict], path) -> None:
 def plot_dropout_sweep(sweep: list[dict], path) -> None:
   fig = _figure((11.0, 4.5))
   rates = [s["dropout_rate"] for s in sweep]
+
+  def accuracy(key):
+    # None (no usable model) is a gap in the line.
+    return [np.nan if s[key] is None else s[key] for s in sweep]
+
   ax = fig.add_subplot(1, 2, 1)
-  ax.plot(
-    rates, [s["test_accuracy"] for s in sweep], "o-", label="test accuracy"
-  )
-  ax.plot(
-    rates, [s["train_accuracy"] for s in sweep], "s--", label="train accuracy"
-  )
+  ax.plot(rates, accuracy("test_accuracy"), "o-", label="test accuracy")
+  ax.plot(rates, accuracy("train_accuracy"), "s--", label="train accuracy")
   ax.set_xlabel("dropout rate")
   ax.set_ylabel("accuracy")
   ax.grid(True, alpha=0.3)
@@ -790,10 +811,38 @@ def main(argv):
       logging.info("run %s ready in %.1f s", name, timing["train"][name])
     return name, trained[name]
 
-  shadow = shadow_views = None
+  verdicts: dict[str, usability.Usability] = {}
+
+  def usable_models(name: str, run: runs.RunResult) -> np.ndarray:
+    """``bool[models]``: the run's usable models, its exclusions logged once."""
+    if name not in verdicts:
+      # No chance test: a defense that leaves its models at chance (strong
+      # DP, say) is a row to report, its attacks at chance too, not a
+      # failure; only broken models (diverged, blown up) are dropped.
+      verdicts[name] = usability.model_usability(
+        run.logits,
+        run.labels,
+        run.keep,
+        run.train_accuracy,
+        diverged=run.diverged,
+        chance_sds=None,
+      )
+      for e in verdicts[name].excluded():
+        logging.warning(
+          "run %s: excluding model %d from the attacks: %s: %s",
+          name,
+          e["model"],
+          e["reason"],
+          e["detail"],
+        )
+    return verdicts[name].usable
+
+  shadow = shadow_views = shadow_name = None
   if FLAGS.shadow_defense == "none":
-    _, (srun, _) = get_run(Row("shadows_none", D.none()), seed_offset=1)
-    ok = ~srun.diverged
+    shadow_name, (srun, _) = get_run(
+      Row("shadows_none", D.none()), seed_offset=1
+    )
+    ok = usable_models(shadow_name, srun)
     shadow = (attacker_signals(srun.logits[ok], srun.labels)[0], srun.keep[ok])
     if srun.label_views is not None:
       shadow_views = (srun.label_views[ok], srun.keep[ok])
@@ -801,27 +850,35 @@ def main(argv):
   def evaluate(row: Row) -> dict:
     name, (run, random_logits) = get_run(row)
     t0 = time.perf_counter()
-    ok = ~run.diverged
-    if not ok.all():
-      logging.warning(
-        "%s: excluding %d diverged models from the attacks",
-        row.name,
-        (~ok).sum(),
+    ok = usable_models(name, run)
+    # Leave-one-out needs 3 models (the binomial label-only test drops two per target).
+    if shadow is None and ok.sum() < 3:
+      skipped = f"{ok.sum()} usable models; leave-one-out needs at least 3"
+    elif shadow is not None and not (ok.any() and shadow[1].shape[0]):
+      skipped = (
+        f"{ok.sum()} usable targets and {shadow[1].shape[0]} usable "
+        "shadows; the attacks need at least one of each"
       )
-    keep = run.keep[ok]
-    target = attacker_signals(
-      run.logits[ok],
-      run.labels,
-      row.output,
-      None if random_logits is None else random_logits[ok],
-    )
-    all_scores = {
-      **attack_scores(target, keep, shadow),
-      **label_scores(run, ok, shadow_views),
-    }
-    summaries, emp = summarise(
-      all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed
-    )
+    else:
+      skipped = None
+    summaries, emp = {}, None
+    if skipped:
+      logging.error("%s: no attack run: %s", row.name, skipped)
+    else:
+      keep = run.keep[ok]
+      target = attacker_signals(
+        run.logits[ok],
+        run.labels,
+        row.output,
+        None if random_logits is None else random_logits[ok],
+      )
+      all_scores = {
+        **attack_scores(target, keep, shadow),
+        **label_scores(run, ok, shadow_views),
+      }
+      summaries, emp = summarise(
+        all_scores, keep, delta=FLAGS.dp_delta, seed=FLAGS.seed
+      )
     epochs = row.epochs if row.epochs is not None else base.train.epochs
     rate, steps = engine.dp_sampling(run.keep, batch, epochs)
     dp = D.dp_summary(
@@ -829,20 +886,26 @@ def main(argv):
     )
     if dp is not None:
       dp["target_epsilon"] = row.dp_target_epsilon
-      dp["empirical_epsilon_below_accountant"] = bool(
-        emp["epsilon"] <= dp["epsilon"]
+      dp["empirical_epsilon_below_accountant"] = (
+        None if emp is None else bool(emp["epsilon"] <= dp["epsilon"])
       )
     timing["attacks"][row.name] = time.perf_counter() - t0
+    # Over the usable models only.
     train_acc, test_acc = (
-      float(run.train_accuracy[ok].mean()),
-      float(run.test_accuracy[ok].mean()),
+      (
+        float(run.train_accuracy[ok].mean()),
+        float(run.test_accuracy[ok].mean()),
+      )
+      if ok.any()
+      else (None, None)
     )
+    lo = summaries.get("lira_online", {})
     logging.info(
-      "%s: test acc %.3f, lira_online AUC %.3f TPR@1%%FPR %s (%.1f s)",
+      "%s: test acc %s, lira_online AUC %s TPR@1%%FPR %s (%.1f s)",
       row.name,
-      test_acc,
-      summaries["lira_online"]["auc"],
-      summaries["lira_online"]["tpr_at_fpr"]["0.01"],
+      _f(test_acc),
+      _f(lo.get("auc")),
+      (lo.get("tpr_at_fpr") or {}).get("0.01"),
       timing["attacks"][row.name],
     )
     return {
@@ -865,9 +928,11 @@ def main(argv):
       "output_short": "-" if row.output is None else D.short_name(row.output),
       "models": int(ok.sum()),
       "diverged_models": np.flatnonzero(run.diverged).tolist(),
+      "excluded_models": verdicts[name].excluded(),
       "train_accuracy": train_acc,
       "test_accuracy": test_acc,
-      "train_test_gap": train_acc - test_acc,
+      "train_test_gap": None if train_acc is None else train_acc - test_acc,
+      "attacks_skipped": skipped,
       "attacks": summaries,
       "dp": dp,
       "empirical_epsilon": emp,
@@ -936,6 +1001,10 @@ def main(argv):
       "description": protocol,
       "examples": int(keep_design.shape[1]),
       "attacks": list(ATTACK_NAMES) + list(LABEL_ATTACKS),
+      # The undefended shadows' own exclusions (--shadow_defense=none).
+      "shadow_excluded_models": None
+      if shadow_name is None
+      else verdicts[shadow_name].excluded(),
     },
     "baseline_row": None if baseline is None else baseline["name"],
     "target": None
@@ -959,4 +1028,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.run(main)

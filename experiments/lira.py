@@ -16,6 +16,7 @@ augmentation and noise-robustness attacks, each thresholded and with the
 binomial shadow-model test.
 """
 
+import collections
 import time
 import warnings
 
@@ -26,7 +27,7 @@ import common
 import harness
 import miajax
 from configs import lira as lira_config
-from miajax import attacks, metrics, plots, report, runs, scores
+from miajax import attacks, metrics, plots, report, runs, scores, usability
 from miajax.attacks import label_only
 
 FLAGS = flags.FLAGS
@@ -81,20 +82,32 @@ THRESHOLD_ATTACKS = {
 def _with_references(
   attack: str, values, keep, r: int, *, fix_variance=False, variant="miajax"
 ):
-  """Models ``[0, r)`` are the references, the rest the targets; ``float[targets, examples]``."""
+  """Rows ``[0, r)`` are the references, the rest the targets; ``float[targets, examples]``,
+  NaN at examples with too few references."""
   shadow, shadow_keep, target = values[:r], keep[:r], values[r:]
+  few = dict(too_few_shadows="nan")
   if attack == "lira_online":
     return attacks.lira_online(
-      shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant
+      shadow,
+      shadow_keep,
+      target,
+      fix_variance=fix_variance,
+      variant=variant,
+      **few,
     )
   if attack == "lira_offline":
     return attacks.lira_offline(
-      shadow, shadow_keep, target, fix_variance=fix_variance, variant=variant
+      shadow,
+      shadow_keep,
+      target,
+      fix_variance=fix_variance,
+      variant=variant,
+      **few,
     )
   if attack == "global_threshold":
     return attacks.global_threshold(target)
   return attacks.rmia(
-    shadow, shadow_keep, target, offline=attack == "rmia_offline"
+    shadow, shadow_keep, target, offline=attack == "rmia_offline", **few
   )
 
 
@@ -111,36 +124,52 @@ def _auc_and_tpr(values, is_member) -> dict:
   }
 
 
+def _no_attacks(usable, num_references) -> str | None:
+  """Why no attack can run on the usable models (None: they can)."""
+  if num_references:
+    refs, targets = usable[:num_references].sum(), usable[num_references:].sum()
+    if refs and targets:
+      return None
+    return (
+      f"{refs} usable reference models and {targets} usable targets; "
+      "the attacks need at least one of each"
+    )
+  if usable.sum() >= 3:
+    return None
+  # The binomial label-only test leaves out two models per target.
+  return f"{usable.sum()} usable models; leave-one-out needs at least 3"
+
+
 def attack_all(
   run: runs.RunResult,
   *,
   variant: str,
+  usable,
   log=logging.info,
   keep=None,
   num_references=None,
   summarise=report.attack_summary,
 ):
-  """Attacks on a run; returns ({name: summary}, {name: scores}, evaluated keep rows).
+  """Attacks on a run's usable models; returns ({name: summary}, {name: scores}, evaluated keep rows).
 
-  Leave-one-out by default; with ``num_references`` R, models ``[0, R)`` are
-  the references and models ``[R, M)`` the targets.  ``keep`` replaces the
-  run's own design (the null check).  ``summarise(scores, is_member)`` makes
-  each attack's summary (default: every metric with its interval).
+  ``usable``: ``bool[models]`` (``usability.model_usability``), the models
+  attacked and used as shadows.  Leave-one-out by default; with
+  ``num_references`` R, the usable models among ``[0, R)`` are the
+  references and those among ``[R, M)`` the targets.  An example left with
+  too few usable shadows is not scored (NaN) and its attack's summary
+  counts it (``unscored_examples``, ``unscored_scores``).  ``keep``
+  replaces the run's own design (the null check).  ``summarise(scores,
+  is_member)`` makes each attack's summary over the scored entries
+  (default: every metric with its interval).
   """
-  ok = ~run.diverged
-  if not ok.all():
-    logging.warning(
-      "excluding %d diverged models from the attacks: %s",
-      (~ok).sum(),
-      np.flatnonzero(~ok),
-    )
-  keep = (run.keep if keep is None else keep)[ok]
-  logits = run.logits[ok]
+  keep = (run.keep if keep is None else keep)[usable]
+  logits = run.logits[usable]
   lira_scores = np.asarray(
     scores.logit_scaled(logits, run.labels[None, :, None])
   )
   probs = np.asarray(scores.confidence(logits, run.labels[None, :, None]))
-  r = num_references or 0
+  # The references that are usable: the first r of the usable rows.
+  r = int(usable[:num_references].sum()) if num_references else 0
   computed = {}
   for name, kw in {**LIRA_ATTACKS, **RMIA_ATTACKS}.items():
     is_rmia = name.startswith("rmia")
@@ -150,14 +179,18 @@ def attack_all(
         kw["attack"],
         values,
         keep,
-        num_references,
+        r,
         fix_variance=kw.get("fix_variance", False),
         variant=variant,
       )
     else:
       computed[name] = lambda kw=kw, values=values, is_rmia=is_rmia: (
         attacks.leave_one_out(
-          values, keep, variant="miajax" if is_rmia else variant, **kw
+          values,
+          keep,
+          variant="miajax" if is_rmia else variant,
+          too_few_shadows="nan",
+          **kw,
         )
       )
   for name, signal in THRESHOLD_ATTACKS.items():
@@ -168,11 +201,11 @@ def attack_all(
     )
   if run.label_views is not None and run.label_only is not None:
     label = label_only.attack_scores(
-      run.label_views[ok],
+      run.label_views[usable],
       run.labels,
       keep,
       run.label_only,
-      num_references=num_references,
+      num_references=r or None,
     )
     computed.update({name: (lambda v=v: v) for name, v in label.items()})
   summaries, all_scores = {}, {}
@@ -184,9 +217,12 @@ def attack_all(
     with warnings.catch_warnings():
       # Levels finer than 1/non-members are reported as null ("n/a"), said once below.
       warnings.filterwarnings("ignore", message=".*unresolvable.*")
-      summaries[name] = summarise(s, evaluated)
+      summaries[name] = usability.summarise_scored(s, evaluated, summarise)
+    auc, unscored = summaries[name]["auc"], summaries[name]["unscored_examples"]
     log(
-      f"{name}: AUC {summaries[name]['auc']:.4f} ({time.perf_counter() - t0:.1f} s)"
+      f"{name}: AUC {'n/a' if auc is None else f'{auc:.4f}'}"
+      + (f", {unscored} examples unscored" if unscored else "")
+      + f" ({time.perf_counter() - t0:.1f} s)"
     )
   return summaries, all_scores, evaluated
 
@@ -219,12 +255,32 @@ def main(argv):
     raise app.UsageError(
       f"--num_references={r} leaves no target among the run's {run.keep.shape[0]} models"
     )
-  summaries, all_scores, keep = attack_all(
-    run, variant=FLAGS.variant, num_references=r
+  verdict = usability.model_usability(
+    run.logits,
+    run.labels,
+    run.keep,
+    run.train_accuracy,
+    diverged=run.diverged,
   )
+  usable = verdict.usable
+  for e in verdict.excluded():
+    logging.warning(
+      "excluding model %d from the attacks: %s: %s",
+      e["model"],
+      e["reason"],
+      e["detail"],
+    )
+  skipped = _no_attacks(usable, r)
+  summaries, all_scores, null = {}, {}, None
+  keep = run.keep[usable][int(usable[:r].sum()) if r else 0 :]
+  if skipped:
+    logging.error("no attack run: %s", skipped)
+  else:
+    summaries, all_scores, keep = attack_all(
+      run, variant=FLAGS.variant, usable=usable, num_references=r
+    )
   t_attacked = time.perf_counter()
-  null = None
-  if FLAGS.null_check:
+  if FLAGS.null_check and not skipped:
     # Same models and scores, a design they were not trained on: any signal here would be an artefact.
     # Not a paired design: sharing the real design's model pairing would leak through each target's
     # partner (whose real membership is the complement of the target's).
@@ -238,49 +294,58 @@ def main(argv):
     null, _, _ = attack_all(
       run,
       variant=FLAGS.variant,
+      usable=usable,
       keep=fake,
       log=lambda s: None,
       num_references=r,
       summarise=_auc_and_tpr,
     )
-  plots.plot_roc(
-    {
-      name: (all_scores[name], keep)
-      for name in (
-        "lira_online",
-        "lira_online_fixed",
-        "lira_offline",
-        "global_threshold",
-        "rmia",
-        "loss_threshold",
-        "label_aug_lira",
-        "label_noise_lira",
-      )
-      if name in all_scores
-    },
-    out / "roc.png",
-    title=f"{FLAGS.dataset}: "
-    + (
-      f"{r} reference models, {keep.shape[0]} targets"
-      if r
-      else f"{keep.shape[0]} models, leave-one-out"
-    ),
-  )
-  ok = ~run.diverged
+  curves = {
+    name: usability.scored(all_scores[name], keep)
+    for name in (
+      "lira_online",
+      "lira_online_fixed",
+      "lira_offline",
+      "global_threshold",
+      "rmia",
+      "loss_threshold",
+      "label_aug_lira",
+      "label_noise_lira",
+    )
+    if name in all_scores and summaries[name]["auc"] is not None
+  }
+  if curves:
+    plots.plot_roc(
+      curves,
+      out / "roc.png",
+      title=f"{FLAGS.dataset}: "
+      + (
+        f"{r} reference models, {keep.shape[0]} targets"
+        if r
+        else f"{keep.shape[0]} models, leave-one-out"
+      ),
+    )
+
+  def mean_over_usable(accuracy):
+    return float(accuracy[usable].mean()) if usable.any() else None
+
   rep = {
     "config": common.flag_values(),
     "target": {
-      "train_accuracy": float(run.train_accuracy[ok].mean()),
-      "test_accuracy": float(run.test_accuracy[ok].mean()),
+      "train_accuracy": mean_over_usable(run.train_accuracy),
+      "test_accuracy": mean_over_usable(run.test_accuracy),
     },
     "protocol": {
       "evaluation": f"{r}_references" if r else "leave_one_out",
       "num_references": r,
       "models": int(run.keep.shape[0]),
+      "usable_models": int(usable.sum()),
       "examples": int(keep.shape[1]),
       "pooled_scores": int(keep.size),
       "diverged_models": np.flatnonzero(run.diverged).tolist(),
     },
+    "excluded_models": verdict.excluded(),
+    "attacks_skipped": skipped,
     "attacks": summaries,
     "null_check": null,
     "timing_s": {
@@ -296,26 +361,54 @@ def main(argv):
     if r
     else "every model attacked with the others as shadows"
   )
+  accuracy = (
+    f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
+    f"test accuracy {rep['target']['test_accuracy']:.4f}"
+    if usable.any()
+    else "target accuracy n/a (no usable model)"
+  )
   text = [
     f"\n{FLAGS.dataset}: {run.keep.shape[0]} models, {keep.shape[1]} examples, "
     f"{'fixed references' if r else 'leave-one-out'} ({how}; {keep.size:,} pooled scores)",
-    f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
-    f"test accuracy {rep['target']['test_accuracy']:.4f}\n",
-    report.format_table(summaries),
   ]
+  if not usable.all():
+    reasons = collections.Counter(e["reason"] for e in rep["excluded_models"])
+    text.append(
+      f"{int((~usable).sum())} models excluded as unusable ("
+      + ", ".join(f"{n} {why}" for why, n in reasons.items())
+      + f"); {int(usable.sum())} usable"
+    )
+  text.append(accuracy + "\n")
+  if skipped:
+    text.append(f"no attack run: {skipped}")
+  else:
+    text.append(report.format_table(summaries))
+  unscored = {
+    k: v["unscored_examples"]
+    for k, v in summaries.items()
+    if v["unscored_examples"]
+  }
+  if unscored:
+    text.append(
+      "\nexamples left unscored (too few usable shadows): "
+      + ", ".join(f"{k} {n}" for k, n in unscored.items())
+    )
   if null:
     text.append(
       "\nnull check (independent random keep mask): AUC "
-      + ", ".join(f"{k} {v['auc']:.3f}" for k, v in null.items())
+      + ", ".join(
+        f"{k} {'n/a' if v['auc'] is None else format(v['auc'], '.3f')}"
+        for k, v in null.items()
+      )
     )
   harness.finish(
     out,
     rep,
     "\n".join(text),
     wall_s=rep["timing_s"]["total"],
-    also=[out / "roc.png"],
+    also=[out / "roc.png"] if curves else [],
   )
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.run(main)

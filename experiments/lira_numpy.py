@@ -176,5 +176,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  import harness
+
   define_flags()
-  app.run(main)
+  harness.run(main)

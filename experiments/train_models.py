@@ -11,6 +11,10 @@ every --checkpoint_every_epochs epochs), so the rerun resumes it at its last
 checkpoint ("resuming models [8, 16) from the checkpoint at epoch 3 of 6") with
 the same final outputs as an uninterrupted run.  Changing these two flags
 between runs is allowed: they are not part of the run's configuration.
+Rerunning also checks every file against <output_dir>/manifest.json: a bad
+chunk is moved aside as *.corrupt and only its models retrained (--norepair
+refuses instead).  Two runs started on one --output_dir split the chunks
+between them ("pid N trains models [a, b)"); each model is trained once.
 
 Many hosts: start one process per host (or per GPU group) with the same flags
 and an output_dir on a shared filesystem:
@@ -63,6 +67,14 @@ flags.DEFINE_bool(
   CONFIG["merge_only"],
   "Only assemble keep.npy/logits.npy from the chunks in --output_dir.",
 )
+flags.DEFINE_bool(
+  "repair",
+  True,
+  "Move a chunk file that fails its checks (unreadable, changed since "
+  "written, another run's) aside as *.corrupt and retrain its models; "
+  "rewrite a bad keep.npy/labels.npy and merge the outputs again. "
+  "--norepair refuses instead, naming the file.",
+)
 
 
 def _print_result(result, spec, how=None):
@@ -78,6 +90,13 @@ def _print_result(result, spec, how=None):
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except runs.CorruptFileError as e:  # one line: the file, what, how to repair
+    raise app.UsageError(str(e)) from None
+
+
+def _main(argv):
   harness.start(argv)
   spec = common.run_spec()
   if FLAGS.merge_only:
@@ -123,6 +142,7 @@ def main(argv):
     log=logging.info,
     chunk_models=chunk_models,
     merge=not multi,
+    repair=FLAGS.repair,
   )
   if multi:
     import jax
@@ -167,4 +187,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  harness.run(main)

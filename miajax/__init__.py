@@ -31,6 +31,7 @@ _SUBMODULES = frozenset(
     "report",
     "runs",
     "scores",
+    "usability",
   }
 )
 
@@ -82,6 +83,9 @@ _EXPORTS = {
   "rmia": "attacks",
   "rmia_fit": "attacks",
   "rmia_score": "attacks",
+  # which models an audit can use
+  "Usability": "usability",
+  "model_usability": "usability",
   # defenses and output transforms
   "Defense": "defenses",
   "OutputTransform": "defenses",

@@ -25,6 +25,10 @@ CACHE = os.environ.setdefault(
   compilation_cache.ENV, tempfile.mkdtemp(prefix="miajax-test-xla-")
 )
 compilation_cache.use_compilation_cache(CACHE)
+# The session's own decision cache (miajax.runs.decisions), never the user's.
+os.environ.setdefault(
+  "MIAJAX_LOWERING_CACHE", tempfile.mkdtemp(prefix="miajax-test-lowering-")
+)
 
 
 def pytest_itemcollected(item):

@@ -790,6 +790,167 @@ def test_leave_one_out_needs_three():
   ).shape == (9, 23)
 
 
+def _with_thin_examples(models, examples, queries, seed, in_counts):
+  """ragged() (at least 3 IN and 3 OUT models per example) with the examples
+  of in_counts {example: IN models} changed; the models [0, n) are IN."""
+  scores, keep = ragged(models, examples, queries, seed=seed, min_count=3)
+  keep = keep.copy()
+  for i, n in in_counts.items():
+    keep[:, i] = np.arange(models) < n
+  return scores, keep
+
+
+@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize("fix_variance", [False, True])
+def test_too_few_shadows_nan_scores_the_rest_as_if_alone(offline, fix_variance):
+  # Example 2 has no IN model, 5 one OUT model, 13 no OUT model.
+  shadow, keep = _with_thin_examples(11, 40, 2, 41, {2: 0, 5: 10, 13: 11})
+  target = np.random.default_rng(42).normal(0, 3, size=(3, 40, 2))
+  fn = attacks.lira_offline if offline else attacks.lira_online
+  with pytest.raises(ValueError, match="shadow score"):
+    fn(shadow, keep, target, fix_variance=fix_variance)
+  got = np.asarray(
+    fn(shadow, keep, target, fix_variance=fix_variance, too_few_shadows="nan")
+  )
+  need = 1 if fix_variance else 2
+  ok = (~keep).sum(0) >= need
+  if not offline:
+    ok &= keep.sum(0) >= need
+  assert (~ok).sum() == (2 if offline else 3) - fix_variance
+  assert got.shape == (3, 40) and got.dtype == np.float32
+  np.testing.assert_array_equal(np.isnan(got), np.broadcast_to(~ok, got.shape))
+  # Independent float64 numbers of the attack on the scorable examples
+  # alone: an unscored example's spread is not in the pooled variance.
+  want = miajax_numpy(
+    shadow[:, ok], keep[:, ok], target[:, ok], offline, fix_variance
+  )
+  np.testing.assert_allclose(
+    got[:, ok], want, rtol=2e-4, atol=2e-4 * np.abs(want).max()
+  )
+  ref = np.asarray(
+    fn(
+      shadow,
+      keep,
+      target,
+      fix_variance=fix_variance,
+      variant="reference",
+      too_few_shadows="nan",
+    )
+  )
+  assert ref.dtype == np.float64
+  np.testing.assert_allclose(
+    ref[:, ok],
+    reference_numpy(
+      shadow[:, ok], keep[:, ok], target[:, ok], offline, fix_variance
+    ),
+    rtol=1e-9,
+  )
+  assert np.isnan(ref[:, ~ok]).all()
+
+
+@pytest.mark.parametrize("attack", ["lira_online", "lira_offline"])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_leave_one_out_too_few_shadows_nan_matches_numpy(attack, balanced):
+  # One OUT model at example 5, two IN at 11, two OUT at 13; none empty
+  # (loo_numpy would drop a partner from an empty group).
+  scores, keep = _with_thin_examples(10, 45, 2, 43, {5: 9, 11: 2, 13: 8})
+  scores = scores.astype(np.float32)
+  offline = attack == "lira_offline"
+  got = np.asarray(
+    attacks.leave_one_out(
+      scores, keep, attack=attack, balanced=balanced, too_few_shadows="nan"
+    )
+  )
+  # Once the target is gone: >= 2 left of each group, so 3 models.
+  ok = (~keep).sum(0) >= 3
+  if not offline:
+    ok &= keep.sum(0) >= 3
+  assert (~ok).sum() == (2 if offline else 3)
+  np.testing.assert_array_equal(np.isnan(got), np.broadcast_to(~ok, got.shape))
+  want = loo_numpy(
+    scores[:, ok].astype(np.float64), keep[:, ok], offline, False, balanced
+  )
+  np.testing.assert_allclose(
+    got[:, ok], want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+  )
+  ref = np.asarray(
+    attacks.leave_one_out(
+      scores, keep, attack=attack, variant="reference", too_few_shadows="nan"
+    )
+  )
+  np.testing.assert_array_equal(np.isnan(ref), np.isnan(got))
+  np.testing.assert_array_equal(
+    ref[:, ok],
+    attacks.leave_one_out(
+      scores[:, ok], keep[:, ok], attack=attack, variant="reference"
+    ),
+  )
+
+
+def test_rmia_too_few_shadows_nan():
+  rng = np.random.default_rng(44)
+  conf = rng.uniform(0.01, 1, size=(8, 60, 2))
+  keep = rng.random((8, 60)) < 0.5
+  keep[:, 7] = True  # no OUT model: offline RMIA cannot score it
+  keep[:7, 9] = True  # one OUT model, none once it is the target
+  keep[7, 9] = False
+  with pytest.raises(ValueError, match="OUT"):
+    attacks.rmia(conf[:6], keep[:6], conf[6:], offline=True)
+  got = np.asarray(
+    attacks.rmia(
+      conf[:6], keep[:6], conf[6:], offline=True, too_few_shadows="nan"
+    )
+  )
+  ok = (~keep[:6]).sum(0) >= 1
+  assert not ok[7] and not ok[9] and ok.sum() > 50
+  np.testing.assert_array_equal(np.isnan(got), np.broadcast_to(~ok, got.shape))
+  # The scorable examples alone, also as the population.
+  want = rmia_numpy(conf[:6, ok], keep[:6, ok], conf[6:, ok], 0.3, 2.0, True)
+  np.testing.assert_allclose(got[:, ok], want, rtol=1e-6, atol=0)
+  loo = np.asarray(
+    attacks.leave_one_out(
+      conf, keep, attack="rmia_offline", too_few_shadows="nan"
+    )
+  )
+  ok = (~keep).sum(0) >= 2  # one OUT model left when a target is removed
+  assert not ok[7] and not ok[9]
+  np.testing.assert_array_equal(np.isnan(loo), np.broadcast_to(~ok, loo.shape))
+  # Online RMIA needs no OUT model: "nan" changes nothing.
+  np.testing.assert_array_equal(
+    attacks.leave_one_out(conf, keep, attack="rmia", too_few_shadows="nan"),
+    attacks.leave_one_out(conf, keep, attack="rmia"),
+  )
+
+
+def test_too_few_shadows_nothing_scorable_and_bad_values():
+  scores, keep = ragged(9, 23, 1, seed=0)
+  # fix_variance with no example holding 2 OUT scores: no pooled variance.
+  thin = np.zeros_like(keep)
+  thin[1:] = True
+  got = np.asarray(
+    attacks.lira_offline(
+      scores, thin, scores[:2], fix_variance=True, too_few_shadows="nan"
+    )
+  )
+  assert got.shape == (2, 23) and got.dtype == np.float32
+  assert np.isnan(got).all()
+  assert np.isnan(
+    attacks.leave_one_out(scores, thin, too_few_shadows="nan")
+  ).all()
+  for bad in ("skip", None, True):
+    with pytest.raises(ValueError, match="too_few_shadows must be one of"):
+      attacks.lira_online(scores, keep, scores[:2], too_few_shadows=bad)
+    with pytest.raises(ValueError, match="too_few_shadows"):
+      attacks.leave_one_out(scores, keep, too_few_shadows=bad)
+    with pytest.raises(ValueError, match="too_few_shadows"):
+      attacks.rmia(
+        1 / (1 + np.exp(-scores)),
+        keep,
+        0.5 * np.ones((1, 23, 1)),
+        too_few_shadows=bad,
+      )
+
+
 def test_bad_inputs_raise():
   shadow, keep = ragged(9, 23, 1, seed=0)
   target = shadow[:2]

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import miajax
 from miajax import engine, runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,6 +120,108 @@ def test_lira_main_job_on_digits(tmp_path):
   )
   assert all(abs(v["auc"] - 0.5) < 0.05 for v in rep4["null_check"].values())
   # An odd --num_references is refused in test_bad_inputs.py (lira_odd_num_references).
+
+
+@pytest.mark.slow
+def test_lira_writes_its_report_when_no_model_is_usable(tmp_path):
+  # Issue 27's command: at learning rate 20 every model diverges, blows its
+  # logits up (8e28, finite, not flagged as diverged) or ends at chance.
+  proc = _run(
+    "lira.py",
+    f"--output_dir={tmp_path}",
+    "--learning_rate=20",
+    "--num_models=32",
+    "--epochs=10",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tmp_path / "report.json").read_text())
+  excluded = report["excluded_models"]
+  assert [e["model"] for e in excluded] == list(range(32))
+  assert {e["reason"] for e in excluded} == {
+    "diverged",
+    "logit_bound",
+    "chance_accuracy",
+  }
+  diverged = set(report["protocol"]["diverged_models"])
+  assert any(
+    e["reason"] == "logit_bound" and e["model"] not in diverged
+    for e in excluded
+  )
+  assert report["attacks"] == {} and report["null_check"] is None
+  assert report["attacks_skipped"].startswith("0 usable models")
+  assert report["target"] == {"train_accuracy": None, "test_accuracy": None}
+  assert "32 models excluded as unusable" in proc.stdout
+  assert "no attack run" in proc.stdout
+
+
+@pytest.mark.slow
+def test_lira_attacks_the_usable_models_and_counts_the_unscored(tmp_path):
+  # 22 of 32 models at learning rate 20 (diverged, blown up, at chance)
+  # beside 10 at the recipe's 0.1: no flag mixes them (at 20 no model is
+  # usable, above), a per-model learning rate does.
+  rng = np.random.default_rng(0)
+  bad = np.sort(rng.permutation(32)[:22])
+  lr = np.full(32, 0.1)
+  lr[bad] = 20.0
+  cfg = engine.TrainConfig(
+    model="mlp",
+    model_kwargs=(("activation", "relu"), ("widths", (256, 128))),
+    epochs=10,
+    batch_size=64,
+    learning_rate=miajax.per_model(lr),
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="cosine",
+  )
+  run = runs.run_training(
+    runs.RunSpec(dataset="digits", num_models=32, train=cfg),
+    tmp_path / "run",
+    log=lambda s: None,
+    progress=None,
+    checkpoint_every_s=0,
+  )
+  proc = _run(
+    "lira.py",
+    f"--output_dir={tmp_path / 'out'}",
+    f"--run_dir={tmp_path / 'run'}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tmp_path / "out" / "report.json").read_text())
+  _check_report(report, label_only=False)
+  excluded = {e["model"]: e["reason"] for e in report["excluded_models"]}
+  assert sorted(excluded) == bad.tolist()
+  assert {"diverged", "logit_bound", "chance_accuracy"} <= set(
+    excluded.values()
+  )
+  assert any(
+    why == "logit_bound" and not run.diverged[m] for m, why in excluded.items()
+  )
+  usable = np.ones(32, bool)
+  usable[bad] = False
+  assert report["protocol"]["usable_models"] == 10
+  assert report["protocol"]["pooled_scores"] == 10 * 1297
+  # The summary's accuracies are the usable models' only.
+  assert report["target"]["train_accuracy"] == pytest.approx(
+    run.train_accuracy[usable].mean()
+  )
+  assert report["target"]["test_accuracy"] == pytest.approx(
+    run.test_accuracy[usable].mean()
+  )
+  # Leave-one-out LiRA needs 3 usable IN and OUT models per example
+  # (offline: OUT only); the others are counted, not scored.
+  keep = run.keep[usable]
+  n_in, n_out = keep.sum(0), (~keep).sum(0)
+  attacks_ = report["attacks"]
+  thin = ((n_in < 3) | (n_out < 3)).sum()
+  assert attacks_["lira_online"]["unscored_examples"] == thin > 0
+  assert attacks_["lira_online"]["unscored_scores"] == 10 * thin
+  assert attacks_["lira_offline"]["unscored_examples"] == (n_out < 3).sum()
+  assert attacks_["rmia"]["unscored_examples"] == 0
+  assert attacks_["loss_threshold"]["unscored_examples"] == 0
+  assert attacks_["lira_online"]["auc"] > 0.55  # the trained models leak
+  assert all(abs(v["auc"] - 0.5) < 0.05 for v in report["null_check"].values())
+  assert "22 models excluded as unusable" in proc.stdout
+  assert f"lira_online {thin}" in proc.stdout
 
 
 def test_run_resumes_after_a_failure_without_retraining_finished_chunks(

@@ -2,7 +2,10 @@
 
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -104,3 +107,138 @@ def test_digest_sees_bytes_shape_and_dtype():
   assert io.digest(a) != io.digest(a.reshape(2, 3))
   assert io.digest(a) != io.digest(a.astype(np.int64))
   assert io.digest(a, a) != io.digest(a)
+
+
+def test_save_dir_atomic_renames_a_finished_directory_over_the_target(
+  tmp_path,
+):
+  def write(d):
+    assert not d.exists()  # orbax refuses to save into an existing one
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "a.bin").write_bytes(b"one")
+
+  target = tmp_path / "params"
+  (target / "old").mkdir(parents=True)  # a killed writer's leftover
+  sha = io.save_dir_atomic(target, write)
+  assert sorted(p.name for p in target.rglob("*")) == ["a.bin", "sub"]
+  assert sha == io.tree_sha256(target)
+  assert os.listdir(tmp_path) == ["params"]  # no temporary left
+  (target / "sub" / "a.bin").write_bytes(b"two")
+  assert io.tree_sha256(target) != sha
+
+  def fail(d):
+    d.mkdir()
+    (d / "half").write_bytes(b"")
+    raise RuntimeError("killed")
+
+  with pytest.raises(RuntimeError):
+    io.save_dir_atomic(tmp_path / "other", fail)
+  assert os.listdir(tmp_path) == ["params"]
+
+
+def test_set_aside_never_overwrites(tmp_path):
+  path = tmp_path / "chunk_00000_00002.npz"
+  names = []
+  for content in (b"a", b"b"):
+    path.write_bytes(content)
+    names.append(io.set_aside(path).name)
+  assert names == [
+    "chunk_00000_00002.npz.corrupt",
+    "chunk_00000_00002.npz.corrupt1",
+  ]
+  assert (tmp_path / names[1]).read_bytes() == b"b" and not path.exists()
+
+
+def test_temporary_target_names_what_a_temporary_was_to_become(tmp_path):
+  assert io.temporary_target(".chunk_00000_00002.npz.k3j_x.tmp") == (
+    "chunk_00000_00002.npz"
+  )
+  assert io.temporary_target(".logits.npy.abc.tmp") == "logits.npy"
+  for name in ("chunk_00000_00002.npz", ".hidden", "x.tmp", ".a.tmp"):
+    assert io.temporary_target(name) is None, name
+  # What write_atomic and save_dir_atomic really leave.
+  fd, tmp = io.tempfile.mkstemp(dir=tmp_path, prefix=".a.npz.", suffix=".tmp")
+  os.close(fd)
+  assert io.temporary_target(os.path.basename(tmp)) == "a.npz"
+  assert io.remove_temporaries(tmp_path / "a.npz") == 1
+  assert not os.listdir(tmp_path)
+
+
+def test_manifest_records_and_finds_changed_files(tmp_path):
+  m = io.Manifest(tmp_path, "fp")
+  assert m.read() is None and m.files() == {}
+  m.save_npy(tmp_path / "a.npy", np.arange(4))
+  m.write_json(tmp_path / "b.json", {"x": 1})
+  sub = tmp_path / "chunks"
+  sub.mkdir()
+  m.save_npz(sub / "c.npz", {"y": np.ones(3)})
+  data = json.loads((tmp_path / "manifest.json").read_text())
+  assert data["fingerprint"] == "fp"
+  assert sorted(data["files"]) == ["a.npy", "b.json", "chunks/c.npz"]
+  assert data["files"]["a.npy"]["bytes"] == (tmp_path / "a.npy").stat().st_size
+  for name in ("a.npy", "b.json", "chunks/c.npz"):
+    assert m.problem(tmp_path / name) == "", name
+  # A finite, plausible change: only the hash sees it.
+  np.save(tmp_path / "a.npy", np.array([0, 1, 2, 4]))
+  assert "differs" in m.problem(tmp_path / "a.npy")
+  (tmp_path / "d.npy").write_bytes(b"")
+  assert m.problem(tmp_path / "d.npy") == "not recorded in manifest.json"
+  (tmp_path / "b.json").unlink()
+  assert m.problem(tmp_path / "b.json") == "missing"
+  m.forget(tmp_path / "b.json")
+  assert "b.json" not in m.files()
+  (tmp_path / "manifest.json").write_text("{trunc")
+  with pytest.raises(ValueError, match=r"manifest\.json: unreadable"):
+    m.read()
+
+
+def test_arrays_digest_sees_names_values_and_dtypes():
+  a = {"x": np.arange(3), "y": np.zeros(2, np.float32)}
+  assert io.arrays_digest(a) == io.arrays_digest(dict(reversed(a.items())))
+  assert io.arrays_digest(a) != io.arrays_digest({"x": a["x"], "z": a["y"]})
+  assert io.arrays_digest(a) != io.arrays_digest({**a, "y": np.zeros(2)})
+  b = {**a, "y": np.array([0.0, 1e-30], np.float32)}
+  assert io.arrays_digest(a) != io.arrays_digest(b)
+
+
+_HOLD = """
+import sys, time
+from miajax.runs import io
+held = io.try_lock(sys.argv[1], holder=True)
+print("held" if held else "taken", flush=True)
+sys.stdin.readline()  # hold it until told to exit
+"""
+
+
+def test_locks_exclude_other_processes_and_die_with_them(tmp_path):
+  path = tmp_path / "locks" / "model_00003.lock"
+  p = subprocess.Popen(
+    [sys.executable, "-c", _HOLD, str(path)],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert p.stdout.readline().strip() == "held"
+    assert io.try_lock(path) is None
+    assert io.lock_holder(path) == f"pid {p.pid} on {socket.gethostname()}"
+    # The holder is killed, not asked: the kernel releases its lock.
+    p.kill()
+    p.wait()
+    mine = io.try_lock(path)
+    assert mine is not None
+    # Held here now: a second process finds it taken.
+    other = subprocess.run(
+      [sys.executable, "-c", _HOLD, str(path)],
+      input="\n",
+      capture_output=True,
+      text=True,
+    )
+    assert other.stdout.strip() == "taken"
+    mine.release()
+    with io.lock(path):
+      pass
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()

@@ -11,7 +11,7 @@ def get_config() -> dict:
     num_classes=None,
     target_outputs=None,
     target_members=None,
-    target_kind="logits",
+    target_kind="auto",  # logits; outputs that look like probabilities refused
     shadow_store=None,  # <output_dir>/shadow_store
     variant="miajax",
   )

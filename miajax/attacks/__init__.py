@@ -14,7 +14,7 @@ The classic attacks are submodules, loaded on first use: `label_only`
 
 import importlib
 
-from miajax.attacks._checks import VARIANTS
+from miajax.attacks._checks import TOO_FEW_SHADOWS, VARIANTS
 from miajax.attacks._leave_one_out import (
   ATTACKS,
   leave_one_out,
@@ -38,6 +38,7 @@ _SUBMODULES = frozenset({"label_only", "mlleaks", "shokri"})
 
 __all__ = [
   "ATTACKS",
+  "TOO_FEW_SHADOWS",
   "VARIANTS",
   "LiraFit",
   "RmiaFit",

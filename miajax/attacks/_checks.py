@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 VARIANTS = ("miajax", "reference")
+# What a wrapper does with an example that has too few shadow scores.
+TOO_FEW_SHADOWS = ("raise", "nan")
 
 
 def _as_real(x: Any, name: str, ndim: int) -> np.ndarray:
@@ -119,6 +121,57 @@ def _check_lira_counts(
           f"{context} with fix_variance=True needs some example with at least 2 {what} "
           f"shadow scores in {keep_name} to estimate the pooled variance."
         )
+
+
+def _nan_for_too_few(too_few_shadows) -> bool:
+  """True for "nan" (score what can be scored), False for "raise"."""
+  if isinstance(too_few_shadows, str) and too_few_shadows in TOO_FEW_SHADOWS:
+    return too_few_shadows == "nan"
+  raise ValueError(
+    f"too_few_shadows must be one of {TOO_FEW_SHADOWS}, got {too_few_shadows!r}"
+  )
+
+
+def _lira_scorable(n_in, n_out, *, offline, fix_variance) -> np.ndarray:
+  """bool[examples]: where `_check_lira_counts` would pass, example by example.
+
+  With fix_variance the pooled variance of the scorable examples also needs
+  a degree of freedom; without one no example is scorable.
+  """
+  need = _lira_need(fix_variance)
+  groups = [n_out] if offline else [n_in, n_out]
+  ok = np.logical_and.reduce([c >= need for c in groups])
+  if fix_variance and any(np.sum(np.maximum(c[ok] - 1, 0)) < 1 for c in groups):
+    ok[:] = False
+  return ok
+
+
+def _on_columns(ok, score, targets: int, reference: bool = False):
+  """`score(columns)` of the examples where ok, NaN at the others.
+
+  ok: None (every example, `score(None)` as is) or bool[examples].
+  score(columns): float[targets, len(columns)] on those examples only, so
+  nothing of an unscorable example (not even its data in a pooled
+  variance or as RMIA's population) reaches the others' scores.
+  Returns float[targets, examples]: numpy float64 when `reference`, else
+  jax (float32 when nothing is scorable).
+  """
+  if ok is None or ok.all():
+    return score(None)
+  shape = (targets, ok.size)
+  if not ok.any():
+    return (
+      np.full(shape, np.nan)
+      if reference
+      else jnp.full(shape, jnp.nan, jnp.result_type(float))
+    )
+  columns = np.flatnonzero(ok)
+  got = score(columns)
+  if isinstance(got, np.ndarray):
+    out = np.full(shape, np.nan, got.dtype)
+    out[:, columns] = got
+    return out
+  return jnp.full(shape, jnp.nan, got.dtype).at[:, columns].set(got)
 
 
 def _as_prob(x, name):

@@ -26,6 +26,9 @@ from miajax.attacks._checks import (
   _check_rmia_params,
   _check_seed,
   _check_variant,
+  _lira_scorable,
+  _nan_for_too_few,
+  _on_columns,
 )
 from miajax.attacks._lira import (
   _batch_size,
@@ -226,6 +229,7 @@ def leave_one_out(
   a=0.3,
   gamma=2.0,
   population=None,
+  too_few_shadows="raise",
 ):
   """Every model in turn is the target, all the other models its shadows.
 
@@ -251,20 +255,28 @@ def leave_one_out(
     population: RMIA only: None (the examples stand in for the population) or
       float[models, population, queries], every model's probabilities on samples
       that no model trained on.
+    too_few_shadows: an example left with too few IN/OUT shadow scores once
+      a target is removed (LiRA: 2, or 1 with fix_variance, so an example
+      needs 3 IN models if any model trained on it; rmia_offline: 1 OUT):
+      "raise" (default) a ValueError, or "nan": score it NaN for every
+      target (never for some targets only, which would drop members or
+      non-members of one example selectively) and the others exactly as
+      this attack on only the scorable examples. Typical after unusable
+      models were dropped (`miajax.model_usability`).
 
   Returns:
     float[models, examples], row t = the attack on model t with the others as
     shadows; higher = member. Pool it with `keep` for one ROC.
 
   Raises:
-    ValueError: bad arguments, or an example left with too few IN/OUT shadow
-      scores once a target is removed (LiRA: 2, or 1 with fix_variance; so an
-      example needs 3 IN models if any model trained on it).
+    ValueError: bad arguments, fewer than 2 models, or (too_few_shadows=
+      "raise") an example left with too few shadow scores.
   """
   if attack not in ATTACKS:
     raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
   _check_variant(variant)
   seed = _check_seed(seed)
+  nan_mode = _nan_for_too_few(too_few_shadows)
   x = _as_real(scores, "scores", 3)
   if x.shape[0] < 2:
     raise ValueError(
@@ -289,39 +301,51 @@ def leave_one_out(
   loo_in, loo_out = n_in - (n_in > 0), n_out - (n_out > 0)
   if is_lira:
     offline = attack == "lira_offline"
-    _check_lira_counts(
-      loo_in,
-      loo_out,
-      offline=offline,
-      fix_variance=fix_variance,
-      context=f"leave_one_out({attack!r}, variant={variant!r}, fix_variance={fix_variance}) "
-      "after removing the target,",
-      keep_name="keep",
-    )
-    if variant == "reference":
-      return _run_reference(
-        _lira_reference_loo,
-        x,
-        k,
+    ok = None
+    if nan_mode:
+      ok = _lira_scorable(
+        loo_in, loo_out, offline=offline, fix_variance=bool(fix_variance)
+      )
+    else:
+      _check_lira_counts(
+        loo_in,
+        loo_out,
+        offline=offline,
+        fix_variance=fix_variance,
+        context=f"leave_one_out({attack!r}, variant={variant!r}, fix_variance={fix_variance}) "
+        "after removing the target,",
+        keep_name="keep",
+      )
+
+    def score(columns):
+      xs, ks = (x, k) if columns is None else (x[:, columns], k[:, columns])
+      if variant == "reference":
+        return _run_reference(
+          _lira_reference_loo,
+          xs,
+          ks,
+          offline=offline,
+          fix_variance=bool(fix_variance),
+        )
+      return _lira_miajax_loo(
+        jnp.asarray(xs, dtype=float),
+        jnp.asarray(ks),
+        jax.random.key(seed),
         offline=offline,
         fix_variance=bool(fix_variance),
+        balanced=bool(balanced),
+        batch_size=_batch_size(*xs.shape),
       )
-    return _lira_miajax_loo(
-      jnp.asarray(x, dtype=float),
-      jnp.asarray(k),
-      jax.random.key(seed),
-      offline=offline,
-      fix_variance=bool(fix_variance),
-      balanced=bool(balanced),
-      batch_size=_batch_size(*x.shape),
-    )
+
+    return _on_columns(ok, score, x.shape[0], variant == "reference")
 
   if variant != "miajax":
     raise ValueError(f"{attack} has only variant='miajax', got {variant!r}")
   _check_rmia_params(a, gamma)
   x = _as_prob(x, "scores")
   offline = attack == "rmia_offline"
-  if offline:
+  ok = loo_out >= 1 if offline and nan_mode else None
+  if offline and not nan_mode:
     _check_counts(
       loo_out,
       1,
@@ -339,11 +363,16 @@ def leave_one_out(
         f"{x.shape[2]}], got {z.shape}"
       )
     pz = jnp.mean(jnp.asarray(z, dtype=float), axis=-1)
-  return _rmia_loo_core(
-    jnp.mean(jnp.asarray(x, dtype=float), axis=-1),
-    jnp.asarray(k),
-    pz,
-    float(a),
-    float(gamma),
-    offline=offline,
-  )
+
+  def score(columns):
+    xs, ks = (x, k) if columns is None else (x[:, columns], k[:, columns])
+    return _rmia_loo_core(
+      jnp.mean(jnp.asarray(xs, dtype=float), axis=-1),
+      jnp.asarray(ks),
+      pz,
+      float(a),
+      float(gamma),
+      offline=offline,
+    )
+
+  return _on_columns(ok, score, x.shape[0])

@@ -29,6 +29,9 @@ from miajax.attacks._checks import (
   _check_lira_counts,
   _check_shadow_target,
   _check_variant,
+  _lira_scorable,
+  _nan_for_too_few,
+  _on_columns,
 )
 
 # Floor on a fitted std relative to the location's size: about 8 float32 ulps.
@@ -267,35 +270,53 @@ def _lira(
   fix_variance,
   variant,
   name,
+  too_few_shadows,
 ):
   _check_variant(variant)
+  nan_mode = _nan_for_too_few(too_few_shadows)
   shadow, keep, target = _check_shadow_target(
     shadow_scores, shadow_keep, target_scores
   )
-  _check_lira_counts(
-    keep.sum(0),
-    (~keep).sum(0),
-    offline=offline,
-    fix_variance=fix_variance,
-    context=f"{name}(variant={variant!r}, fix_variance={fix_variance})",
-  )
-  if variant == "reference":
-    return _run_reference(
-      _lira_reference,
-      shadow,
-      keep,
-      target,
+  n_in, n_out = keep.sum(0), (~keep).sum(0)
+  ok = None
+  if nan_mode:
+    ok = _lira_scorable(
+      n_in, n_out, offline=offline, fix_variance=bool(fix_variance)
+    )
+  else:
+    _check_lira_counts(
+      n_in,
+      n_out,
+      offline=offline,
+      fix_variance=fix_variance,
+      context=f"{name}(variant={variant!r}, fix_variance={fix_variance})",
+    )
+
+  def score(columns):
+    s, k, t = (
+      (shadow, keep, target)
+      if columns is None
+      else (shadow[:, columns], keep[:, columns], target[:, columns])
+    )
+    if variant == "reference":
+      return _run_reference(
+        _lira_reference,
+        s,
+        k,
+        t,
+        offline=offline,
+        fix_variance=bool(fix_variance),
+      )
+    return _lira_miajax(
+      jnp.asarray(s, dtype=float),
+      jnp.asarray(k),
+      jnp.asarray(t, dtype=float),
       offline=offline,
       fix_variance=bool(fix_variance),
+      batch_size=_batch_size(*t.shape),
     )
-  return _lira_miajax(
-    jnp.asarray(shadow, dtype=float),
-    jnp.asarray(keep),
-    jnp.asarray(target, dtype=float),
-    offline=offline,
-    fix_variance=bool(fix_variance),
-    batch_size=_batch_size(*target.shape),
-  )
+
+  return _on_columns(ok, score, target.shape[0], variant == "reference")
 
 
 def lira_online(
@@ -305,6 +326,7 @@ def lira_online(
   *,
   fix_variance=False,
   variant="miajax",
+  too_few_shadows="raise",
 ):
   """LiRA online: Gaussian likelihood ratio of IN versus OUT shadow scores.
 
@@ -320,14 +342,18 @@ def lira_online(
       examples instead of per-example variances; better with few shadow models.
     variant: "miajax" (sound version, docs/lira.md) or "reference"
       (tensorflow/privacy plot.py semantics, float64).
+    too_few_shadows: an example with fewer than 2 IN or 2 OUT shadow scores
+      (1 with fix_variance=True): "raise" (default) a ValueError, or "nan":
+      score it NaN for every target and the others as if it were absent
+      (the same numbers as this attack on only the scorable examples).
 
   Returns:
     float[targets, examples]: mean over queries of log N(x; IN fit) - log N(x; OUT fit);
     higher = member. float32 jax array ("miajax") or float64 numpy array ("reference").
 
   Raises:
-    ValueError: bad shapes/dtypes, non-finite scores, or an example with fewer than
-      2 IN or 2 OUT shadow scores (1 with fix_variance=True).
+    ValueError: bad shapes/dtypes, non-finite scores, or (too_few_shadows="raise")
+      an example with too few shadow scores.
   """
   return _lira(
     shadow_scores,
@@ -337,6 +363,7 @@ def lira_online(
     fix_variance=fix_variance,
     variant=variant,
     name="lira_online",
+    too_few_shadows=too_few_shadows,
   )
 
 
@@ -347,6 +374,7 @@ def lira_offline(
   *,
   fix_variance=False,
   variant="miajax",
+  too_few_shadows="raise",
 ):
   """LiRA offline: a test against the OUT shadow scores only.
 
@@ -354,7 +382,8 @@ def lira_offline(
   then (variant "miajax") `lira_fit` once and `lira_offline_score` for
   every target.
 
-  Args: as `lira_online` (`shadow_keep` only selects the OUT scores).
+  Args: as `lira_online` (`shadow_keep` only selects the OUT scores, and
+    too_few_shadows counts only those).
 
   Returns:
     float[targets, examples], higher = member: for "miajax" the one-sided
@@ -372,4 +401,5 @@ def lira_offline(
     fix_variance=fix_variance,
     variant=variant,
     name="lira_offline",
+    too_few_shadows=too_few_shadows,
   )

@@ -27,6 +27,8 @@ from miajax.attacks._checks import (
   _check_counts,
   _check_rmia_params,
   _check_shadow_target,
+  _nan_for_too_few,
+  _on_columns,
 )
 
 # p_y and probabilities below it are treated as this value in RMIA's Pr(x).
@@ -214,6 +216,7 @@ def rmia(
   gamma=2.0,
   population_conf=None,
   offline=False,
+  too_few_shadows="raise",
 ):
   """RMIA on true-label probabilities: checks, then `rmia_fit`, `rmia_score`.
 
@@ -233,6 +236,9 @@ def rmia(
       model trained on; their Pr(z) is the mean over all reference models
       (with the same offline approximation when offline=True).
     offline: use only OUT reference models for Pr(x).
+    too_few_shadows: offline, an example without OUT reference models:
+      "raise" (default) a ValueError, or "nan": score it NaN and the others
+      as if it were absent (nor in the population the examples make).
 
   Returns:
     float[targets, examples] in [0, 1]: fraction of population samples the
@@ -240,9 +246,11 @@ def rmia(
 
   Raises:
     ValueError: bad shapes/dtypes, probabilities outside [0, 1], non-finite values,
-      or (offline) an example without OUT reference models.
+      or (offline, too_few_shadows="raise") an example without OUT reference
+      models.
   """
   _check_rmia_params(a, gamma)
+  nan_mode = _nan_for_too_few(too_few_shadows)
   shadow, keep, target = _check_shadow_target(
     shadow_conf,
     shadow_keep,
@@ -251,7 +259,10 @@ def rmia(
   )
   shadow = _as_prob(shadow, "shadow_conf")
   target = _as_prob(target, "target_conf")
-  if offline:
+  ok = None
+  if offline and nan_mode:
+    ok = (~keep).sum(0) >= 1
+  elif offline:
     _check_counts(
       (~keep).sum(0),
       1,
@@ -288,13 +299,22 @@ def rmia(
       )
     pz_shadow = jnp.asarray(zs, dtype=float)
     pz_target = jnp.asarray(zt, dtype=float)
-  fit = rmia_fit(
-    jnp.asarray(shadow, dtype=float),
-    jnp.asarray(keep),
-    pz_shadow,
-    a=float(a),
-    offline=bool(offline),
-  )
-  return _rmia_targets(
-    fit, jnp.asarray(target, dtype=float), pz_target, float(gamma)
-  )
+
+  def score(columns):
+    s, k, t = (
+      (shadow, keep, target)
+      if columns is None
+      else (shadow[:, columns], keep[:, columns], target[:, columns])
+    )
+    fit = rmia_fit(
+      jnp.asarray(s, dtype=float),
+      jnp.asarray(k),
+      pz_shadow,
+      a=float(a),
+      offline=bool(offline),
+    )
+    return _rmia_targets(
+      fit, jnp.asarray(t, dtype=float), pz_target, float(gamma)
+    )
+
+  return _on_columns(ok, score, target.shape[0])

@@ -90,6 +90,11 @@ def _identity(run: Run, idx: np.ndarray) -> dict:
     batch_size=int(run.config.batch_size),
     members=_digest(run.keep[idx]),
     hyperparams={k: _digest(values[k][idx]) for k in sorted(values)},
+    # What changes the bits of a step (not the chunk size or calls).
+    lowering={
+      f: getattr(run.low, f)
+      for f in ("model_axis", "microbatch", "conv_impl", "compute_dtype")
+    },
   )
 
 

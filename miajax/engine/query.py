@@ -155,11 +155,144 @@ def _check(config, variables, x, queries, batch_size):
   return x, leaves[0].shape[0]
 
 
+def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """``{"params/Dense_0/kernel": shape}``: the same names for dicts and FrozenDicts."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "/".join(
+      str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+      for k in path
+    )
+    out[name] = tuple(np.shape(leaf))
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_model(fns: recipe.ModelFns, input_shape: tuple):
+  """(variable shapes, class count) of one model on ``input_shape`` examples, traced only.
+
+  Raises whatever the model raises on such inputs.
+  """
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  variables = jax.eval_shape(fns.init, jax.random.PRNGKey(0), x)
+  out = jax.eval_shape(
+    lambda v, xb: fns.apply(v, xb, train=False), variables, x
+  )
+  return _leaf_shapes(variables), int(out.shape[-1])
+
+
+def _mismatch(given: dict, expected: dict):
+  """The first variable whose per-model shape differs from ``expected`` (None: they fit)."""
+  for name, shape in expected.items():
+    if name in given and given[name][1:] != shape:
+      return name
+  return None
+
+
+def _other_shapes(input_shape: tuple, given: dict, expected: dict):
+  """Per-example shapes that could explain the mismatch: one axis (or H and W) rescaled."""
+  ratios = set()
+  for name, shape in expected.items():
+    have = given.get(name, (None,))[1:]
+    if len(have) == len(shape):
+      ratios |= {(h, e) for h, e in zip(have, shape) if h != e and e}
+  for h, e in sorted(ratios):
+    for axis in range(len(input_shape)):
+      size = input_shape[axis] * h
+      if size % e == 0 and size // e >= 1:
+        yield input_shape[:axis] + (size // e,) + input_shape[axis + 1 :]
+    if len(input_shape) == 3:  # images: both sides by the square root
+      root = int(round((h / e) ** 0.5 * input_shape[0]))
+      side = int(round((h / e) ** 0.5 * input_shape[1]))
+      if root * side * e == input_shape[0] * input_shape[1] * h:
+        yield (root, side, input_shape[2])
+
+
+def _shape_fns(config, num_classes: int) -> recipe.ModelFns:
+  # The lowering's convolution and compute dtype change no variable's shape.
+  return recipe.model_fns(identity.program_key(config), num_classes)
+
+
+def _check_fit(config, variables, x_shape, num_classes) -> None:
+  """Refuses inputs of another shape, or another class count, than ``variables`` were trained for.
+
+  Flax would fail inside ``apply`` with a ScopeParamShapeError naming a
+  kernel (and the CPU planner, tracing the model first, with a convolution's
+  rank error); this names the argument instead.  Traced only
+  (``jax.eval_shape``, cached per model and input shape): no number changes.
+  """
+  given = _leaf_shapes(variables)
+  fns = _shape_fns(config, num_classes)
+  try:
+    expected, classes = _abstract_model(fns, x_shape)
+  except Exception as e:  # the model's own words: it cannot take such x
+    raise ValueError(
+      f"x: the model cannot take examples of shape {x_shape} "
+      f"({type(e).__name__}: {e})"
+    ) from e
+  if classes != num_classes:
+    raise ValueError(
+      f"num_classes={num_classes} but the model outputs {classes} classes"
+    )
+  shared = [n for n in expected if n in given]
+  if expected and not shared:
+    raise ValueError(
+      "variables do not hold this model's variables: it has "
+      f"{sorted(expected)[:3]}..., they hold {sorted(given)[:3]}... (pass "
+      "the whole TrainResult.variables, not variables['params'])"
+    )
+  if all(given[n] == expected[n] for n in shared):
+    raise ValueError(
+      "variables must be stacked on a leading [models] axis (e.g. "
+      "TrainResult.variables); these look like one model's: stack them with "
+      "jax.tree.map(lambda a: a[None], variables)"
+    )
+  sizes = {shape[0] for shape in given.values()}
+  if len(sizes) > 1:
+    raise ValueError(
+      "variables must share one leading [models] axis, got leading sizes "
+      f"{sorted(sizes)}"
+    )
+  name = _mismatch(given, expected)
+  if name is None:
+    return
+  have, want = given[name][1:], expected[name]
+  if config.builtin_model:
+    # The registry model's head depends on num_classes: does another count fit?
+    for k in sorted({h for h in have if h not in want and h >= 2}):
+      try:
+        shapes, _ = _abstract_model(_shape_fns(config, k), x_shape)
+      except Exception:
+        continue
+      if _mismatch(given, shapes) is None:
+        raise ValueError(
+          f"num_classes={num_classes} but these variables were trained with "
+          f"{k} classes ({name} is {have} per model)"
+        )
+  for shape in _other_shapes(x_shape, given, expected):
+    try:
+      shapes, _ = _abstract_model(fns, shape)
+    except Exception:
+      continue
+    if _mismatch(given, shapes) is None:
+      raise ValueError(
+        f"x has examples of shape {x_shape} but these variables were "
+        f"trained on examples of shape {shape} ({name} is {have} per model, "
+        f"{want} for x)"
+      )
+  raise ValueError(
+    f"x has examples of shape {x_shape}, which these variables do not fit: "
+    f"{name} is {have} per model, {want} for x (another input shape, "
+    "num_classes or model?)"
+  )
+
+
 def _logits(
   config, variables, x, num_classes, queries, batch_size, lowering
 ) -> np.ndarray:
   """``float32[models, examples, queries, classes]`` of the raw models."""
   x, num_models = _check(config, variables, x, queries, batch_size)
+  _check_fit(config, variables, tuple(x.shape[1:]), num_classes)
   # Queries take no gradient step: nothing to measure.
   low = resolve_lowering(
     config, tuple(x.shape[1:]), num_classes, lowering=lowering, steps=0

@@ -16,7 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+from miajax.runs import integrity
 from miajax.runs import io
+from miajax.runs import run_files
 from miajax.runs.spec import RunResult, label_queries
 
 __all__ = [
@@ -86,12 +88,18 @@ def plan_around(
   return sorted(whole + rest, key=lambda c: c[0])
 
 
-def merge_chunks(out, num_models: int | None = None) -> RunResult | None:
+def merge_chunks(
+  out, num_models: int | None = None, *, log: Callable[[str], None] = print
+) -> RunResult | None:
   """Assembles ``logits.npy`` and ``models.json`` once every model's chunk is on disk.
 
   Reads whichever chunk files exist (their sizes may differ, e.g. written by
   several processes); returns ``None`` while some model is still missing.
-  ``num_models`` defaults to the rows of the run's ``keep.npy``.
+  ``num_models`` defaults to the rows of the run's ``keep.npy``. Every file
+  read is checked (its seal, its record in ``manifest.json``): a bad one is a
+  one-line ``CorruptFileError`` naming it. One process merges at a time
+  (``locks/merge.lock``), and a merge of the chunks an earlier one already
+  merged, whose outputs are intact, writes nothing.
   """
   out = pathlib.Path(out)
   if not (out / "keep.npy").exists() or not (out / "labels.npy").exists():
@@ -99,27 +107,41 @@ def merge_chunks(out, num_models: int | None = None) -> RunResult | None:
       f"run directory {str(out)!r} has no keep.npy/labels.npy: it was never started "
       "with experiments/train_models.py --output_dir=<run_dir>"
     )
+  with io.lock(out / "locks" / "merge.lock"):
+    return _merge(out, num_models, log)
+
+
+def _merge(out: pathlib.Path, num_models, log) -> RunResult | None:
+  manifest, files, legacy = run_files.for_reading(out, log)
+  for name in ("keep.npy", "labels.npy", "config.json"):
+    if (out / name).exists():
+      run_files.check_file(out / name, manifest, files)
   keep = np.load(out / "keep.npy")
   num_models = keep.shape[0] if num_models is None else num_models
   owner: dict[int, pathlib.Path] = {}
-  for path, models in io.chunk_files(out / "chunks").items():
+  chunk_files = io.chunk_files(out / "chunks")
+  for path, models in chunk_files.items():
     for m in models:
-      owner.setdefault(
-        m, path
-      )  # overlapping chunks hold identical models: keep the first
+      # Overlapping chunks hold identical models: keep the first.
+      owner.setdefault(m, path)
   if any(m not in owner for m in range(num_models)):
     return None
   paths = list(dict.fromkeys(owner[m] for m in range(num_models)))
-  parts = [dict(np.load(p)) for p in paths]
+  reader = integrity.ChunkReader(
+    out, manifest, manifest.fingerprint, legacy, keep_arrays=True
+  )
+  chunks = [reader.read(p, chunk_files[p], files) for p in paths]
+  for c in chunks:
+    if c.problem:
+      raise integrity.corrupt(
+        c.path, c.problem, run_files.retrain_hint(c.models)
+      )
+  parts = [c.arrays for c in chunks]
   index = {}
   for i, part in enumerate(parts):
     for j, m in enumerate(part["model_indices"]):
       if 0 <= m < num_models and owner[int(m)] == paths[i]:
         index[int(m)] = (i, j)
-  if len(index) != num_models:
-    raise ValueError(
-      f"run directory {str(out)!r}: chunk files do not hold the models their names promise"
-    )
   take = lambda key: np.stack(
     [parts[i][key][j] for i, j in (index[m] for m in range(num_models))]
   )
@@ -147,23 +169,62 @@ def merge_chunks(out, num_models: int | None = None) -> RunResult | None:
     label_only=label_queries(out) if label_views is not None else None,
     extra_logits=extra_logits,
   )
-  io.save_npy_atomic(out / "logits.npy", logits)
+  arrays = {"logits.npy": logits}
   if label_views is not None:
-    io.save_npy_atomic(out / "label_views.npy", label_views)
+    arrays["label_views.npy"] = label_views
   for name, value in extra_logits.items():
-    io.save_npy_atomic(out / f"extra_{name}.npy", value)
-  io.write_json_atomic(
-    out / "models.json",
-    {
-      "train_accuracy": res.train_accuracy.tolist(),
-      "test_accuracy": res.test_accuracy.tolist(),
-      "diverged": res.diverged.tolist(),
-      "final_loss": [
-        None if not np.isfinite(v) else float(v) for v in take("loss")[:, -1]
-      ],
-    },
+    arrays[f"extra_{name}.npy"] = value
+  models_json = {
+    "train_accuracy": res.train_accuracy.tolist(),
+    "test_accuracy": res.test_accuracy.tolist(),
+    "diverged": res.diverged.tolist(),
+    "final_loss": [
+      None if not np.isfinite(v) else float(v) for v in take("loss")[:, -1]
+    ],
+  }
+  merged = {manifest.key(c.path): c.sha256 for c in chunks}
+  outputs = [*arrays, "models.json"]
+  if legacy:
+    # Taken as found: from now on the directory is checked like any other.
+    log(f"{out}: recording the legacy run's files in {io.MANIFEST}")
+    manifest.record(
+      {
+        **{c.path: c.sha256 for c in chunks},
+        **{
+          out / n: io.file_sha256(out / n)
+          for n in ("keep.npy", "labels.npy", "config.json")
+          if (out / n).exists()
+        },
+      }
+    )
+  # Left by a merge that was killed: merges hold the lock this one holds.
+  for tmp in out.glob(".*.tmp"):
+    target = io.temporary_target(tmp.name) or ""
+    if target in outputs or target.startswith(("extra_", "label_views")):
+      io.remove_temporaries(out / target)
+  if not legacy and _merged_already(out, manifest, merged, outputs, log):
+    return res
+  for name, value in arrays.items():
+    manifest.save_npy(out / name, value)
+  manifest.write_json(out / "models.json", models_json)
+  log(f"merged {len(paths)} chunk files into {', '.join(outputs)}")
+  manifest.update(
+    lambda d: d.update(merged={"chunks": merged, "outputs": outputs})
   )
   return res
+
+
+def _merged_already(out, manifest, merged, outputs, log) -> bool:
+  """Whether an earlier merge of exactly these chunk files left these outputs intact."""
+  record = (manifest.read() or {}).get("merged") or {}
+  if record.get("chunks") != merged or record.get("outputs") != outputs:
+    return False
+  files = manifest.files()
+  for name in outputs:
+    if problem := manifest.problem(out / name, files=files):
+      log(f"{out / name}: {problem}; merging the chunks again")
+      return False
+  return True
 
 
 def wait_and_merge(
@@ -177,7 +238,7 @@ def wait_and_merge(
   """Waits until every model's chunk is on disk (other processes' too), then merges."""
   t0 = time.monotonic()
   while True:
-    result = merge_chunks(out, num_models)
+    result = merge_chunks(out, num_models, log=log)
     if result is not None:
       return result
     if time.monotonic() - t0 > timeout_s:

@@ -15,11 +15,15 @@ A run directory holds::
     extra_<name>.npy     float32[models, inputs, classes] logits on extra query
                          inputs (run_training's extra_queries)
     models.json          per-model train/test accuracy, final loss, divergence
+    manifest.json        the sha256 of every file above (runs.run_files)
+    locks/               advisory locks: which process trains which models
 
 Rerunning the same command skips chunks already on disk and resumes a chunk in
 flight from its checkpoint, so a killed run loses at most the epochs since the
 last checkpoint, and its outputs equal an uninterrupted run's.  A different
-configuration in the same directory is refused rather than mixed.
+configuration in the same directory is refused rather than mixed; a chunk that
+fails its checks is retrained.  Processes sharing the directory split the
+chunks between them.
 """
 
 from __future__ import annotations
@@ -37,16 +41,19 @@ import numpy as np
 
 from miajax import data as data_lib
 from miajax import engine as train_lib
-from miajax.attacks import label_only as label_only_lib
 from miajax.runs import checkpoint as checkpoint_lib
+from miajax.runs import claims as claims_lib
+from miajax.runs import decisions
+from miajax.runs import integrity
 from miajax.runs import io
+from miajax.runs import label_views
 from miajax.runs import merge as merge_lib
 from miajax.runs import progress as progress_lib
+from miajax.runs import run_files
 from miajax.runs.spec import (
   ConfigMismatchError,
   RunResult,
   RunSpec,
-  label_queries,
   load_dataset,
   make_keep,
 )
@@ -56,6 +63,10 @@ __all__ = [
   "load_run",
   "label_view_predictions",
 ]
+
+# Reading a finished run is checking its files: it lives with those checks.
+load_run = run_files.load_run
+label_view_predictions = label_views.label_view_predictions
 
 
 def run_training(
@@ -69,6 +80,7 @@ def run_training(
   checkpoint_every_s: float = 300.0,
   checkpoint_every_epochs: int = 0,
   progress: Callable[[dict], None] | None = None,
+  repair: bool = True,
 ) -> RunResult | None:
   """Trains (or resumes) every model of ``spec`` into ``output_dir``.
 
@@ -94,6 +106,14 @@ def run_training(
     progress: receives the engine's per-epoch dicts (see
       :func:`miajax.engine.train_chunks`) instead of the default display (a
       line redrawn on a terminal ``sys.stderr``, else lines to ``log``).
+    repair: a chunk file that fails its checks (unreadable, changed since
+      written, another run's) is moved aside as ``*.corrupt`` and its models
+      retrained; ``keep.npy`` / ``labels.npy`` are rewritten and the outputs
+      merged again (see :mod:`miajax.runs.run_files`). ``False``: a one-line
+      ``CorruptFileError`` naming the file instead.
+
+  Processes running this on one directory at once split the chunks (per-model
+  locks, :mod:`miajax.runs.claims`): each model is trained once.
 
   Returns:
     The merged :class:`RunResult`, or ``None`` if ``merge`` is false or other
@@ -106,10 +126,21 @@ def run_training(
   extra_queries = _check(spec, ds, keep, extra_queries)
   spec_json = _config_json(spec, ds, extra_queries)
   out = _prepare_dir(output_dir, json.loads(json.dumps(spec_json)))
-  for name, array in (("keep", keep), ("labels", ds.y_train.astype(np.int32))):
-    if not (out / f"{name}.npy").exists():
-      io.save_npy_atomic(out / f"{name}.npy", array)
-  run = _Run(spec, ds, keep, out, extra_queries, log)
+  # Decided once per run directory: every resume and process reads it back.
+  spec = dataclasses.replace(
+    spec,
+    lowering=decisions.for_run(
+      spec, ds.x_train, ds.num_classes, keep, out, log
+    ),
+  )
+  files = run_files.open_run(
+    out,
+    integrity.fingerprint_of(json.loads(json.dumps(spec_json))),
+    {"keep": keep, "labels": ds.y_train.astype(np.int32)},
+    log=log,
+    repair=repair,
+  )
+  run = _Run(spec, ds, keep, out, extra_queries, log, files)
   mine = _my_models(spec, chunk_models)
   todo, reused, done = _plan(run, mine)
 
@@ -125,8 +156,10 @@ def run_training(
     log=run.log,
   )
   try:
-    train_s, predict_s, resumed = _train(
-      run, todo, progress, checkpoints, shown
+    # ``todo`` becomes the chunks this process trained (others may train
+    # some of the planned ones).
+    train_s, predict_s, resumed, todo = _train(
+      run, todo, progress, checkpoints, shown, mine
     )
   finally:
     if shown is not None:
@@ -135,7 +168,7 @@ def run_training(
   _log_summary(run, todo, elapsed, train_s, shown, checkpoints)
   if not merge:
     return None
-  result = merge_lib.merge_chunks(out, spec.num_models)
+  result = merge_lib.merge_chunks(out, spec.num_models, log=run.log)
   if result is None:
     return None
   result.chunks_trained, result.chunks_reused = len(todo), reused
@@ -154,6 +187,8 @@ class _Run:
   out: pathlib.Path
   extra_queries: dict[str, tuple[Any, dict]]
   log: Callable[[str], None]
+  files: run_files.RunFiles
+  per_step: int = 0  # the planned chunk size
 
 
 def _check(spec: RunSpec, ds, keep, extra_queries) -> dict:
@@ -201,16 +236,22 @@ def _prepare_dir(output_dir, spec_json: dict) -> pathlib.Path:
   if not os.access(out, os.W_OK):
     raise ValueError(f"output_dir {str(out)!r} is not writable")
   cfg_path = out / "config.json"
-  if cfg_path.exists():
-    old = json.loads(cfg_path.read_text())
-    if old != spec_json:
-      diff = sorted(_diff_keys(old, spec_json))
-      raise ConfigMismatchError(
-        f"output_dir {str(out)!r} holds a run with a different configuration "
-        f"(differs in: {', '.join(diff)}); use a new --output_dir or delete the old run"
+  # Two processes starting one directory: one writes config.json, the other
+  # compares with it.
+  with io.lock(out / "locks" / "run.lock"):
+    if cfg_path.exists():
+      old = json.loads(cfg_path.read_text())
+      if old != spec_json:
+        diff = sorted(_diff_keys(old, spec_json))
+        raise ConfigMismatchError(
+          f"output_dir {str(out)!r} holds a run with a different configuration "
+          f"(differs in: {', '.join(diff)}); use a new --output_dir or delete the old run"
+        )
+    else:
+      run_files.refuse_foreign_chunks(
+        out, integrity.fingerprint_of(spec_json), ConfigMismatchError
       )
-  else:
-    io.write_json_atomic(cfg_path, spec_json)
+      io.write_json_atomic(cfg_path, spec_json)
   return out
 
 
@@ -239,20 +280,35 @@ def _my_models(spec: RunSpec, chunk_models) -> list[int]:
 def _plan(run: _Run, mine: list[int]) -> tuple[list[list[int]], int, set[int]]:
   """The chunks of ``mine`` left to train, the chunk files reused, the models done.
 
-  Stale checkpoints and half-written temporaries of these chunks are removed.
+  Bad chunk files are set aside (or refused); stale checkpoints removed.
   """
-  out, cfg, ds = run.out, run.spec.train, run.ds
-  finished = io.chunk_files(out / "chunks")
-  done = set().union(*finished.values())
-  reused = sum(1 for r in finished.values() if set(r) & set(mine))
-  k = train_lib.plan_models_per_step(
+  cfg, ds = run.spec.train, run.ds
+  done = run.files.done(fix=True)
+  finished = run.files.chunk_files()
+  reused = sum(
+    1 for r in finished.values() if set(r) & set(mine) and set(r) <= done
+  )
+  k = run.per_step = train_lib.plan_models_per_step(
     cfg,
     ds.num_classes,
     ds.x_train.shape[1:],
     run.spec.num_models,
     lowering=run.spec.lowering,
   )
-  saved = checkpoint_lib.checkpoint_files(out / "chunks")
+  todo = _left(run, mine, done)
+  if reused:
+    run.log(f"resuming: {reused} chunks already on disk, {len(todo)} to train")
+  run.log(
+    f"training {sum(map(len, todo))} models in {len(todo)} chunks of up to {k} "
+    f"({cfg.model}, {ds.x_train.shape[0]} candidate examples, {cfg.epochs} epochs, "
+    f"{train_lib.models_mesh().size} devices)"
+  )
+  return todo, reused, done
+
+
+def _left(run: _Run, mine: list[int], done: set[int]) -> list[list[int]]:
+  """The chunks of ``mine`` not ``done``, checkpointed ones kept whole."""
+  saved = checkpoint_lib.checkpoint_files(run.out / "chunks")
   for path, r in saved.items():
     # Killed between writing a chunk and deleting its checkpoint: the chunk
     # file supersedes it.
@@ -263,19 +319,9 @@ def _plan(run: _Run, mine: list[int]) -> tuple[list[list[int]], int, set[int]]:
         f"not using the checkpoint {path.name}: some of its models are "
         "already in chunk files"
       )
-  todo = merge_lib.plan_around(
-    [m for m in mine if m not in done], k, list(saved.values())
+  return merge_lib.plan_around(
+    [m for m in mine if m not in done], run.per_step, list(saved.values())
   )
-  for chunk in todo:
-    checkpoint_lib.remove_temporaries(out / "chunks", chunk)
-  if reused:
-    run.log(f"resuming: {reused} chunks already on disk, {len(todo)} to train")
-  run.log(
-    f"training {sum(map(len, todo))} models in {len(todo)} chunks of up to {k} "
-    f"({cfg.model}, {ds.x_train.shape[0]} candidate examples, {cfg.epochs} epochs, "
-    f"{train_lib.models_mesh().size} devices)"
-  )
-  return todo, reused, done
 
 
 def _display(run: _Run, mine, done, progress):
@@ -294,34 +340,53 @@ def _display(run: _Run, mine, done, progress):
   return shown, shown
 
 
-def _train(run: _Run, todo, progress, checkpoints, shown):
-  """Trains ``todo`` and writes each chunk's file as it finishes.
+def _train(run: _Run, todo, progress, checkpoints, shown, mine):
+  """Trains ``todo`` (then whatever other processes left of ``mine``) and
+  writes each chunk's file as it finishes.
 
-  Returns the seconds spent training and querying, and the epoch each chunk
-  resumed from a checkpoint at, keyed ``(first model, last + 1)``.
+  Returns the seconds spent training and querying, the epoch each chunk
+  resumed from a checkpoint at, keyed ``(first model, last + 1)``, and the
+  chunks this process trained.
   """
   ds, cfg = run.ds, run.spec.train
-  train_s = predict_s = 0.0
+  seconds = {"train": 0.0, "predict": 0.0}
   resumed = {}
-  for result in train_lib.train_chunks(
-    cfg,
-    ds.x_train,
-    ds.y_train,
-    run.keep,
-    num_classes=ds.num_classes,
-    lowering=run.spec.lowering,
-    chunks=todo,
-    progress=progress,
-    checkpoints=checkpoints,
-  ):
-    predict_s += _write_chunk(run, result)
-    train_s += result.train_seconds
-    if result.resumed_epoch:
-      idx = result.model_indices
-      resumed[(int(idx[0]), int(idx[-1]) + 1)] = result.resumed_epoch
-    if shown is not None:
-      shown.chunk_done(len(result.model_indices))
-  return train_s, predict_s, resumed
+  plans = iter([todo])
+
+  def plan():
+    first = next(plans, None)
+    return (
+      first if first is not None else _left(run, mine, run.files.done(True))
+    )
+
+  def train(chunks):
+    for result in train_lib.train_chunks(
+      cfg,
+      ds.x_train,
+      ds.y_train,
+      run.keep,
+      num_classes=ds.num_classes,
+      lowering=run.spec.lowering,
+      chunks=chunks,
+      progress=progress,
+      checkpoints=checkpoints,
+    ):
+      seconds["predict"] += _write_chunk(run, result)
+      seconds["train"] += result.train_seconds
+      if result.resumed_epoch:
+        idx = result.model_indices
+        resumed[(int(idx[0]), int(idx[-1]) + 1)] = result.resumed_epoch
+      if shown is not None:
+        shown.chunk_done(len(result.model_indices))
+
+  trained = claims_lib.train_claimed(
+    run.files.claims,
+    plan,
+    lambda chunk: bool(set(chunk) & run.files.done()),
+    train,
+    run.files.started,
+  )
+  return seconds["train"], seconds["predict"], resumed, trained
 
 
 def _log_summary(run: _Run, todo, elapsed, train_s, shown, checkpoints):
@@ -379,91 +444,20 @@ def _write_chunk(run: _Run, result) -> float:
   correct = logits[:, :, 0].argmax(-1) == y
   train_acc = (correct & keep[idx]).sum(1) / keep[idx].sum(1)
   test_acc = (test_logits[:, :, 0].argmax(-1) == ds.y_test).mean(1)
-  io.save_npz_atomic(
-    run.out / "chunks" / f"{io.chunk_name(idx)}.npz",
-    model_indices=idx,
-    logits=logits.astype(np.float32),
-    train_accuracy=train_acc,
-    test_accuracy=test_acc,
-    loss=result.loss,
-    diverged=result.diverged,
-    **extra,
+  run.files.write_chunk(
+    idx,
+    dict(
+      model_indices=idx,
+      logits=logits.astype(np.float32),
+      train_accuracy=train_acc,
+      test_accuracy=test_acc,
+      loss=result.loss,
+      diverged=result.diverged,
+      **extra,
+    ),
   )
   for m in np.flatnonzero(result.diverged):
     run.log(
       f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks"
     )
   return seconds
-
-
-def label_view_predictions(
-  cfg: train_lib.TrainConfig,
-  variables,
-  x,
-  queries: label_only_lib.LabelOnlyQueries,
-  num_classes: int,
-  *,
-  max_inputs: int = 1 << 16,
-  lowering: train_lib.Lowering | None = None,
-) -> np.ndarray:
-  """Predicted labels ``int16[models, examples, views]`` of ``queries``' views of ``x``.
-
-  The views are made a block of examples at a time (about ``max_inputs``
-  inputs per block), so memory stays bounded for large pools.
-  """
-  n = x.shape[0]
-  per = max(1, max_inputs // queries.num_views(x.shape[1:]))
-  # Small inputs (digits, tabular rows) leave the default batch dispatch-bound; keep ~4 MiB of inputs per batch.
-  batch = int(
-    np.clip((1 << 20) // max(1, int(np.prod(x.shape[1:]))), 1024, 16384)
-  )
-  out = []
-  for s in range(0, n, per):
-    views = np.asarray(
-      queries.views(np.asarray(x[s : s + per], np.float32), start=s)
-    )  # [V, b, ...]
-    v, b = views.shape[:2]
-    logits = train_lib.predict(
-      cfg,
-      variables,
-      views.reshape((v * b,) + views.shape[2:]),
-      num_classes=num_classes,
-      batch_size=batch,
-      lowering=lowering,
-    )[:, :, 0]
-    out.append(
-      logits.argmax(-1).reshape(-1, v, b).transpose(0, 2, 1).astype(np.int16)
-    )
-  return np.concatenate(out, 1)
-
-
-def load_run(run_dir) -> RunResult:
-  """Reads a finished run directory written by :func:`run_training`."""
-  run_dir = pathlib.Path(run_dir)
-  for name in ("keep.npy", "logits.npy", "labels.npy", "models.json"):
-    if not (run_dir / name).exists():
-      raise ValueError(
-        f"run_dir {str(run_dir)!r} has no {name}; train it first with "
-        "experiments/train_models.py --output_dir=<run_dir>"
-      )
-  info = json.loads((run_dir / "models.json").read_text())
-  return RunResult(
-    keep=np.load(run_dir / "keep.npy"),
-    logits=np.load(run_dir / "logits.npy"),
-    labels=np.load(run_dir / "labels.npy"),
-    train_accuracy=np.asarray(info["train_accuracy"]),
-    test_accuracy=np.asarray(info["test_accuracy"]),
-    diverged=np.asarray(info["diverged"]),
-    chunks_trained=0,
-    chunks_reused=0,
-    train_seconds=0.0,
-    predict_seconds=0.0,
-    label_views=np.load(run_dir / "label_views.npy")
-    if (run_dir / "label_views.npy").exists()
-    else None,
-    label_only=label_queries(run_dir),
-    extra_logits={
-      p.stem[len("extra_") :]: np.load(p)
-      for p in sorted(run_dir.glob("extra_*.npy"))
-    },
-  )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 import time
 from typing import Callable, Iterable
 
@@ -32,7 +31,9 @@ import numpy as np
 
 from miajax import designs
 from miajax import engine as train_lib
+from miajax.runs import integrity
 from miajax.runs import io
+from miajax.runs import store_files
 
 __all__ = [
   "Shadows",
@@ -74,10 +75,9 @@ def _orbax():
 
 
 def save_params(path: pathlib.Path, variables) -> None:
-  if (
-    path.exists()
-  ):  # left by a run killed before its chunk's metadata was written
-    shutil.rmtree(path)
+  """Saves into ``path``, which must not exist: the store calls it through
+  :func:`miajax.runs.io.save_dir_atomic` (a unique temporary directory,
+  renamed into place), so concurrent or killed saves never meet."""
   # Host copies: a checkpoint of arrays sharded over this process's devices would need the same mesh to restore.
   _orbax().save(
     path.absolute(),
@@ -143,6 +143,9 @@ class Shadows:
     """Variables of ``models`` (default: all ``M``) stacked on a leading axis, read from the checkpoints."""
     models = list(range(self.keep.shape[0]) if models is None else models)
     owner = owners(finished_chunks(self.path))
+    # Every block read is checked (a bad one is refused, naming its file).
+    files = store_files.for_reading(self.path, self.fingerprint, lambda s: 0)
+    files.check(owner[m] for m in models if m in owner)
     parts, cache = [], {}
     for m in models:
       if m not in owner:
@@ -183,30 +186,37 @@ def store_json(path: pathlib.Path) -> dict:
   f = path / "store.json"
   if not f.is_file():
     raise ValueError(
-      f"{str(path)!r} is not a shadow store (no store.json); stores are made by "
+      f"{str(path)!r} is not a shadow store (no store.json): {f} is "
+      "missing; stores are made (and a lost store.json rewritten) by "
       "miajax.ensure_shadows or experiments/audit.py --shadow_store"
     )
   return json.loads(f.read_text())
 
 
 def _query_logits(
-  path: pathlib.Path, name: str, cfg, x, num_classes: int, queries: str, low
+  files, name: str, cfg, x, num_classes: int, queries: str, low
 ) -> np.ndarray:
   """The chunk's logits for ``queries``, from the saved parameters the first time they are asked for."""
-  f = path / "logits" / queries / f"{name}.npy"
-  if f.exists():
-    return np.load(f)
-  f.parent.mkdir(parents=True, exist_ok=True)
-  logits = train_lib.predict(
-    cfg,
-    load_params(path / "params" / name),
-    x,
-    num_classes=num_classes,
-    queries=queries,
-    lowering=low,
-  ).astype(np.float32)
-  io.save_npy_atomic(f, logits)
-  return logits
+  f = files.path / "logits" / queries / f"{name}.npy"
+  if not f.exists():
+    # One process computes them; another asking at once waits, then reads.
+    with files.holding(io.parse_chunk_name(name)):
+      if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        logits = train_lib.predict(
+          cfg,
+          load_params(files.path / "params" / name),
+          x,
+          num_classes=num_classes,
+          queries=queries,
+          lowering=low,
+        ).astype(np.float32)
+        files.manifest.save_npy(f, logits)
+        return logits
+  bad = files.logits_problem(name, queries)
+  if bad:
+    raise integrity.corrupt(*bad, store_files.REPAIR)
+  return np.load(f)
 
 
 def collect(
@@ -219,8 +229,14 @@ def collect(
   queries: str,
   keep: np.ndarray,
   log: Callable[[str], None],
+  files=None,
 ) -> tuple[Shadows, float]:
-  owner = owners(finished_chunks(path))
+  """The first ``num_models`` models' :class:`Shadows`, every file read
+  checked (``files``: the caller's :class:`StoreFiles`, else a reader's,
+  which refuses a bad block)."""
+  if files is None:
+    files = store_files.for_reading(path, fp, log)
+  owner = files.owners(num_models, queries, fix=True)
   missing = [m for m in range(num_models) if m not in owner]
   if missing:
     raise ValueError(
@@ -238,9 +254,11 @@ def collect(
   low = _query_lowering(store_json(path))
   meta, logits = {}, {}
   for name in names:
-    meta[name] = dict(np.load(path / "chunks" / f"{name}.npz"))
-    logits[name] = _query_logits(path, name, cfg, x, num_classes, queries, low)
+    meta[name] = files.metadata(name).arrays
+    logits[name] = _query_logits(files, name, cfg, x, num_classes, queries, low)
   predict_s = time.perf_counter() - t0
+  if not files.legacy and (bad := files.manifest.problem(path / "labels.npy")):
+    raise integrity.corrupt(path / "labels.npy", bad, store_files.REPAIR)
 
   def take(get):
     return np.stack(

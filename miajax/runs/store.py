@@ -29,6 +29,8 @@ Use from code::
 
 from __future__ import annotations
 
+import dataclasses
+
 import pathlib
 import time
 from typing import Callable
@@ -37,8 +39,12 @@ import numpy as np
 
 from miajax import engine as train_lib
 from miajax.runs import checkpoint as checkpoint_lib
+from miajax.runs import claims as claims_lib
+from miajax.runs import decisions
+from miajax.runs import integrity
 from miajax.runs import io
 from miajax.runs import merge as merge_lib
+from miajax.runs import store_files
 from miajax.runs.pool import (
   STORE_VERSION,
   Pool,
@@ -48,9 +54,7 @@ from miajax.runs.pool import (
 from miajax.runs.shadows import (
   Shadows,
   collect,
-  finished_chunks,
   load_store,
-  owners,
   paired_design,
   predict_config,
   save_params,
@@ -101,16 +105,21 @@ def ensure_shadows(
   train_lib.query_views(pool.x[:1], spec.queries)
   fp, identity = fingerprint(pool, spec)
   path = pathlib.Path(root) / fp
-  _prepare(path, fp, identity, cfg, pool.num_classes, spec.lowering)
-  if not (path / "labels.npy").exists():
-    io.save_npy_atomic(path / "labels.npy", pool.y)
-
-  owner = owners(finished_chunks(path))
+  _prepare(path, fp, identity, cfg, pool.num_classes, spec.lowering, log)
+  files = store_files.open_store(path, fp, pool.y, log)
+  owner = files.owners(spec.num_models, spec.queries, fix=True)
   todo = [m for m in range(spec.num_models) if m not in owner]
   reused = spec.num_models - len(todo)
   log(
     f"reusing {reused} shadow models from the store, training {len(todo)} ({path})"
   )
+  if todo:  # decided once per store entry: audits that add models read it back
+    spec = dataclasses.replace(
+      spec,
+      lowering=decisions.for_run(
+        spec, pool.x, pool.num_classes, keep, path, log
+      ),
+    )
   checkpoints = checkpoint_lib.Checkpointer(
     path / "checkpoints",
     every_s=checkpoint_every_s,
@@ -119,9 +128,11 @@ def ensure_shadows(
     log=log,
   )
   t_start = time.perf_counter()
-  train_s, predict_s = _train(path, pool, spec, keep, todo, checkpoints, log)
-  if todo:
-    log(f"trained {len(todo)} models in {time.perf_counter() - t_start:.1f} s")
+  train_s, predict_s, trained = _train(
+    files, pool, spec, keep, todo, checkpoints, log
+  )
+  if trained:
+    log(f"trained {trained} models in {time.perf_counter() - t_start:.1f} s")
   shadows, query_s = collect(
     path,
     fp,
@@ -132,8 +143,9 @@ def ensure_shadows(
     spec.queries,
     keep,
     log,
+    files=files,
   )
-  shadows.trained, shadows.reused = len(todo), reused
+  shadows.trained, shadows.reused = trained, spec.num_models - trained
   shadows.train_seconds, shadows.predict_seconds = train_s, predict_s + query_s
   return shadows
 
@@ -145,17 +157,27 @@ def _prepare(
   cfg: train_lib.TrainConfig,
   num_classes: int,
   lowering: train_lib.Lowering,
+  log: Callable[[str], None],
 ) -> None:
   for sub in ("chunks", "params", "logits"):
     (path / sub).mkdir(parents=True, exist_ok=True)
+  with io.lock(path / "locks" / "store.lock"):
+    _write_store_json(path, fp, identity, cfg, num_classes, lowering, log)
+
+
+def _write_store_json(path, fp, identity, cfg, num_classes, lowering, log):
   if (path / "store.json").exists():
-    old = store_json(path)
-    if old.get("identity") != identity:
+    try:
+      old = store_json(path)
+    except ValueError as e:  # not JSON: it is rewritten from the identity
+      old = None
+      integrity.set_aside(path / "store.json", str(e), log, "rewriting it")
+    if old is not None and old.get("identity") != identity:
       raise ValueError(
         f"store {str(path)!r} was written for another configuration under the same fingerprint; "
         "delete it"
       )
-  else:
+  if not (path / "store.json").exists():
     io.write_json_atomic(
       path / "store.json",
       {
@@ -168,15 +190,17 @@ def _prepare(
 
 
 def _train(
-  path: pathlib.Path,
+  files: store_files.StoreFiles,
   pool: Pool,
   spec: RunSpec,
   keep: np.ndarray,
   todo: list[int],
   checkpoints: checkpoint_lib.Checkpointer,
   log: Callable[[str], None],
-) -> tuple[float, float]:
-  """Trains the models ``todo`` into the store; returns training and querying seconds."""
+) -> tuple[float, float, int]:
+  """Trains the models ``todo`` (then whatever other processes left) into
+  the store; returns training and querying seconds, and how many models this
+  process trained."""
   cfg = spec.train
   k = train_lib.plan_models_per_step(
     cfg,
@@ -185,45 +209,65 @@ def _train(
     spec.num_models,
     lowering=spec.lowering,
   )
-  stored = owners(finished_chunks(path))
-  in_flight = []
-  for ckpt, models in checkpoint_lib.checkpoint_files(
-    checkpoints.directory
-  ).items():
-    if set(models) <= set(stored):
-      ckpt.unlink(missing_ok=True)  # its models were stored since
-    else:
-      in_flight.append(models)
-  train_s = predict_s = 0.0
-  for result in train_lib.train_chunks(
-    cfg,
-    pool.x,
-    pool.y,
-    keep,
-    num_classes=pool.num_classes,
-    lowering=spec.lowering,
+  stored = lambda fix: files.owners(spec.num_models, spec.queries, fix)
+
+  def plan(todo=None):
+    owner = stored(True)
+    if todo is None:
+      todo = [m for m in range(spec.num_models) if m not in owner]
+    in_flight = []
+    for ckpt, models in checkpoint_lib.checkpoint_files(
+      checkpoints.directory
+    ).items():
+      if set(models) <= set(owner):
+        ckpt.unlink(missing_ok=True)  # its models were stored since
+      else:
+        in_flight.append(models)
     # A checkpointed chunk resumes only with the same models: keep it whole.
-    chunks=merge_lib.plan_around(todo, k, in_flight),
-    checkpoints=checkpoints,
-  ):
-    train_s += result.train_seconds
-    predict_s += _store_chunk(path, pool, spec, keep, result)
-    idx = [int(i) for i in result.model_indices]
-    for m in np.flatnonzero(result.diverged):
-      log(
-        f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks"
-      )
-    log(f"  stored models {idx[0]}..{idx[-1]} ({result.train_seconds:.1f} s)")
-  return train_s, predict_s
+    return merge_lib.plan_around(todo, k, in_flight)
+
+  plans = [plan(todo)]
+  seconds = [0.0, 0.0]
+
+  def train(chunks):
+    for result in train_lib.train_chunks(
+      cfg,
+      pool.x,
+      pool.y,
+      keep,
+      num_classes=pool.num_classes,
+      lowering=spec.lowering,
+      chunks=chunks,
+      checkpoints=checkpoints,
+    ):
+      seconds[0] += result.train_seconds
+      seconds[1] += _store_chunk(files, pool, spec, keep, result)
+      idx = [int(i) for i in result.model_indices]
+      for m in np.flatnonzero(result.diverged):
+        log(
+          f"  WARNING: model {idx[m]} diverged (non-finite loss); it is flagged and excluded from attacks"
+        )
+      log(f"  stored models {idx[0]}..{idx[-1]} ({result.train_seconds:.1f} s)")
+
+  trained = claims_lib.train_claimed(
+    files.claims,
+    lambda: plans.pop() if plans else plan(),
+    lambda chunk: bool(set(chunk) & set(stored(False))),
+    train,
+    files.started,
+  )
+  return seconds[0], seconds[1], sum(map(len, trained))
 
 
-def _store_chunk(path, pool: Pool, spec: RunSpec, keep, result) -> float:
+def _store_chunk(files, pool: Pool, spec: RunSpec, keep, result) -> float:
   """Writes a trained chunk's parameters, logits and metadata; returns the seconds spent querying."""
-  cfg = spec.train
+  cfg, path, manifest = spec.train, files.path, files.manifest
   idx = [int(i) for i in result.model_indices]
   name = io.chunk_name(idx)
   t0 = time.perf_counter()
-  save_params(path / "params" / name, result.variables)
+  params_sha = manifest.save_dir(
+    path / "params" / name, lambda d: save_params(d, result.variables)
+  )
   logits = train_lib.predict(
     cfg,
     result.variables,
@@ -233,7 +277,9 @@ def _store_chunk(path, pool: Pool, spec: RunSpec, keep, result) -> float:
     lowering=spec.lowering,
   ).astype(np.float32)
   (path / "logits" / spec.queries).mkdir(parents=True, exist_ok=True)
-  io.save_npy_atomic(path / "logits" / spec.queries / f"{name}.npy", logits)
+  logits_sha = manifest.save_npy(
+    path / "logits" / spec.queries / f"{name}.npy", logits
+  )
   correct = logits[:, :, 0].argmax(-1) == pool.y
   train_acc = (correct & keep[idx]).sum(1) / keep[idx].sum(1)
   if pool.x_test is not None and len(pool.x_test):
@@ -248,13 +294,20 @@ def _store_chunk(path, pool: Pool, spec: RunSpec, keep, result) -> float:
   else:
     test_acc = np.full(len(idx), np.nan)
   seconds = time.perf_counter() - t0
-  # Written last: a chunk counts as stored only once its parameters and logits are on disk.
-  io.save_npz_atomic(
-    path / "chunks" / f"{name}.npz",
+  # Written last: a chunk counts as stored only once its parameters and
+  # logits are on disk; it seals their hashes with its own.
+  arrays = dict(
     model_indices=np.asarray(idx),
     loss=result.loss,
     diverged=result.diverged,
     train_accuracy=train_acc,
     test_accuracy=test_acc,
+    params_sha256=np.asarray(params_sha),
+    queries=np.asarray(spec.queries),
+    logits_sha256=np.asarray(logits_sha),
+  )
+  manifest.save_npz(
+    path / "chunks" / f"{name}.npz",
+    integrity.seal(arrays, manifest.fingerprint),
   )
   return seconds
