@@ -3,6 +3,7 @@
 import dataclasses
 import importlib
 import json
+import re
 import os
 import pathlib
 import subprocess
@@ -476,3 +477,68 @@ def test_audit_reproduces_lira_online_and_reuses_the_store(store10, tmp_path):
   assert _report_numbers(
     json.loads((tmp_path / "b" / "report.json").read_text())
   ) == _report_numbers(rep)
+
+
+def _trained_models(stderr: str) -> list[int]:
+  """The models a process's log says it trained ("pid N trains models [a, b)")."""
+  out = []
+  for a, b in re.findall(r"pid \d+ trains models \[(\d+), (\d+)\)", stderr):
+    out.extend(range(int(a), int(b)))
+  return out
+
+
+@pytest.mark.slow
+def test_concurrent_audits_on_one_store_train_each_shadow_once(
+  store10, tmp_path
+):
+  # Real audit.py processes, 3 and then 2 at once on an empty store each,
+  # against a solo audit on a third: all exit 0, every shadow trained by
+  # exactly one process (their logs say which), and every report equal.
+  _, _, shadows = store10
+  np.save(tmp_path / "target.npy", shadows.logits[8, :, 0])
+  np.save(tmp_path / "members.npy", np.flatnonzero(shadows.keep[8]))
+  args = [
+    *SMALL,
+    f"--target_outputs={tmp_path / 'target.npy'}",
+    f"--target_members={tmp_path / 'members.npy'}",
+    "--num_models=8",
+    "--models_per_step=2",
+  ]
+  audit = [sys.executable, str(ROOT / "experiments" / "audit.py")]
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  reports = {}
+  for store_name, count in (("three", 3), ("two", 2), ("solo", 1)):
+    procs = [
+      subprocess.Popen(
+        [
+          *audit,
+          *args,
+          f"--shadow_store={tmp_path / store_name}",
+          f"--output_dir={tmp_path / f'{store_name}{i}'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+      )
+      for i in range(count)
+    ]
+    try:
+      errs = [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    for p, err in zip(procs, errs):
+      assert p.returncode == 0, err[-3000:]
+    trained = sorted(m for err in errs for m in _trained_models(err))
+    assert trained == list(range(8)), (store_name, trained)
+    for i in range(count):
+      rep = json.loads(
+        (tmp_path / f"{store_name}{i}" / "report.json").read_text()
+      )
+      reports[f"{store_name}{i}"] = rep["attacks"]
+  solo = reports.pop("solo0")
+  for name, got in reports.items():
+    assert got == solo, name
