@@ -531,18 +531,7 @@ def main(argv):
       for i in order
     ),
   )
-  curves = {
-    name: usability.scored(all_scores[name], target.is_member)
-    for name in (
-      "lira_online",
-      "lira_online_fixed",
-      "lira_offline",
-      "global_threshold",
-      "rmia",
-      "loss_threshold",
-    )
-    if name in all_scores and summaries[name]["auc"] is not None
-  }
+  curves = common.roc_curves(all_scores, summaries, target.is_member)
   if curves:
     plots.plot_roc(
       curves,

@@ -13,7 +13,7 @@ from absl import app, flags
 
 import harness
 from configs import recipes
-from miajax import data, defenses, engine, runs
+from miajax import data, defenses, engine, runs, usability
 from miajax.attacks import label_only
 
 FLAGS = flags.FLAGS
@@ -354,3 +354,22 @@ def train_run(spec: runs.RunSpec, output_dir, **kwargs):
     return runs.run_training(spec, output_dir, **kwargs)
   except runs.ConfigMismatchError as e:
     usage_error(str(e))
+
+
+ROC_ATTACKS = (
+  "lira_online",
+  "lira_online_fixed",
+  "lira_offline",
+  "global_threshold",
+  "rmia",
+  "loss_threshold",
+)
+
+
+def roc_curves(all_scores, summaries, is_member, extra=()) -> dict:
+  """The ROC plot's curves: each attack that ran and scored both classes, on its scored examples."""
+  return {
+    name: usability.scored(all_scores[name], is_member)
+    for name in (*ROC_ATTACKS, *extra)
+    if name in all_scores and summaries[name]["auc"] is not None
+  }

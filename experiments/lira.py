@@ -300,20 +300,9 @@ def main(argv):
       num_references=r,
       summarise=_auc_and_tpr,
     )
-  curves = {
-    name: usability.scored(all_scores[name], keep)
-    for name in (
-      "lira_online",
-      "lira_online_fixed",
-      "lira_offline",
-      "global_threshold",
-      "rmia",
-      "loss_threshold",
-      "label_aug_lira",
-      "label_noise_lira",
-    )
-    if name in all_scores and summaries[name]["auc"] is not None
-  }
+  curves = common.roc_curves(
+    all_scores, summaries, keep, extra=("label_aug_lira", "label_noise_lira")
+  )
   if curves:
     plots.plot_roc(
       curves,

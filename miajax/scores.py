@@ -59,6 +59,11 @@ def _check_logits(logits) -> jax.Array:
 
 
 def _check_labels(labels, logits: jax.Array) -> jax.Array:
+  if not isinstance(labels, jax.Array):
+    # jnp.asarray fails inside JAX on strings and objects: name the argument.
+    kind = np.asarray(labels).dtype
+    if not np.issubdtype(kind, np.integer):
+      raise TypeError(f"labels must be integers, got dtype {kind}")
   labels = jnp.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"labels must be integers, got dtype {labels.dtype}")

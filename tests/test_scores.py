@@ -194,3 +194,12 @@ def test_bad_inputs():
     scores.logit_scaled(np.zeros((3, 1), np.float32), np.zeros(3, int))
   with pytest.raises(ValueError, match="classes"):
     scores.entropy(np.float32(1.0))
+
+
+def test_string_labels_are_named_in_the_error():
+  logits = np.zeros((2, 3), np.float32)
+  for fn in (scores.cross_entropy, scores.logit_scaled, scores.confidence):
+    with pytest.raises(
+      TypeError, match="labels must be integers, got dtype <U1"
+    ):
+      fn(logits, np.array(["a", "b"]))
