@@ -141,3 +141,14 @@ def test_a_checkpoint_of_another_lowering_is_set_aside(timings, tmp_path):
   res, lines = _train(_spec(microbatch=16), tmp_path / "other")
   assert not any("resuming models" in line for line in lines), lines
   assert res.chunks_trained == 2
+
+
+def test_a_damaged_lowering_record_is_refused_in_one_line(timings, tmp_path):
+  spec = _spec()
+  timings(PICKS_8)
+  _train(spec, tmp_path / "run")
+  record = tmp_path / "run" / "lowering.json"
+  for damage in ('{"microbatch": ', '{"model_axis": "pmap"}'):
+    record.write_text(damage)
+    with pytest.raises(ValueError, match=r"lowering.json: not a readable"):
+      _train(spec, tmp_path / "run")

@@ -90,6 +90,20 @@ def _write_once(path: pathlib.Path, record: dict) -> dict:
   return json.loads(path.read_text())
 
 
+def _read_record(path: pathlib.Path) -> engine.Lowering:
+  """The recorded lowering; a damaged record is refused in one line."""
+  try:
+    low = _as_lowering(json.loads(path.read_text()))
+    low.validate()
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(
+      f"{path}: not a readable lowering record ({type(e).__name__}: {e}); "
+      "restore it, or delete it to decide the lowering again (the chunks "
+      "trained so far may then differ from the rest in float rounding)"
+    ) from None
+  return low
+
+
 def _as_lowering(record: dict) -> engine.Lowering:
   fields = {f.name for f in dataclasses.fields(engine.Lowering)}
   return engine.Lowering(**{k: v for k, v in record.items() if k in fields})
@@ -132,7 +146,7 @@ def decide(
   """
   path = pathlib.Path(directory) / FILE
   if path.exists():
-    recorded = _as_lowering(json.loads(path.read_text()))
+    recorded = _read_record(path)
     _check_against(recorded, given, f"{str(directory)!r}")
     overrides = {
       k: getattr(given, k)
