@@ -493,18 +493,15 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f"--shadow_store / recipe: {e}") from None
   t_shadows = time.perf_counter()
-  verdict = usability.model_usability(
+  verdict = common.judge_models(
     shadows.logits,
     shadows.labels,
     shadows.keep,
     shadows.train_accuracy,
-    diverged=shadows.diverged,
+    shadows.diverged,
+    what="shadow model",
   )
   ok = verdict.usable
-  for e in verdict.excluded():
-    logging.warning(
-      "excluding shadow model %d: %s: %s", e["model"], e["reason"], e["detail"]
-    )
   if not ok.any():
     logging.error(
       "no usable shadow model: only the attacks that need none are run"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import harness
 from configs import recipes
@@ -373,3 +373,17 @@ def roc_curves(all_scores, summaries, is_member, extra=()) -> dict:
     for name in (*ROC_ATTACKS, *extra)
     if name in all_scores and summaries[name]["auc"] is not None
   }
+
+
+def judge_models(
+  logits, labels, keep, train_accuracy, diverged, *, what: str, **kw
+):
+  """``usability.model_usability`` of a pool, each exclusion logged with ``what`` ("model", "shadow model", ...)."""
+  verdict = usability.model_usability(
+    logits, labels, keep, train_accuracy, diverged=diverged, **kw
+  )
+  for e in verdict.excluded():
+    logging.warning(
+      "excluding %s %d: %s: %s", what, e["model"], e["reason"], e["detail"]
+    )
+  return verdict

@@ -819,22 +819,15 @@ def main(argv):
       # No chance test: a defense that leaves its models at chance (strong
       # DP, say) is a row to report, its attacks at chance too, not a
       # failure; only broken models (diverged, blown up) are dropped.
-      verdicts[name] = usability.model_usability(
+      verdicts[name] = common.judge_models(
         run.logits,
         run.labels,
         run.keep,
         run.train_accuracy,
-        diverged=run.diverged,
+        run.diverged,
+        what=f"run {name}'s model",
         chance_sds=None,
       )
-      for e in verdicts[name].excluded():
-        logging.warning(
-          "run %s: excluding model %d from the attacks: %s: %s",
-          name,
-          e["model"],
-          e["reason"],
-          e["detail"],
-        )
     return verdicts[name].usable
 
   shadow = shadow_views = shadow_name = None

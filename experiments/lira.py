@@ -255,21 +255,15 @@ def main(argv):
     raise app.UsageError(
       f"--num_references={r} leaves no target among the run's {run.keep.shape[0]} models"
     )
-  verdict = usability.model_usability(
+  verdict = common.judge_models(
     run.logits,
     run.labels,
     run.keep,
     run.train_accuracy,
-    diverged=run.diverged,
+    run.diverged,
+    what="model",
   )
   usable = verdict.usable
-  for e in verdict.excluded():
-    logging.warning(
-      "excluding model %d from the attacks: %s: %s",
-      e["model"],
-      e["reason"],
-      e["detail"],
-    )
   skipped = _no_attacks(usable, r)
   summaries, all_scores, null = {}, {}, None
   keep = run.keep[usable][int(usable[:r].sum()) if r else 0 :]
