@@ -329,8 +329,13 @@ def main(argv):
     },
     "excluded_models": verdict.excluded(),
     "attacks_skipped": skipped,
+    # No attack ran: every example is unscored (the attacks count their own otherwise).
+    "unscored_examples": int(run.keep.shape[1]) if skipped else None,
     "attacks": summaries,
     "null_check": null,
+    "null_check_skipped": f"no attack run: {skipped}"
+    if skipped and FLAGS.null_check
+    else None,
     "timing_s": {
       "train": run.train_seconds,
       "predict": run.predict_seconds,

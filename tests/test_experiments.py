@@ -149,6 +149,8 @@ def test_lira_writes_its_report_when_no_model_is_usable(tmp_path):
   )
   assert report["attacks"] == {} and report["null_check"] is None
   assert report["attacks_skipped"].startswith("0 usable models")
+  assert report["unscored_examples"] == report["protocol"]["examples"] == 1297
+  assert report["null_check_skipped"].startswith("no attack run: 0 usable")
   assert report["target"] == {"train_accuracy": None, "test_accuracy": None}
   assert "32 models excluded as unusable" in proc.stdout
   assert "no attack run" in proc.stdout
