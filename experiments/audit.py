@@ -14,8 +14,10 @@ Every shadow is a reference model, the external model the only target.
 
 Writes under --output_dir: report.json (the schema of experiments/lira.py,
 "target" holding the target's accuracy on its members and on the pool's
-non-members), roc.png, and scores.csv (one row per candidate: index,
-is_member, label, each attack's score; most exposed first by lira_online).
+non-members, "recipe" the shadows' training recipe, "ranked_by" the attack
+scores.csv is ordered by), roc.png, and scores.csv (one row per candidate:
+index, is_member, label, each attack's score and rank; most exposed first by
+the strongest attack, see ``strongest_attack``).
 
 Every target file is checked before anything is trained or written; a bad one
 is a usage error naming its flag.
@@ -32,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import app, flags, logging
 
+import audit_report
 import common
 import harness
 from configs import audit as audit_config
@@ -71,7 +74,10 @@ def looks_like_probabilities(out: np.ndarray) -> bool:
 def define_flags() -> None:
   """Defined when run, not on import: tests import the validation functions beside other scripts' flags."""
   config = audit_config.get_config()
-  common.define_training_flags(config)
+  # An audit never runs the label-only attacks: their views' flags would do nothing.
+  common.define_training_flags(config, label_only_views=False)
+  # The recipe must match the target's: --helpshort lists its flags beside the audit's own.
+  flags.adopt_module_key_flags(common)
   flags.DEFINE_string(
     "pool_npz",
     config["pool_npz"],
@@ -117,6 +123,7 @@ def define_flags() -> None:
     ["miajax", "reference"],
     "LiRA variant (see README).",
   )
+  audit_report.define_flags()
 
 
 class Target(NamedTuple):
@@ -430,6 +437,92 @@ def attack_target(
   return summaries, all_scores
 
 
+def strongest_attack(summaries: dict) -> dict:
+  """The attack scores.csv ranks candidates by, and why: ``{"attack", "rule", "fpr", "tpr", "auc"}``.
+
+  The highest TPR at the lowest of the report's FPR levels that the pool's
+  non-members resolve (0.1% from 1,000 non-members, 1% from 100), ties
+  broken by AUC, then by the report's order.  An audit asks which members an
+  attack exposes while almost never accusing a non-member (Carlini et al.
+  2022); the AUC averages over error rates nobody would act on, and a level
+  finer than 1/non-members is not measured at all.  Only attacks that scored
+  members and non-members compete; without any, the first attack of the
+  report stands (``fpr`` None).
+  """
+  ran = {k: v for k, v in summaries.items() if v["auc"] is not None}
+  resolved = sorted(
+    (float(level), level)
+    for v in ran.values()
+    for level, tpr in v["tpr_at_fpr"].items()
+    if tpr is not None
+  )
+  level = resolved[0][1] if resolved else None
+
+  def power(name):
+    tpr = ran[name]["tpr_at_fpr"].get(level) if level else None
+    return (-1.0 if tpr is None else tpr, ran[name]["auc"])
+
+  if not ran:
+    return {
+      "attack": next(iter(summaries)),
+      "rule": "no attack scored both members and non-members: the first of the report",
+      "fpr": None,
+      "tpr": None,
+      "auc": None,
+    }
+  best = max(ran, key=power)  # the first of equals: the report's order
+  fpr = None if level is None else float(level)
+  return {
+    "attack": best,
+    "rule": (
+      f"highest TPR at {100 * fpr:g}% FPR (the lowest FPR level the "
+      "non-members resolve), ties broken by AUC"
+      if fpr is not None
+      else "highest AUC (no FPR level resolved)"
+    ),
+    "fpr": fpr,
+    "tpr": ran[best]["tpr_at_fpr"].get(level) if level else None,
+    "auc": ran[best]["auc"],
+  }
+
+
+def exposure_ranks(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``(order, rank)``: candidates most exposed first, and each one's 1-based place (0: unscored).
+
+  Equal scores go by pool index; unscored (NaN) candidates come last, unranked.
+  """
+  order = np.lexsort((np.arange(score.size), -score))
+  rank = np.empty(score.size, np.int64)
+  rank[order] = np.arange(1, score.size + 1)
+  rank[np.isnan(score)] = 0
+  return order, rank
+
+
+def write_scores(path, all_scores: dict, ranked_by: str, is_member, labels):
+  """scores.csv: candidates most exposed first by ``ranked_by``, every attack's score and rank beside it."""
+  # The ranking attack's columns first: the rows are in its order.
+  names = [ranked_by, *(n for n in all_scores if n != ranked_by)]
+  ranks = {n: exposure_ranks(all_scores[n])[1] for n in names}
+  order = exposure_ranks(all_scores[ranked_by])[0]
+  _write_csv_atomic(
+    path,
+    ["index", "is_member", "label"]
+    + [c for n in names for c in (n, f"{n}_rank")],
+    (
+      [str(i), str(int(is_member[i])), str(int(labels[i]))]
+      + [
+        c
+        for n in names
+        for c in (
+          f"{all_scores[n][i]:.9g}",
+          str(ranks[n][i]) if ranks[n][i] else "",
+        )
+      ]
+      for i in order
+    ),
+  )
+
+
 def main(argv):
   harness.start(argv)
   if FLAGS.shadow_store:
@@ -446,7 +539,8 @@ def main(argv):
     raise app.UsageError(
       f"--num_models must be even and >= 4, got {FLAGS.num_models}"
     )
-  spec = dataclasses.replace(common.run_spec(), label_only=None)
+  spec = common.run_spec()
+  grid = audit_report.check_flags(spec.train)
   pool = load_pool(spec)
   if FLAGS.pool_npz:
     spec = dataclasses.replace(
@@ -475,6 +569,11 @@ def main(argv):
     num_queries,
     pool.num_classes,
   )
+
+  calibrated = None
+  if grid is not None:
+    spec, calibrated = audit_report.calibrate(spec, pool, target, grid)
+  t_calibrated = time.perf_counter()
 
   root = (
     pathlib.Path(FLAGS.shadow_store)
@@ -506,27 +605,19 @@ def main(argv):
     logging.error(
       "no usable shadow model: only the attacks that need none are run"
     )
+  matched = audit_report.match_section(target, shadows, ok, pool.y)
   summaries, all_scores = attack_target(
     shadows, target, pool.y, usable=ok, variant=FLAGS.variant
   )
   t_attacked = time.perf_counter()
 
-  # Most exposed first (unscored, NaN, last).
-  rank_by = "lira_online" if "lira_online" in all_scores else "loss_threshold"
-  order = np.lexsort((np.arange(pool.x.shape[0]), -all_scores[rank_by]))
-  names = list(all_scores)
-  _write_csv_atomic(
+  ranked_by = strongest_attack(summaries)
+  write_scores(
     out / "scores.csv",
-    ["index", "is_member", "label", *names],
-    (
-      [
-        str(i),
-        str(int(target.is_member[i])),
-        str(int(pool.y[i])),
-        *(f"{all_scores[n][i]:.9g}" for n in names),
-      ]
-      for i in order
-    ),
+    all_scores,
+    ranked_by["attack"],
+    target.is_member,
+    pool.y,
   )
   curves = common.roc_curves(all_scores, summaries, target.is_member)
   if curves:
@@ -538,7 +629,11 @@ def main(argv):
   pred = target.logits[:, 0].argmax(-1)
   correct = pred == pool.y
   rep = {
-    "config": common.flag_values(),
+    # The recipe flags as resolved (--epochs left to the dataset's default reads 30, not None);
+    # --pkeep is the lira design's, which an audit refuses.
+    "config": common.flag_values(train=spec.train, omit=("pkeep",)),
+    # What every shadow trained with (the store's recipe): the target should match it.
+    "recipe": spec.to_json()["train"],
     # The target's accuracy on its own members and on the pool's other candidates (its held-out data here).
     "target": {
       "train_accuracy": float(correct[target.is_member].mean()),
@@ -579,11 +674,15 @@ def main(argv):
     if ok.any()
     else "no usable shadow model: only the attacks that need none ran",
     "attacks": summaries,
+    "ranked_by": ranked_by,
+    "match": matched,
+    "calibration": calibrated,
     "timing_s": {
       "validate": t_valid - t_start,
+      "calibrate": calibrated["seconds"] if calibrated else 0.0,
       "train": shadows.train_seconds,
       "predict": shadows.predict_seconds,
-      "shadows_wall": t_shadows - t_valid,
+      "shadows_wall": t_shadows - t_calibrated,
       "attacks": t_attacked - t_shadows,
       "total": time.perf_counter() - t_start,
     },
@@ -598,7 +697,27 @@ def main(argv):
     f"target train accuracy {rep['target']['train_accuracy']:.4f}, "
     f"accuracy on pool non-members {rep['target']['test_accuracy']:.4f}\n",
     report.format_table(summaries),
+    f"\nscores.csv ranks candidates by {ranked_by['attack']}: {ranked_by['rule']}",
   ]
+  if matched:
+    text.append(
+      matched["verdict"]
+      + (
+        "  WARNING: lira_online may be weakened; try --calibrate"
+        if matched["mismatch"]
+        else ""
+      )
+    )
+  if calibrated:
+    pick = calibrated["candidates"][calibrated["chosen"]]
+    text.append(
+      f"calibration: {len(calibrated['candidates'])} candidates, {calibrated['models']} models "
+      f"in {calibrated['programs']} compiled program(s), {calibrated['seconds']:.1f} s; "
+      "picked "
+      + ", ".join(f"{k}={pick[k]}" for k in calibrated["grid"])
+      + f" (W1 {pick['w1']:.3f}); shadows and attacks "
+      f"{rep['timing_s']['shadows_wall'] + rep['timing_s']['attacks']:.1f} s"
+    )
   unscored = {
     k: v["unscored_examples"]
     for k, v in summaries.items()
@@ -609,12 +728,19 @@ def main(argv):
       "\nexamples left unscored (too few usable shadows): "
       + ", ".join(f"{k} {n}" for k, n in unscored.items())
     )
+  also = ([out / "roc.png"] if curves else []) + [out / "scores.csv"]
+  if FLAGS.html:
+    also.append(
+      audit_report.write_html(
+        out, rep, pool, target, all_scores[ranked_by["attack"]]
+      )
+    )
   harness.finish(
     out,
     rep,
     "\n".join(text),
     wall_s=rep["timing_s"]["total"],
-    also=([out / "roc.png"] if curves else []) + [out / "scores.csv"],
+    also=also,
   )
 
 

@@ -7,7 +7,9 @@ Defines no flag on import: a script defines them with its job's config
 from __future__ import annotations
 
 import json
+import pathlib
 import re
+import sys
 
 from absl import app, flags, logging
 
@@ -68,6 +70,13 @@ def define_recipe_flags(config: dict) -> None:
     "optimizer", config["optimizer"], ["sgd", "adam"], "Optimizer."
   )
   flags.DEFINE_float("momentum", config["momentum"], "SGD momentum.")
+  flags.DEFINE_enum(
+    "schedule",
+    config["schedule"],
+    ["cosine", "constant"],
+    "Learning-rate schedule: cosine decays the peak rate to 0 over every "
+    "step of training (per batch, no warm-up); constant keeps it.",
+  )
   flags.DEFINE_float(
     "weight_decay",
     config["weight_decay"],
@@ -82,8 +91,14 @@ def define_recipe_flags(config: dict) -> None:
   flags.DEFINE_string("output_dir", None, "Where outputs go.")
 
 
-def define_training_flags(config: dict) -> None:
-  """The recipe flags, and how the shadow models are trained and queried (``recipes.shadow_models``)."""
+def define_training_flags(
+  config: dict, *, label_only_views: bool = True
+) -> None:
+  """The recipe flags, and how the shadow models are trained and queried (``recipes.shadow_models``).
+
+  ``label_only_views=False`` leaves out the label-only views' flags: a script
+  that never runs the label-only attacks (audit.py) must not offer them.
+  """
   define_recipe_flags(config)
   flags.DEFINE_integer(
     "num_examples",
@@ -126,6 +141,27 @@ def define_training_flags(config: dict) -> None:
     list(engine.QUERY_SETS),
     "Query augmentations at inference.",
   )
+  if label_only_views:
+    _define_label_only_flags(config)
+  flags.DEFINE_float(
+    "checkpoint_every_s",
+    config["checkpoint_every_s"],
+    "Save the training state of the chunk in flight at the first epoch "
+    "boundary this many seconds after the last save, so that a killed run "
+    "resumes mid-chunk (0: never by time). Not part of the run's "
+    "configuration.",
+    lower_bound=0.0,
+  )
+  flags.DEFINE_integer(
+    "checkpoint_every_epochs",
+    config["checkpoint_every_epochs"],
+    "Also save it every this many epochs (0: never by epoch count). Not part "
+    "of the run's configuration.",
+    lower_bound=0,
+  )
+
+
+def _define_label_only_flags(config: dict) -> None:
   flags.DEFINE_bool(
     "label_only",
     config["label_only"],
@@ -148,22 +184,6 @@ def define_training_flags(config: dict) -> None:
     "label_only_copies",
     config["label_only_copies"],
     "Noisy copies per noise level.",
-  )
-  flags.DEFINE_float(
-    "checkpoint_every_s",
-    config["checkpoint_every_s"],
-    "Save the training state of the chunk in flight at the first epoch "
-    "boundary this many seconds after the last save, so that a killed run "
-    "resumes mid-chunk (0: never by time). Not part of the run's "
-    "configuration.",
-    lower_bound=0.0,
-  )
-  flags.DEFINE_integer(
-    "checkpoint_every_epochs",
-    config["checkpoint_every_epochs"],
-    "Also save it every this many epochs (0: never by epoch count). Not part "
-    "of the run's configuration.",
-    lower_bound=0,
   )
 
 
@@ -238,7 +258,7 @@ def train_config(**extra) -> engine.TrainConfig:
     weight_decay=FLAGS.weight_decay,
     epochs=_default("epochs"),
     batch_size=_default("batch_size"),
-    schedule=_job["schedule"],
+    schedule=FLAGS.schedule,
     seed=FLAGS.seed,
     **extra,
   )
@@ -252,7 +272,7 @@ def train_config(**extra) -> engine.TrainConfig:
 
 def label_only_queries() -> label_only.LabelOnlyQueries | None:
   """The label-only views the flags ask for (None with --label_only=false); a bad value is a usage error."""
-  if not FLAGS.label_only:
+  if "label_only" not in FLAGS or not FLAGS.label_only:
     return None
   if FLAGS.label_only_shift < 0:
     raise app.UsageError(
@@ -320,19 +340,67 @@ def run_spec(defense=None) -> runs.RunSpec:
   )
 
 
-def flag_values() -> dict:
-  """Every flag of the running script, JSON-safe, for report.json's "config"."""
+_EXPERIMENTS = pathlib.Path(__file__).resolve().parent
+
+
+def _own_module(name: str) -> bool:
+  """Whether the flags of module ``name`` are the scripts' own, not a library's (absl's, orbax's)."""
+  module = sys.modules.get(name)
+  # absl names the running script by its path (sys.argv[0]), not __main__.
+  where = getattr(module, "__file__", None) or name
+  try:
+    return pathlib.Path(where).resolve().is_relative_to(_EXPERIMENTS)
+  except (OSError, ValueError):
+    return False
+
+
+def _json_safe(value):
+  try:
+    json.dumps(value)
+  except TypeError:
+    return str(value)
+  return value
+
+
+def recipe_values(cfg: engine.TrainConfig) -> dict:
+  """The recipe flags' values a TrainConfig was built from, as the flags spell them: defaults resolved."""
+  kwargs = dict(cfg.model_kwargs)
+  widths = kwargs.get("widths")
+  return {
+    "model": _json_safe(cfg.model),
+    # Only an MLP has widths and an activation: None where the model takes none.
+    "widths": None if widths is None else ",".join(str(w) for w in widths),
+    "activation": kwargs.get("activation"),
+    "epochs": _json_safe(cfg.epochs),
+    "batch_size": cfg.batch_size,
+    "learning_rate": _json_safe(cfg.learning_rate),
+    "optimizer": _json_safe(cfg.optimizer),
+    "momentum": _json_safe(cfg.momentum),
+    "weight_decay": _json_safe(cfg.weight_decay),
+    "schedule": cfg.schedule,
+    "seed": cfg.seed,
+  }
+
+
+def flag_values(train: engine.TrainConfig | None = None, omit=()) -> dict:
+  """Every flag of the running script, JSON-safe, for report.json's "config".
+
+  Only the scripts' own flags: those libraries define (absl's, orbax's) say
+  nothing about the run.  With ``train``, the TrainConfig the run trained
+  with, the recipe flags hold the values it used (``--epochs`` left to the
+  dataset's default reads 30, not None); ``omit`` names flags that do not
+  apply to the run.
+  """
   out = {}
   for module, flag_list in FLAGS.flags_by_module_dict().items():
-    if module.startswith("absl"):
+    if not _own_module(module):
       continue
     for flag in flag_list:
-      value = flag.value
-      try:
-        json.dumps(value)
-      except TypeError:
-        value = str(value)
-      out[flag.name] = value
+      out[flag.name] = _json_safe(flag.value)
+  if train is not None:
+    out.update((k, v) for k, v in recipe_values(train).items() if k in out)
+  for name in omit:
+    out.pop(name, None)
   return dict(sorted(out.items()))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging as py_logging
 import os
 import pathlib
 import re
@@ -25,6 +26,7 @@ import tempfile
 from typing import NoReturn
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 import miajax
 from miajax import report
@@ -162,6 +164,39 @@ def require_output_dir() -> None:
   check_writable(FLAGS.output_dir, "--output_dir")
 
 
+class LibraryChatter(py_logging.Filter):
+  """Drops the libraries' own INFO lines at absl's default verbosity.
+
+  orbax logs every step of every checkpoint save (through absl's logger,
+  from files under its package), and JAX that it found no TPU ("Unable to
+  initialize backend 'tpu'"): dozens of lines that bury the run's own.
+  Warnings and errors still pass, except JAX's warning that a platform is
+  experimental (nothing a user of a script can act on);
+  ``--verbosity=1`` (debug) shows everything.
+  """
+
+  _EXPERIMENTAL = "is experimental and not all JAX functionality"
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if absl_logging.get_verbosity() >= absl_logging.DEBUG:
+      return True
+    if record.name == "jax" or record.name.startswith("jax."):
+      return (
+        record.levelno >= py_logging.WARNING
+        and self._EXPERIMENTAL not in record.getMessage()
+      )
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      return record.levelno >= py_logging.WARNING
+    return True
+
+
+def quiet_libraries() -> None:
+  """Installs :class:`LibraryChatter` on absl's handler (which every logger's lines reach), once."""
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, LibraryChatter) for f in handler.filters):
+    handler.addFilter(LibraryChatter())
+
+
 def start(argv, *, output_dir: bool = True) -> None:
   """The scripts' prologue: no positional arguments, the CPU set up, ``--output_dir`` given and writable.
 
@@ -172,7 +207,9 @@ def start(argv, *, output_dir: bool = True) -> None:
   mode that writes nothing (benchmark.py's memory child).  An unwritable
   ``--output_dir`` is refused here, before any data is loaded or model
   trained; nothing is created yet (a later usage error leaves no directory).
+  The libraries' INFO chatter is silenced first (:class:`LibraryChatter`).
   """
+  quiet_libraries()
   no_arguments(argv)
   if output_dir:
     require_output_dir()

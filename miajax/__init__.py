@@ -20,11 +20,15 @@ __version__ = "0.1.0"
 _SUBMODULES = frozenset(
   {
     "attacks",
+    "browser",
+    "calibration",
     "data",
     "defenses",
     "designs",
     "engine",
     "hyperparams",
+    "html_report",
+    "match",
     "metrics",
     "models",
     "plots",
@@ -105,6 +109,12 @@ _EXPORTS = {
   "tnr_at_fnr": "metrics",
   "tpr_at_fpr": "metrics",
   "tpr_at_fpr_interval": "metrics",
+  # do the shadows match the target; calibrate their recipe to it
+  "match_report": "match",
+  "calibrate": "calibration",
+  # the HTML report and a headless browser to look at it
+  "write_html_report": "html_report",
+  "screenshot_html": "browser",
 }
 
 # Names of earlier versions -> where they live now (README, "Changes").

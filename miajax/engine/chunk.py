@@ -69,12 +69,19 @@ def _chunk_inputs(run: Run, padded: np.ndarray, start: int):
     keep=run.keep[padded],
     opt_values=rows(run.opt_values),
     defense_values=rows(run.defense_values),
-    epochs=run.config.epochs,
+    epochs=_chunk_epochs(run, padded),
     steps_per_epoch=run.steps,
     steps_per_call=run.steps_per_call,
     batch_size=run.config.batch_size,
     start_epoch=start,
   )
+
+
+def _chunk_epochs(run: Run, idx) -> int:
+  """The epochs a chunk steps through: its longest-trained model's."""
+  if run.config.per_model_epochs:
+    return int(run.opt_values["epochs"][idx].max())
+  return int(run.config.epochs)
 
 
 def _identity(run: Run, idx: np.ndarray) -> dict:
@@ -129,7 +136,7 @@ def _restore(run: Run, idx, ci: unroll.ChunkInputs, identity):
     loss = jax.ShapeDtypeStruct((n, epoch), np.float32)
     return {"state": state, "loss_sum": loss}
 
-  saved = run.checkpoints.restore(idx, run.config.epochs, identity, like)
+  saved = run.checkpoints.restore(idx, ci.epochs, identity, like)
   run.checkpoints.start()
   if saved is None:
     return None, 0, 0.0
@@ -143,8 +150,9 @@ def _restore(run: Run, idx, ci: unroll.ChunkInputs, identity):
 class _Epochs:
   """After each epoch of a chunk: save a checkpoint if one is due, then report progress."""
 
-  def __init__(self, run: Run, idx, identity, start, spent, done):
+  def __init__(self, run: Run, idx, identity, start, spent, done, epochs):
     self.run, self.idx, self.identity = run, idx, identity
+    self.epochs = epochs
     self.start, self.spent, self.done = start, spent, done
     self.t0 = self.clock = time.perf_counter()
     # Without a listener the host runs ahead of the device, but a time-based
@@ -160,9 +168,7 @@ class _Epochs:
     if ck is not None and ck.due(epoch + 1):
       elapsed = self.spent + time.perf_counter() - self.t0
       state = _host_state(snapshot(), n)
-      ck.save(
-        self.idx, epoch + 1, run.config.epochs, state, self.identity, elapsed
-      )
+      ck.save(self.idx, epoch + 1, self.epochs, state, self.identity, elapsed)
     if run.progress is None:
       return
     now = time.perf_counter()
@@ -172,7 +178,7 @@ class _Epochs:
         models_done=self.done,
         chunk_models=n,
         epoch=epoch + 1,
-        epochs=run.config.epochs,
+        epochs=self.epochs,
         start_epoch=self.start,
         model_shards=devices_lib.model_shards(params),
         epoch_seconds=now - self.clock,
@@ -223,7 +229,7 @@ def train_chunk(run: Run, idx: np.ndarray, done: int) -> TrainResult:
   ci = _chunk_inputs(run, padded, 0)
   restored, start, spent = _restore(run, idx, ci, identity)
   ci = ci._replace(start_epoch=start)
-  on_epoch = _Epochs(run, idx, identity, start, spent, done)
+  on_epoch = _Epochs(run, idx, identity, start, spent, done, ci.epochs)
   if run.low.call_per_model:
     state, losses = unroll.run_loop_chunk(
       run.compiled,
@@ -241,6 +247,14 @@ def train_chunk(run: Run, idx: np.ndarray, done: int) -> TrainResult:
   alive = np.asarray(ts.alive)[:n]
   loss = np.stack([np.asarray(v)[:n] for v in losses], 1)
   loss[~alive] = np.nan
+  if run.config.per_model_epochs:  # no loss after a model's own epochs
+    loss = np.pad(
+      loss,
+      ((0, 0), (0, run.config.max_epochs - loss.shape[1])),
+      constant_values=np.nan,
+    )
+    own = run.opt_values["epochs"][idx]
+    loss[np.arange(loss.shape[1])[None, :] >= own[:, None]] = np.nan
   variables = {"params": ts.params, **ts.model_state}
   if len(padded) != n:
     variables = jax.tree_util.tree_map(lambda a: a[:n], variables)

@@ -52,7 +52,7 @@ def per_model_values(config: TrainConfig) -> dict[str, np.ndarray]:
   """
   out = {
     name: getattr(config, name).array()
-    for name in PER_MODEL_FIELDS
+    for name in PER_MODEL_FIELDS + ("epochs",)
     if isinstance(getattr(config, name), PerModel)
   }
   out.update(
@@ -83,6 +83,9 @@ def program_key(config: TrainConfig) -> TrainConfig:
     value = getattr(config, name)
     used = any(_values(value)) if name != "learning_rate" else True
     canon[name] = 1.0 if used else 0.0
+  if config.per_model_epochs:
+    # Each model's length is an input of the program (its stop step and schedule).
+    canon["epochs"] = PerModel((1.0,))
   return dataclasses.replace(
     config,
     seed=0,
@@ -122,7 +125,7 @@ def fingerprint(
   tc["model_kwargs"] = {
     k: list(v) if isinstance(v, tuple) else v for k, v in config.model_kwargs
   }
-  for name in PER_MODEL_FIELDS:
+  for name in PER_MODEL_FIELDS + ("epochs",):
     if isinstance(tc[name], PerModel):
       tc[name] = list(tc[name].values)
   tc["defense"] = _describe_defense(config.defense)

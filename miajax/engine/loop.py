@@ -58,7 +58,7 @@ def _setup(config, x, y, keep, num_classes, lowering, progress, checkpoints):
     shape,
     num_classes,
     lowering=lowering,
-    steps=num_models * config.epochs * steps,
+    steps=num_models * config.max_epochs * steps,
   )
   compiled = compile_program(
     identity.program_key(config),

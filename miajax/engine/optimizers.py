@@ -26,7 +26,7 @@ __all__ = ["make_optimizer", "hyperparam_values", "set_hyperparams"]
 
 def _schedule(config: TrainConfig, steps_per_epoch: int):
   """The unit-peak learning-rate schedule of the built-in optimizers."""
-  total = config.epochs * steps_per_epoch
+  total = config.max_epochs * steps_per_epoch
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   if config.schedule == "cosine":
     if warmup:
@@ -43,6 +43,39 @@ def _schedule(config: TrainConfig, steps_per_epoch: int):
   return optax.constant_schedule(1.0)
 
 
+def _scaled_schedule(config: TrainConfig, steps_per_epoch: int, epochs):
+  """:func:`_schedule` with a traced per-model length ``epochs`` (float32[]).
+
+  The same arithmetic as optax's schedules that :func:`_schedule` builds, so
+  a model of a per-model-epochs program follows the very schedule of a run
+  of its own epochs.
+  """
+  total = epochs * steps_per_epoch
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+  def cosine(count, steps):
+    count = jnp.minimum(count, steps)
+    # XLA turns a division by a constant into a product with its reciprocal:
+    # so does this, for the bits of the constant-length schedule.
+    return 0.5 * (1 + jnp.cos(jnp.pi * count * (1.0 / steps)))
+
+  def ramp(count):
+    frac = 1 - jnp.clip(count, 0, warmup) / warmup
+    return (0.0 - 1.0) * frac + 1.0
+
+  def schedule(count):
+    if config.schedule == "cosine":
+      if warmup:
+        late = cosine(count - warmup, jnp.maximum(total, warmup + 1) - warmup)
+        return jnp.where(count < warmup, ramp(count), late)
+      return cosine(count, jnp.maximum(total, 1))
+    if warmup:
+      return jnp.where(count < warmup, ramp(count), 1.0)
+    return jnp.ones_like(count, jnp.float32)
+
+  return schedule
+
+
 def _uses(value) -> bool:
   return any(value.values) if isinstance(value, PerModel) else bool(value)
 
@@ -52,7 +85,12 @@ def _builtin(config: TrainConfig, steps_per_epoch: int):
   # A term no model uses stays out of the program (and its state).
   decay, use_momentum = _uses(config.weight_decay), _uses(config.momentum)
 
-  def factory(learning_rate, momentum, weight_decay):
+  def factory(learning_rate, momentum, weight_decay, epochs=None):
+    if epochs is not None:
+      # Each model's own length: its schedule ends where its training does.
+      sched_ = _scaled_schedule(config, steps_per_epoch, epochs)
+    else:
+      sched_ = sched
     if config.optimizer == "sgd":
       parts = [optax.add_decayed_weights(weight_decay)] if decay else []
       if use_momentum:
@@ -61,13 +99,14 @@ def _builtin(config: TrainConfig, steps_per_epoch: int):
       parts = [optax.scale_by_adam()]
       if decay:
         parts.append(optax.add_decayed_weights(weight_decay))
-    parts.append(optax.scale_by_schedule(sched))
+    parts.append(optax.scale_by_schedule(sched_))
     parts.append(optax.scale(-learning_rate))
     return optax.chain(*parts)
 
   # Placeholders: set_hyperparams writes every model's own values.
+  lengths = dict(epochs=1.0) if config.per_model_epochs else {}
   return optax.inject_hyperparams(factory)(
-    learning_rate=1.0, momentum=0.0, weight_decay=0.0
+    learning_rate=1.0, momentum=0.0, weight_decay=0.0, **lengths
   )
 
 
@@ -95,6 +134,8 @@ def hyperparam_values(
   """``{state name: float32[models]}``: each model's optimizer hyperparameters."""
   if config.builtin_optimizer:
     items = [(name, getattr(config, name)) for name in PER_MODEL_FIELDS]
+    if config.per_model_epochs:
+      items.append(("epochs", config.epochs))
   else:
     items = list(config.hyperparams)
   out = {}

@@ -141,7 +141,9 @@ class TrainConfig:
   ``[models]``, kept as :class:`miajax.hyperparams.PerModel`); so are the
   strengths of the built-in defenses. ``hyperparams`` gives a user optimizer
   built with ``optax.inject_hyperparams`` its values by name, scalar or per
-  model. How the recipe runs (model axis, models per step, micro-batch,
+  model. ``epochs`` may be per model too (built-in optimizers): model ``m``
+  stops after its own ``epochs[m]``, its schedule scaled to them, in a
+  program of ``max(epochs)``. How the recipe runs (model axis, models per step, micro-batch,
   steps per call, compute dtype) is a :class:`miajax.Lowering`, not part of
   the recipe.
   """
@@ -153,7 +155,7 @@ class TrainConfig:
   momentum: float | PerModel = 0.9
   nesterov: bool = False
   weight_decay: float | PerModel = 5e-4  # the one L2 mechanism (docstring)
-  epochs: int = 20
+  epochs: int | PerModel = 20
   batch_size: int = 128
   schedule: str = "cosine"  # "cosine" or "constant"
   warmup_epochs: float = 0.0
@@ -178,7 +180,7 @@ class TrainConfig:
           for k, v in sorted(self.model_kwargs.items())
         ),
       )
-    for name in PER_MODEL_FIELDS:
+    for name in PER_MODEL_FIELDS + ("epochs",):
       object.__setattr__(self, name, _scalar_or_per_model(getattr(self, name)))
     if isinstance(self.hyperparams, Mapping):
       object.__setattr__(
@@ -189,6 +191,18 @@ class TrainConfig:
           for k, v in sorted(self.hyperparams.items())
         ),
       )
+
+  @property
+  def per_model_epochs(self) -> bool:
+    """Whether each model trains its own number of epochs (``epochs`` per model)."""
+    return isinstance(self.epochs, PerModel)
+
+  @property
+  def max_epochs(self) -> int:
+    """The epochs the longest-trained model runs: what a program of every model steps through."""
+    if isinstance(self.epochs, PerModel):
+      return int(max(self.epochs.values))
+    return int(self.epochs)
 
   @property
   def builtin_model(self) -> bool:
@@ -283,6 +297,9 @@ class TrainConfig:
       )
     for name in ("epochs", "batch_size"):
       value = getattr(self, name)
+      if name == "epochs" and isinstance(value, PerModel):
+        _check_epochs(self, value)
+        continue
       if (
         isinstance(value, bool)
         or not isinstance(value, (int, np.integer))
@@ -324,7 +341,7 @@ class TrainConfig:
 
   def num_models(self) -> int | None:
     """The number of models the per-model values fix (None: any)."""
-    values = [getattr(self, name) for name in PER_MODEL_FIELDS]
+    values = [getattr(self, name) for name in PER_MODEL_FIELDS + ("epochs",)]
     values += [v for _, v in self.hyperparams]
     sizes = {len(v) for v in values if isinstance(v, PerModel)}
     sizes |= {len(v) for v in hyperparams_lib.collect(self.defense).values()}
@@ -334,6 +351,20 @@ class TrainConfig:
         f"{sorted(sizes)}"
       )
     return sizes.pop() if sizes else None
+
+
+def _check_epochs(config: TrainConfig, epochs: PerModel) -> None:
+  bad = [(i, v) for i, v in enumerate(epochs.values) if v < 1 or v != int(v)]
+  if bad:
+    i, v = bad[0]
+    raise ValueError(f"epochs[{i}] must be a positive integer, got {v!r}")
+  if not config.builtin_optimizer:
+    # The gate stops a model, but only a built-in schedule can be scaled to its own length.
+    raise ValueError(
+      "per-model epochs need a built-in optimizer ('sgd', 'adam'): a user "
+      "optax transformation's schedule cannot be scaled to each model's "
+      "epochs; train each epoch count as its own run"
+    )
 
 
 def _check_model(config: TrainConfig) -> None:

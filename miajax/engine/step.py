@@ -53,7 +53,9 @@ class TrainState(NamedTuple):
   ``opt_state`` (its ``inject_hyperparams`` leaves hold the model's learning
   rate, momentum, weight decay); ``defense_values``: the model's per-model
   defense strengths ``{path: float32[]}``; ``alive``: False once the loss
-  was not finite (the model then keeps its last finite state).
+  was not finite (the model then keeps its last finite state);
+  ``stop_step``: ``int32[]``, the global step at which the model's own
+  epochs end when epochs are per model (it then keeps its state), else None.
   """
 
   params: Any
@@ -61,6 +63,7 @@ class TrainState(NamedTuple):
   opt_state: Any
   defense_values: dict
   alive: jax.Array
+  stop_step: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +122,17 @@ def init_one(prog: Program, key, opt_values: dict, defense_values: dict):
   variables = dict(prog.fns.init(jax.random.fold_in(key, 0), x))
   params = variables.pop("params")
   opt_state = optimizers.set_hyperparams(prog.tx.init(params), opt_values)
+  stop = None
+  if prog.config.per_model_epochs:
+    stop = jnp.asarray(opt_values["epochs"], jnp.int32) * prog.steps_per_epoch
   return TrainState(
-    params, variables, opt_state, dict(defense_values), jnp.ones((), bool)
+    params, variables, opt_state, dict(defense_values), jnp.ones((), bool), stop
   )
+
+
+def active(ts: TrainState, step):
+  """Whether a model still trains at global ``step`` (its own epochs not over)."""
+  return True if ts.stop_step is None else step < ts.stop_step
 
 
 def forward(prog: Program, params, model_state, xb, key):
@@ -222,16 +233,19 @@ def step_one(prog: Program, ts: TrainState, key, order, x, y, step):
   updates, new_opt = prog.tx.update(grads, ts.opt_state, ts.params)
   new_params = optax.apply_updates(ts.params, updates)
   ok = ts.alive & jnp.isfinite(loss)
-  # A diverged model keeps its last finite state instead of poisoning the chunk.
+  # A diverged model keeps its last finite state instead of poisoning the
+  # chunk; a model past its own epochs keeps its final one.
+  run = ok & active(ts, step)
   pick = lambda new, old: jax.tree_util.tree_map(
-    lambda a, b: jnp.where(ok, a, b), new, old
+    lambda a, b: jnp.where(run, a, b), new, old
   )
   new = TrainState(
     pick(new_params, ts.params),
     pick(new_state, ts.model_state),
     pick(new_opt, ts.opt_state),
     ts.defense_values,
-    ok,
+    ok if ts.stop_step is None else ts.alive & (ok | ~active(ts, step)),
+    ts.stop_step,
   )
   return new, loss
 
@@ -258,8 +272,9 @@ def multi_step(prog: Program, carry, keys, order, x, y, step0, num_steps: int):
 
   def body(c, i):
     ts, loss_sum = c
+    counts = active(ts, step0 + i)
     ts, loss = vstep(ts, keys, order, x, y, step0 + i)
-    return (ts, loss_sum + jnp.where(ts.alive, loss, 0.0)), None
+    return (ts, loss_sum + jnp.where(ts.alive & counts, loss, 0.0)), None
 
   if num_steps == 1:
     return body(carry, 0)[0]
