@@ -71,19 +71,24 @@ def check_flags(train) -> dict | None:
 
 def calibrate(spec, pool, target, grid):
   """``(spec with the picked recipe, the report's "calibration" section)``."""
-  cal = calibration.calibrate(
-    pool.x,
-    pool.y,
-    target.logits,
-    target.is_member,
-    base=spec.train,
-    num_classes=pool.num_classes,
-    grid=grid,
-    models_per_candidate=FLAGS.calibrate_models,
-    seed=FLAGS.seed,
-    lowering=spec.lowering,
-    log=logging.info,
-  )
+  try:
+    cal = calibration.calibrate(
+      pool.x,
+      pool.y,
+      target.logits,
+      target.is_member,
+      base=spec.train,
+      num_classes=pool.num_classes,
+      grid=grid,
+      models_per_candidate=FLAGS.calibrate_models,
+      seed=FLAGS.seed,
+      lowering=spec.lowering,
+      log=logging.info,
+    )
+  except ValueError as e:
+    # A candidate the pool cannot train (a batch above a half's size), or
+    # every candidate diverged: refused before the store is written.
+    raise app.UsageError(f"--calibrate_grid: {e}") from None
   section = {
     "grid": grid,
     "models_per_candidate": FLAGS.calibrate_models,

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 from absl import app, flags, logging
 
+import budgets as budgets_lib
 import common
 import harness
 import miajax
@@ -51,6 +52,13 @@ flags.DEFINE_integer(
   "Low-cost audit: models 0..R-1 are the only reference (shadow) "
   "models and every other model is attacked with them (R even, so that the paired design "
   "gives every example R/2 IN and R/2 OUT references).  Default: leave-one-out.",
+)
+flags.DEFINE_string(
+  "budgets",
+  "",
+  "Budget table, e.g. 1,2,4,8,16,32,64: every reference-based attack again with "
+  "only the first k other models as references for each k (no retraining), "
+  "written to budgets.json, budgets.md and budgets.png.",
 )
 flags.DEFINE_bool(
   "null_check",
@@ -243,6 +251,14 @@ def main(argv):
       f"--num_references must be even, >= 2 and below --num_models (the rest are the "
       f"targets), got {r}"
     )
+  try:
+    ks = budgets_lib.parse(FLAGS.budgets) if FLAGS.budgets else []
+  except ValueError as e:
+    raise app.UsageError(f"--budgets: {e}") from None
+  if ks and r is not None:
+    raise app.UsageError(
+      "--budgets takes the references from every other model: leave out --num_references"
+    )
   run = runs.load_run(FLAGS.run_dir) if FLAGS.run_dir else None
   # Before any training or attack: a bad --output_dir must not cost a run.
   out = harness.make_output_dir()
@@ -389,12 +405,27 @@ def main(argv):
         for k, v in null.items()
       )
     )
+  also = [out / "roc.png"] if curves else []
+  if ks and not skipped:
+    t0 = time.perf_counter()
+    rows = budgets_lib.budget_table(run, usable, ks, log=logging.info)
+    also += budgets_lib.write(
+      out,
+      rows,
+      f"{FLAGS.dataset}: {int(usable.sum())} models, first k as references",
+    )
+    rep["budgets"] = rows
+    rep["timing_s"]["budgets"] = time.perf_counter() - t0
+    text.append(
+      "\nbudget table (each model a target, its first k others the references)\n"
+    )
+    text.append(budgets_lib.format_table(rows))
   harness.finish(
     out,
     rep,
     "\n".join(text),
     wall_s=rep["timing_s"]["total"],
-    also=[out / "roc.png"] if curves else [],
+    also=also,
   )
 
 

@@ -12,6 +12,8 @@ import numbers
 
 import numpy as np
 
+from miajax import report
+
 DASH = "\u2013"  # a missing or unresolvable value
 _MIN_SIDE = 96  # images are upscaled (nearest) to at least this many pixels
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,23 +40,12 @@ def number(value) -> float | None:
 
 
 def fmt(value, ci=None, *, rate: bool = False) -> str:
-  """``0.612 [0.581, 0.640]``; the dash for None, NaN or a non-number."""
-  value = number(value)
-  if value is None:
-    return DASH
-  # Small rates (TPR at 0.001 % FPR) need more digits to differ from 0.
-  if rate and 0 < abs(value) < 0.001:
-    spec = ".1e"
-  elif rate and 0 < abs(value) < 0.01:
-    spec = ".4f"
-  else:
-    spec = ".3f"
-  text = format(value, spec)
+  """``0.612 [0.581, 0.640]``, as the printed table writes it; the dash for None, NaN or a non-number."""
+  bounds = None
   if isinstance(ci, (list, tuple)) and len(ci) == 2:
-    low, high = (number(c) for c in ci)
-    if low is not None and high is not None:
-      text += f" [{format(low, spec)}, {format(high, spec)}]"
-  return text
+    bounds = tuple(number(c) for c in ci)
+    bounds = None if None in bounds else bounds
+  return report.format_value(number(value), bounds, rate=rate, missing=DASH)
 
 
 def cell(value) -> str:

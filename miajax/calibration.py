@@ -170,6 +170,8 @@ def _program_config(
 def pick_config(base: TrainConfig, candidate: dict) -> TrainConfig:
   """The base recipe with one candidate's values (scalars)."""
   eps = candidate["label_smoothing"]
+  if not 0 <= eps < 1:
+    raise ValueError(f"label_smoothing must lie in [0, 1), got {eps!r}")
   return dataclasses.replace(
     base,
     **{n: candidate[n] for n in GRID_FIELDS if n != "label_smoothing"},

@@ -124,9 +124,12 @@ def _by_key(table, convert):
   return {level_key(level): convert(v) for level, v in table.items()}
 
 
-def _fmt(value, ci=None, *, rate: bool = False) -> str:
+def format_value(
+  value, ci=None, *, rate: bool = False, missing: str = "n/a"
+) -> str:
+  """``0.612 [0.581, 0.640]`` (the table's and report.html's form); ``missing`` for None or NaN."""
   if value is None or (isinstance(value, float) and math.isnan(value)):
-    return "n/a"
+    return missing
   # Small rates (e.g. TPR at 0.001 % FPR) need more digits to differ from 0.
   if rate and 0 < abs(value) < 0.001:
     spec = ".1e"
@@ -182,8 +185,8 @@ def format_table(
       )
     row = [
       str(name),
-      _fmt(summary.get("auc"), summary.get("auc_ci")),
-      _fmt(
+      format_value(summary.get("auc"), summary.get("auc_ci")),
+      format_value(
         summary.get("balanced_accuracy"), summary.get("balanced_accuracy_ci")
       ),
     ]
@@ -194,7 +197,9 @@ def format_table(
       values = summary.get(table) or {}
       intervals = summary.get(table + "_ci") or {}
       row += [
-        _fmt(values.get(level_key(x)), intervals.get(level_key(x)), rate=True)
+        format_value(
+          values.get(level_key(x)), intervals.get(level_key(x)), rate=True
+        )
         for x in levels
       ]
     if with_eps:

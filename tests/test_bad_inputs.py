@@ -2024,6 +2024,61 @@ FLAG_CASES = [
     r"--num_models must be even and >= 4, got 5$",
   ),
   (
+    "audit_calibrate_models_odd",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_models=3"],
+    r"--calibrate_models must be even and >= 2, got 3$",
+  ),
+  (
+    "audit_calibrate_models_zero",
+    "audit.py",
+    ["OUT", "--calibrate_models=0"],
+    r"--calibrate_models must be even and >= 2, got 0$",
+  ),
+  (
+    "audit_calibrate_grid_without_calibrate",
+    "audit.py",
+    ["OUT", "--calibrate_grid=epochs=10,30"],
+    r"--calibrate_grid needs --calibrate$",
+  ),
+  (
+    "audit_calibrate_grid_zero_epochs",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_grid=epochs=0"],
+    r"--calibrate_grid: epochs must be a positive integer, got 0$",
+  ),
+  (
+    "audit_calibrate_grid_unknown_field",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_grid=depth=3"],
+    r"--calibrate_grid: grid part 'depth=3': 'depth' is not one of "
+    r"learning_rate, .*, batch_size$",
+  ),
+  (
+    "audit_calibrate_grid_epochs_not_integers",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_grid=epochs=a"],
+    r"--calibrate_grid: grid part 'epochs=a': values must be integers$",
+  ),
+  (
+    "audit_calibrate_grid_negative_weight_decay",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_grid=weight_decay=-1"],
+    r"--calibrate_grid: weight_decay must be >= 0, got -1\.0$",
+  ),
+  (
+    "audit_calibrate_grid_unknown_schedule",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_grid=schedule=linear"],
+    r"--calibrate_grid: schedule must be 'cosine' or 'constant', got 'linear'$",
+  ),
+  (
+    "audit_calibrate_grid_momentum_above_1",
+    "audit.py",
+    ["OUT", "--calibrate", "--calibrate_grid=momentum=1.5"],
+    r"--calibrate_grid: momentum must lie in \[0, 1\), got 1\.5$",
+  ),
+  (
     "defenses_unknown_flag",
     "defenses.py",
     ["OUT", "--no_such_flag"],
@@ -2147,6 +2202,21 @@ def _script_case(kind, tmp):
       ),
       r"--shadow_store '.*afile/store' cannot be created: '.*afile' is a "
       r"file, not a directory$",
+    )
+  if kind == "audit_calibrate_grid_batch_above_half":
+    # Known only once the pool is read: a candidate's batch above the
+    # calibration models' halves (150 of 300) is refused before any shadow.
+    return (
+      "audit.py",
+      _audit_args(
+        tmp,
+        np.zeros((300, 10), np.float32),
+        f"--shadow_store={tmp / 'store'}",
+        "--calibrate",
+        "--calibrate_grid=batch_size=1000;epochs=2",
+      ),
+      r"--calibrate_grid: batch_size=1000 is larger than model 0's member "
+      r"count 150",
     )
   if kind == "audit_missing_target_members":
     return (
@@ -2311,6 +2381,7 @@ SCRIPT_CASES = [
   "audit_shadow_store_under_file",
   "audit_missing_target_members",
   "audit_target_outputs_not_found",
+  "audit_calibrate_grid_batch_above_half",
 ]
 # audit.py checks the target files and the store before it makes the output directory or the store.
 ABSENT = {
@@ -2319,6 +2390,8 @@ ABSENT = {
   "audit_shadow_store_under_file": ("out",),
   "audit_missing_target_members": ("out",),
   "audit_target_outputs_not_found": ("out",),
+  # Calibration reads the pool, so after the (empty) output directory is made.
+  "audit_calibrate_grid_batch_above_half": ("store",),
 }
 # Refused from inside the library (a data file, the dataset's size, a run directory):
 # a nonzero exit with the library's message, not (yet) a one-line usage error.
