@@ -42,6 +42,25 @@ ATTACKS = {
     "confidence",
     lambda s, k, t: attacks.rmia(s, k, t, offline=True, **few),
   ),
+  "base": ("log_confidence", lambda s, k, t: attacks.base(s, k, t, **few)),
+  "base_offline": (
+    "log_confidence",
+    lambda s, k, t: attacks.base(s, k, t, offline=True, **few),
+  ),
+  # BaVarIA's priors carry examples with no IN (or OUT) reference.
+  "bavaria_t": ("logit_scaled", lambda s, k, t: attacks.bavaria(s, k, t)),
+  "bavaria_n": (
+    "logit_scaled",
+    lambda s, k, t: attacks.bavaria(s, k, t, kind="n"),
+  ),
+  "bavaria_t_offline": (
+    "logit_scaled",
+    lambda s, k, t: attacks.bavaria(s, k, t, offline=True),
+  ),
+  "bavaria_n_offline": (
+    "logit_scaled",
+    lambda s, k, t: attacks.bavaria(s, k, t, kind="n", offline=True),
+  ),
 }
 TPR_LEVEL = 0.001
 
@@ -88,9 +107,14 @@ def budget_scores(signals: dict, keep, usable, k: int, paired: bool) -> dict:
     refs = list(refs)
     for name, (signal, fn) in ATTACKS.items():
       values = signals[signal]
-      out[name][targets] = np.asarray(
-        fn(values[refs], keep[refs], values[targets]), np.float64
-      )
+      try:
+        out[name][targets] = np.asarray(
+          fn(values[refs], keep[refs], values[targets]), np.float64
+        )
+      except ValueError:
+        # An attack that cannot fit at this budget (e.g. no IN score in all
+        # k references) leaves these targets unscored, and the table says so.
+        pass
   return out
 
 
@@ -121,6 +145,7 @@ def budget_table(
   signals = {
     "logit_scaled": np.asarray(scores.logit_scaled(run.logits, lab)),
     "confidence": np.asarray(scores.confidence(run.logits, lab)),
+    "log_confidence": np.asarray(attacks.base_signal(run.logits, lab)),
   }
   paired = is_paired(run.keep)
   most = int(usable.sum()) - (2 if paired else 1)
@@ -202,7 +227,9 @@ def plot(rows, path: pathlib.Path, title: str) -> pathlib.Path:
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   names = list(dict.fromkeys(r["attack"] for r in rows))
-  for name in names:
+  # More attacks than the default cycle's ten colours.
+  colors = plt.get_cmap("tab20")(np.arange(len(names)) % 20)
+  for name, color in zip(names, colors):
     mine = [r for r in rows if r["attack"] == name]
     for ax, key in zip(axes, ("auc", "tpr")):
       pts = [
@@ -217,7 +244,15 @@ def plot(rows, path: pathlib.Path, title: str) -> pathlib.Path:
       hi = [c[1] - a if c else 0 for a, c in zip(v, ci)]
       style = "--" if "offline" in name else "-"
       ax.errorbar(
-        k, v, yerr=[lo, hi], label=name, ls=style, marker="o", ms=3, capsize=2
+        k,
+        v,
+        yerr=[lo, hi],
+        label=name,
+        ls=style,
+        color=color,
+        marker="o",
+        ms=3,
+        capsize=2,
       )
   ks = sorted({r["budget"] for r in rows})
   for ax, label in zip(axes, ("AUC", "TPR at 0.1% FPR")):
@@ -226,7 +261,7 @@ def plot(rows, path: pathlib.Path, title: str) -> pathlib.Path:
     ax.set_xlabel("reference models k")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+  axes[0].legend(fontsize=7, ncol=2)
   fig.suptitle(title)
   fig.tight_layout()
   tmp = path.with_name(f".{path.name}.tmp.png")

@@ -14,6 +14,10 @@ on loss, confidence, entropy and modified entropy, and (with --label_only,
 the default) the label-only attacks of miajax.attacks.label_only: the gap attack,
 augmentation and noise-robustness attacks, each thresholded and with the
 binomial shadow-model test.
+
+With --budgets=1,2,4,..., every reference-based attack (LiRA, RMIA, BASE,
+BaVarIA) again with only each target's first k other models as references
+(experiments/budgets.py): budgets.json, budgets.md, budgets.png.
 """
 
 import collections

@@ -57,6 +57,7 @@ def test_budget_scores_equal_each_target_attacked_alone():
   signals = {
     "logit_scaled": np.asarray(scores.logit_scaled(logits, lab)),
     "confidence": np.asarray(scores.confidence(logits, lab)),
+    "log_confidence": np.asarray(attacks.base_signal(logits, lab)),
   }
   usable = np.ones(10, bool)
   got = budgets.budget_scores(signals, keep, usable, 6, paired=True)
@@ -66,12 +67,22 @@ def test_budget_scores_equal_each_target_attacked_alone():
     want = attacks.lira_online(
       s[refs], keep[refs], s[[t]], too_few_shadows="nan"
     )[0]
-    np.testing.assert_allclose(got["lira_online"][t], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      got["lira_online"][t], want, rtol=1e-6, atol=1e-6
+    )
     c = signals["confidence"]
     want = attacks.rmia(
       c[refs], keep[refs], c[[t]], offline=True, too_few_shadows="nan"
     )[0]
-    np.testing.assert_allclose(got["rmia_offline"][t], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      got["rmia_offline"][t], want, rtol=1e-6, atol=1e-6
+    )
+    want = attacks.bavaria(s[refs], keep[refs], s[[t]], kind="n", offline=True)[
+      0
+    ]
+    np.testing.assert_allclose(
+      got["bavaria_n_offline"][t], want, rtol=1e-6, atol=1e-6
+    )
 
 
 def _lira(*args, cwd=ROOT):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from miajax.attacks._base import BASE_ATTACKS, OFFLINE_SCALE, base_leave_one_out
+from miajax.attacks._bavaria import BAVARIA_ATTACKS, bavaria_leave_one_out
 from miajax.attacks._checks import (
   _as_keep,
   _as_prob,
@@ -48,6 +50,8 @@ ATTACKS = (
   "global_threshold",
   "rmia",
   "rmia_offline",
+  *BASE_ATTACKS,
+  *BAVARIA_ATTACKS,
 )
 
 
@@ -230,21 +234,26 @@ def leave_one_out(
   gamma=2.0,
   population=None,
   too_few_shadows="raise",
+  scale=OFFLINE_SCALE,
+  alpha0=None,
 ):
   """Every model in turn is the target, all the other models its shadows.
 
   Args:
     scores: float[models, examples, queries]: LiRA scores (e.g. `logit_scaled`) for the
-      LiRA attacks and global_threshold, true-label probabilities for the RMIA ones.
+      LiRA and BaVarIA attacks and global_threshold, true-label probabilities for the
+      RMIA ones, true-label log-probabilities (`base_signal`) for the BASE ones.
     keep: bool[models, examples]; also the membership labels of the pooled ROC.
-    attack: one of "lira_online", "lira_offline", "global_threshold", "rmia",
-      "rmia_offline".
+    attack: one of `ATTACKS`: "lira_online", "lira_offline", "global_threshold",
+      "rmia", "rmia_offline", "base", "base_offline", "bavaria_t", "bavaria_n",
+      "bavaria_t_offline", "bavaria_n_offline".
     fix_variance: LiRA only (see `lira_online`).
     variant: "miajax" or "reference" (LiRA; global_threshold is the same in both;
       RMIA has only "miajax").
-    balanced: LiRA with variant="miajax" only. True (default): for target t each
-      example's other group (OUT if t trained on it, else IN) also leaves out one
-      model (`leave_one_out_partners`), so the IN and OUT fits lose one model each
+    balanced: LiRA with variant="miajax", base_offline and the BaVarIA attacks.
+      True (default): for target t each example's other group (OUT if t
+      trained on it, else IN) also leaves out one model
+      (`leave_one_out_partners`), so the IN and OUT fits lose one model each
       and a design with equal IN counts stays balanced. False: all other
       models are shadows, and the fit of the target's own group always has one
       model fewer, which biases the test against members under the null
@@ -262,7 +271,10 @@ def leave_one_out(
       target (never for some targets only, which would drop members or
       non-members of one example selectively) and the others exactly as
       this attack on only the scorable examples. Typical after unusable
-      models were dropped (`miajax.model_usability`).
+      models were dropped (`miajax.model_usability`). BaVarIA scores every
+      example (its priors carry 0 or 1 shadow scores).
+    scale: base_offline's factor (see `base`).
+    alpha0: the BaVarIA prior's shape (see `bavaria`; None: 2 for "t", 1 for "n").
 
   Returns:
     float[models, examples], row t = the attack on model t with the others as
@@ -295,6 +307,20 @@ def leave_one_out(
 
   if attack == "global_threshold":
     return global_threshold(x)
+  if attack in BASE_ATTACKS + BAVARIA_ATTACKS:
+    if variant != "miajax":
+      raise ValueError(f"{attack} has only variant='miajax', got {variant!r}")
+    key = jax.random.key(seed)
+    partners = (
+      (lambda ks: _partners(jnp.asarray(ks), key)) if balanced else None
+    )
+    if attack in BASE_ATTACKS:
+      return base_leave_one_out(
+        x, k, attack=attack, scale=scale, partners=partners, nan_mode=nan_mode
+      )
+    return bavaria_leave_one_out(
+      x, k, attack=attack, alpha0=alpha0, partners=partners
+    )
 
   n_in, n_out = k.sum(0), (~k).sum(0)
   # The fewest IN (OUT) shadows any target leaves an example with.

@@ -15,7 +15,8 @@ The pipeline inside, one module per concern:
 * :mod:`.loop`: ``train_models`` / ``train_chunks``, over :mod:`.chunk`
   (one chunk through its epochs), :mod:`.compiled` (the jitted programs),
   :mod:`.planner` (models per step), :mod:`.devices` (the models mesh).
-* :mod:`.query`: ``predict``, logits of every model on every query view.
+* :mod:`.query`: ``predict``, logits of every model on every query view;
+  :mod:`.record` the same logits after chosen epochs, during training.
 * :mod:`.cpu`: the CPU-only forms (unrolled models, micro-batches, Winograd
   and im2col convolutions, one device per core). GPU/TPU never use them.
 """
@@ -29,6 +30,7 @@ from miajax.engine.loop import TrainResult, train_chunks, train_models
 from miajax.engine.lowering import Lowering, resolve_lowering
 from miajax.engine.planner import plan_models_per_step
 from miajax.engine.query import QUERY_SETS, predict, query_views
+from miajax.engine.record import Record
 from miajax.engine.recipe import ModelFns, TrainConfig, model_fns
 from miajax.engine.cpu.unroll import UNROLL_MAX_MODELS
 
@@ -37,6 +39,7 @@ __all__ = [
   "TrainResult",
   "ModelFns",
   "Lowering",
+  "Record",
   "train_models",
   "train_chunks",
   "predict",

@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from miajax.engine import batches
 from miajax.engine import devices as devices_lib
 from miajax.engine import recipe
+from miajax.engine import record as record_lib
 from miajax.engine.compiled import Compiled
 from miajax.engine.cpu import unroll
 from miajax.engine.lowering import Lowering
@@ -29,7 +30,10 @@ class TrainResult(NamedTuple):
   diverged model). ``diverged``: ``bool[models]``; a diverged model stopped
   updating at the first non-finite loss. ``train_seconds`` counts the time
   before a checkpoint too; ``resumed_epoch``: the epoch the chunk resumed
-  from a checkpoint at (0: trained from the start).
+  from a checkpoint at (0: trained from the start). ``recorded``: with a
+  :class:`miajax.engine.Record`, ``float32[models, len(record.epochs),
+  examples, classes]`` logits after each recorded epoch
+  (:mod:`miajax.engine.record`), else None.
   """
 
   model_indices: np.ndarray
@@ -38,6 +42,7 @@ class TrainResult(NamedTuple):
   diverged: np.ndarray
   train_seconds: float
   resumed_epoch: int = 0
+  recorded: Any = None
 
 
 class Run(NamedTuple):
@@ -54,6 +59,7 @@ class Run(NamedTuple):
   data: tuple  # (x, y) replicated, or per-device copies in loop mode
   progress: Callable | None
   checkpoints: Any
+  record: record_lib.Plan | None = None
 
 
 def _digest(array) -> str:
@@ -91,7 +97,10 @@ def _identity(run: Run, idx: np.ndarray) -> dict:
   last one.
   """
   values = {**run.opt_values, **run.defense_values}
+  # Only with a record: checkpoints of runs without one keep their identity.
+  extra = {} if run.record is None else {"record": run.record.record.identity()}
   return dict(
+    **extra,
     seed=int(run.config.seed),
     steps_per_epoch=run.steps,
     batch_size=int(run.config.batch_size),
@@ -134,7 +143,12 @@ def _restore(run: Run, idx, ci: unroll.ChunkInputs, identity):
       run.compiled.init_abstract, ci.keys[:n], *rows(values)
     )
     loss = jax.ShapeDtypeStruct((n, epoch), np.float32)
-    return {"state": state, "loss_sum": loss}
+    tree = {"state": state, "loss_sum": loss}
+    if run.record is not None:
+      p = run.record
+      shape = (n, p.record.count(epoch), p.num_examples, p.num_classes)
+      tree["recorded"] = jax.ShapeDtypeStruct(shape, np.float32)
+    return tree
 
   saved = run.checkpoints.restore(idx, ci.epochs, identity, like)
   run.checkpoints.start()
@@ -148,10 +162,11 @@ def _restore(run: Run, idx, ci: unroll.ChunkInputs, identity):
 
 
 class _Epochs:
-  """After each epoch of a chunk: save a checkpoint if one is due, then report progress."""
+  """After each epoch of a chunk: record outputs, save a checkpoint if one is due, then report progress."""
 
-  def __init__(self, run: Run, idx, identity, start, spent, done, epochs):
+  def __init__(self, run, idx, identity, start, spent, done, epochs, recorder):
     self.run, self.idx, self.identity = run, idx, identity
+    self.recorder = recorder
     self.epochs = epochs
     self.start, self.spent, self.done = start, spent, done
     self.t0 = self.clock = time.perf_counter()
@@ -160,14 +175,18 @@ class _Epochs:
     ck = run.checkpoints
     self.sync = run.progress is not None or (ck is not None and ck.every_s > 0)
 
-  def __call__(self, epoch: int, loss_sums, params, snapshot) -> None:
+  def __call__(self, epoch: int, loss_sums, states, snapshot) -> None:
     run, n = self.run, len(self.idx)
+    if self.recorder is not None:
+      self.recorder.after_epoch(epoch, states)
     if self.sync:
       jax.block_until_ready(loss_sums)
     ck = run.checkpoints
     if ck is not None and ck.due(epoch + 1):
       elapsed = self.spent + time.perf_counter() - self.t0
       state = _host_state(snapshot(), n)
+      if self.recorder is not None:
+        state["recorded"] = self.recorder.host(n)
       ck.save(self.idx, epoch + 1, self.epochs, state, self.identity, elapsed)
     if run.progress is None:
       return
@@ -180,7 +199,11 @@ class _Epochs:
         epoch=epoch + 1,
         epochs=self.epochs,
         start_epoch=self.start,
-        model_shards=devices_lib.model_shards(params),
+        model_shards=devices_lib.model_shards(
+          [s.params for s in states]
+          if isinstance(states, list)
+          else states.params
+        ),
         epoch_seconds=now - self.clock,
         epoch_examples=examples,
         examples_per_s=examples * (epoch + 1 - self.start) / (now - self.t0),
@@ -215,7 +238,7 @@ def _train_stacked(run: Run, ci: unroll.ChunkInputs, restored, on_epoch):
       "state": ts,
       "loss_sum": np.stack([np.asarray(v) for v in loss_sums], 1),
     }
-    on_epoch(epoch, loss_sum, ts.params, snapshot)
+    on_epoch(epoch, loss_sum, ts, snapshot)
   # Means on the host, as the loop form takes them: a resumed chunk divides
   # the very same sums.
   return ts, [np.asarray(v) / run.steps for v in loss_sums]
@@ -229,7 +252,13 @@ def train_chunk(run: Run, idx: np.ndarray, done: int) -> TrainResult:
   ci = _chunk_inputs(run, padded, 0)
   restored, start, spent = _restore(run, idx, ci, identity)
   ci = ci._replace(start_epoch=start)
-  on_epoch = _Epochs(run, idx, identity, start, spent, done, ci.epochs)
+  recorder = None
+  if run.record is not None:
+    saved = None if restored is None else restored["recorded"]
+    recorder = record_lib.Recorder(run.record, len(padded), saved)
+  on_epoch = _Epochs(
+    run, idx, identity, start, spent, done, ci.epochs, recorder
+  )
   if run.low.call_per_model:
     state, losses = unroll.run_loop_chunk(
       run.compiled,
@@ -266,4 +295,5 @@ def train_chunk(run: Run, idx: np.ndarray, done: int) -> TrainResult:
     ~alive,
     spent + time.perf_counter() - t0,
     resumed_epoch=start,
+    recorded=None if recorder is None else recorder.host(n),
   )

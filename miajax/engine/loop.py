@@ -36,6 +36,7 @@ from miajax.engine import inputs
 from miajax.engine import optimizers
 from miajax.engine import identity
 from miajax.engine import recipe
+from miajax.engine import record as record_lib
 from miajax.engine import chunk as chunk_lib
 from miajax.engine.compiled import compile_program
 from miajax.engine.lowering import Lowering, resolve_lowering
@@ -46,8 +47,17 @@ __all__ = ["TrainResult", "train_models", "train_chunks"]
 TrainResult = chunk_lib.TrainResult
 
 
-def _setup(config, x, y, keep, num_classes, lowering, progress, checkpoints):
+def _setup(
+  config, x, y, keep, num_classes, lowering, progress, checkpoints, record
+):
   x, y, keep = inputs.check_inputs(x, y, keep, config, num_classes)
+  if record is not None:
+    if not isinstance(record, record_lib.Record):
+      raise ValueError(
+        "record must be a miajax.engine.Record(epochs=..., examples=...), "
+        f"got {type(record).__name__}"
+      )
+    record.check(x.shape[0], config.max_epochs)
   num_models = keep.shape[0]
   shape = tuple(x.shape[1:])
   steps = batches.steps_per_epoch(keep, config.batch_size)
@@ -90,6 +100,9 @@ def _setup(config, x, y, keep, num_classes, lowering, progress, checkpoints):
     data,
     progress,
     checkpoints,
+    None
+    if record is None
+    else record_lib.plan(record, config, low, num_classes, x),
   ), plan_models_per_step(config, num_classes, shape, num_models, lowering=low)
 
 
@@ -109,6 +122,7 @@ def train_chunks(
   progress: Callable[[dict], None] | None = None,
   lowering: Lowering | None = None,
   checkpoints=None,
+  record: record_lib.Record | None = None,
 ) -> Iterator[TrainResult]:
   """Yields one :class:`TrainResult` per chunk of models, as each finishes.
 
@@ -137,9 +151,13 @@ def train_chunks(
       boundaries the checkpointer asks for; the checkpoint is discarded when
       the next chunk is asked for (the caller has then written this one's
       outputs).
+    record: an optional :class:`miajax.engine.Record`: every model's logits
+      on ``record.examples`` after each of ``record.epochs``, returned as
+      ``TrainResult.recorded`` and kept in the checkpoints
+      (:mod:`miajax.engine.record`).
   """
   run, per_step = _setup(
-    config, x, y, keep, num_classes, lowering, progress, checkpoints
+    config, x, y, keep, num_classes, lowering, progress, checkpoints, record
   )
   num_models = run.keep.shape[0]
   if chunks is None:
@@ -168,6 +186,7 @@ def train_models(
   num_classes: int,
   progress: Callable[[dict], None] | None = None,
   lowering: Lowering | None = None,
+  record: record_lib.Record | None = None,
 ) -> TrainResult:
   """Trains one model per row of ``keep`` and returns them stacked.
 
@@ -182,6 +201,9 @@ def train_models(
     num_classes: number of classes.
     lowering: how to run it (:class:`miajax.Lowering`; default: decided for
       this backend).
+    record: an optional :class:`miajax.engine.Record` (epochs, examples):
+      every model's logits after those epochs, in ``TrainResult.recorded``
+      ``float32[models, len(record.epochs), examples, classes]``.
 
   Returns:
     A :class:`TrainResult` whose ``variables`` have a leading ``[models]`` axis.
@@ -196,13 +218,18 @@ def train_models(
       num_classes=num_classes,
       progress=progress,
       lowering=lowering,
+      record=record,
     )
   )
   cat = lambda *leaves: jnp.concatenate(leaves, 0)
+  recorded = None
+  if record is not None:
+    recorded = np.concatenate([p.recorded for p in parts])
   return TrainResult(
     model_indices=np.concatenate([p.model_indices for p in parts]),
     variables=jax.tree_util.tree_map(cat, *[p.variables for p in parts]),
     loss=np.concatenate([p.loss for p in parts]),
     diverged=np.concatenate([p.diverged for p in parts]),
     train_seconds=sum(p.train_seconds for p in parts),
+    recorded=recorded,
   )

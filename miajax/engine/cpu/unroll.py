@@ -72,8 +72,9 @@ def run_loop_chunk(
 
   No batched dots, and no stacking or slicing of the chunk's state between
   epochs. ``compiled``: the engine's compiled functions (``init_single``,
-  ``order``, ``single_step``). ``report_epoch(epoch, loss_sums, params,
-  snapshot)`` runs after every epoch; ``snapshot()`` returns the host state
+  ``order``, ``single_step``). ``report_epoch(epoch, loss_sums, states,
+  snapshot)`` runs after every epoch (``states``: a list of one-model
+  ``TrainState``, each on its device); ``snapshot()`` returns the host state
   ``{"state": TrainState [models], "loss_sum": float32[models, epochs]}``,
   which ``restored`` takes to resume at ``chunk.start_epoch``.
 
@@ -125,7 +126,7 @@ def run_loop_chunk(
         )
     states = [c[0] for c in carries]
     sums.append([c[1] for c in carries])
-    report_epoch(epoch, sums[-1], [ts.params for ts in states], snapshot)
+    report_epoch(epoch, sums[-1], states, snapshot)
   state = jax.tree_util.tree_map(
     lambda *a: np.concatenate([np.asarray(b) for b in a]), *states
   )
