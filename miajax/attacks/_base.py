@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from miajax import scores
 from miajax.attacks._bavaria import _other_group_partner
 from miajax.attacks._checks import (
+  _align_target,
   _as_float,
   _as_real,
   _check_counts,
@@ -169,17 +170,8 @@ def base_fit(
   return BaseFit(*_threshold(x_t, all_t, ~keep.T, offline, scale))
 
 
-def _align(fit: BaseFit, target):
-  target = _as_float(target)
-  shape = fit.threshold.shape
-  if target.shape == shape:
-    return target
-  if shape[1] == 1 and target.shape == shape[:1]:
-    return target[:, None]
-  raise ValueError(
-    f"target_log_conf must be float{list(shape)} [examples, queries] like "
-    f"the fit (one target; jax.vmap for several), got shape {target.shape}"
-  )
+def _align(fit, target):
+  return _align_target(target, fit.threshold.shape, "target_log_conf")
 
 
 @jax.jit

@@ -27,7 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.stats import t as student_t
 
-from miajax.attacks._checks import _as_float, _check_shadow_target
+from miajax.attacks._checks import (
+  _align_target,
+  _as_float,
+  _check_shadow_target,
+)
 from miajax.attacks._lira import _STD_FLOOR, _moments
 
 KINDS = ("t", "n")
@@ -205,17 +209,8 @@ def _check_kind(kind):
   return kind
 
 
-def _align(fit: BavariaFit, target_scores):
-  target = _as_float(target_scores)
-  shape = fit.beta_out.shape
-  if target.shape == shape:
-    return target
-  if shape[1] == 1 and target.shape == shape[:1]:
-    return target[:, None]
-  raise ValueError(
-    f"target_scores must be float{list(shape)} [examples, queries] like the "
-    f"fit (one target; jax.vmap for several), got shape {target.shape}"
-  )
+def _align(fit, target):
+  return _align_target(target, fit.beta_out.shape, "target_scores")
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))

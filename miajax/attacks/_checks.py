@@ -203,3 +203,16 @@ def _as_float(x):
   x = jnp.asarray(x)
   # Integer and half-precision scores are computed in (at least) float32.
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _align_target(target, shape: tuple, name: str = "target_scores"):
+  """One target's scores as ``float[examples, queries]`` like a fit's ``shape`` (1-D if one query)."""
+  target = _as_float(target)
+  if target.shape == shape:
+    return target
+  if shape[1] == 1 and target.shape == shape[:1]:
+    return target[:, None]
+  raise ValueError(
+    f"{name} must be float{list(shape)} [examples, queries] like the fit "
+    f"(one target; jax.vmap for several), got shape {target.shape}"
+  )

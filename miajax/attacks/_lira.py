@@ -25,6 +25,7 @@ from jax.scipy.special import log_ndtr
 
 from miajax.attacks._reference import _lira_reference, _run_reference
 from miajax.attacks._checks import (
+  _align_target,
   _as_float,
   _check_lira_counts,
   _check_shadow_target,
@@ -187,18 +188,8 @@ def lira_fit(shadow_scores, keep, *, fix_variance=False) -> LiraFit:
   return LiraFit(center, *fits, counts, keep.shape[0] - counts)
 
 
-def _align(fit: LiraFit, target_scores):
-  """target_scores as float[examples, queries] (1-D if there is one query)."""
-  target = _as_float(target_scores)
-  shape = fit.center.shape
-  if target.shape == shape:
-    return target
-  if shape[1] == 1 and target.shape == shape[:1]:
-    return target[:, None]
-  raise ValueError(
-    f"target_scores must be float{list(shape)} [examples, queries] like the "
-    f"fit (one target; jax.vmap for several), got shape {target.shape}"
-  )
+def _align(fit, target):
+  return _align_target(target, fit.center.shape, "target_scores")
 
 
 @jax.jit
