@@ -8,6 +8,10 @@ pure array functions: `float[models, examples, queries]` shadow scores with
 higher = member. docs/attacks.md describes the jit-able cores and the
 checking wrappers, docs/lira.md the differences from the released LiRA code.
 
+QMIA (Bertran et al., NeurIPS 2023): `pinball_loss`, `gaussian_nll` and
+`qmia_score`, the cores of the quantile-regression attack; its regressors
+are trained through the engine by `miajax.qmia`.
+
 Training dynamics (`trajectory`): LiRA over the epochs recorded during
 training (`trajectory_lira`) and the LT-IQR vulnerability ranking
 (`lt_iqr`, Pollock et al. 2024).
@@ -47,6 +51,7 @@ from miajax.attacks._lira import (
   lira_online_score,
   offline_log_odds,
 )
+from miajax.attacks._qmia import gaussian_nll, pinball_loss, qmia_score
 from miajax.attacks._rmia import RmiaFit, rmia, rmia_fit, rmia_score
 from miajax.attacks._thresholds import global_threshold
 from miajax.attacks.trajectory import (
@@ -77,6 +82,7 @@ __all__ = [
   "bavaria",
   "bavaria_fit",
   "bavaria_score",
+  "gaussian_nll",
   "global_threshold",
   "leave_one_out",
   "leave_one_out_partners",
@@ -86,6 +92,8 @@ __all__ = [
   "lira_online",
   "lira_online_score",
   "offline_log_odds",
+  "pinball_loss",
+  "qmia_score",
   "rmia",
   "rmia_fit",
   "rmia_score",
