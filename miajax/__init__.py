@@ -25,6 +25,7 @@ _SUBMODULES = frozenset(
     "data",
     "defenses",
     "designs",
+    "dp_audit",
     "engine",
     "hyperparams",
     "html_report",
@@ -117,6 +118,9 @@ _EXPORTS = {
   "chain": "defenses",
   "dp_epsilon": "defenses",
   "dp_noise_multiplier": "defenses",
+  # auditing DP-SGD with canaries over many models
+  "canary_audit": "dp_audit",
+  "epsilon_lower_bound_canaries": "dp_audit",
   # metrics
   "Evaluation": "metrics",
   "auc": "metrics",
