@@ -1,4 +1,4 @@
-"""Auditing DP-SGD with input canaries over many independently trained models.
+"""Auditing DP-SGD with input canaries: many runs, or one run (Steinke et al.).
 
 Threat model (:func:`canary_audit`): black box, final model. N models of one
 DP-SGD recipe are trained on the same data set; each model independently
@@ -31,6 +31,8 @@ import numpy as np
 
 __all__ = [
   "epsilon_lower_bound_canaries",
+  "one_run_bound",
+  "one_run_audit",
   "mislabeled_canaries",
   "noise_canaries",
   "canary_audit",
@@ -330,6 +332,166 @@ def canary_audit(
     "claimed_delta": claimed_delta,
     "num_canaries": k,
     "num_models": num_models,
+    "scores": scores,
+    "include": include,
+    "train_s": t2 - t1,
+    "total_s": time.perf_counter() - t0,
+  }
+
+
+def one_run_bound(
+  canary_scores,
+  included,
+  *,
+  k_pos: int,
+  k_neg: int = 0,
+  delta: float,
+  confidence: float = 0.95,
+  method: str = "steinke",
+) -> dict:
+  """The one-run epsilon lower bound (Steinke, Nasr, Jagielski, NeurIPS 2023).
+
+  m canaries were each included with probability 1/2 (independently) in ONE
+  training run; ``canary_scores`` (``float[m]``, higher = "in") come from that
+  run and ``included`` (``bool[m]``) are the coins. The attacker guesses "in"
+  for the ``k_pos`` highest scores and "out" for the ``k_neg`` lowest (ties by
+  index; both fixed before the scores are seen), abstaining on the rest. From
+  ``r = k_pos + k_neg`` guesses with ``v`` correct the bound is the largest eps
+  whose p-value is at most ``1 - confidence`` (``delta`` in [0, 1]):
+
+  - ``"steinke"``: their Theorem 5.2, exact, by jax-privacy's
+    ``auditing._epsilon_one_run``: ``P[Bin(r, e^eps/(1+e^eps)) >= v] + 2 m
+    delta alpha``, ``alpha = max_{1<=i<=v} (P[Bin >= v-i] - P[Bin >= v]) / i``.
+  - ``"fdp"``: the f-DP refinement of Mahloujifar et al. 2024 (arXiv
+    2410.22235; ``auditing._epsilon_one_run_fdp``), auditing the Gaussian
+    f-DP curve with the given (eps, delta > 0): tighter for DP-SGD.
+
+  Returns:
+    dict: ``epsilon`` (>= 0), ``guesses`` (r), ``correct`` (v),
+    ``correct_pos``/``correct_neg``, ``m``, ``k_pos``, ``k_neg``, ``delta``,
+    ``confidence``, ``method``.
+  """
+  from jax_privacy import auditing  # imported here: only audits need it
+
+  scores = np.asarray(canary_scores, np.float64).reshape(-1)
+  included = np.asarray(included, bool).reshape(-1)
+  m = scores.size
+  if included.size != m:
+    raise ValueError(f"{m} scores but {included.size} inclusion bits")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores must be finite")
+  k_pos, k_neg = int(k_pos), int(k_neg)
+  if k_pos < 0 or k_neg < 0 or k_pos + k_neg < 1 or k_pos + k_neg > m:
+    raise ValueError(f"bad k_pos={k_pos}, k_neg={k_neg} for m={m} canaries")
+  if not 0.5 < confidence < 1:
+    raise ValueError(f"confidence must lie in (0.5, 1), got {confidence}")
+  if not 0 <= delta <= 1:
+    raise ValueError(f"delta must lie in [0, 1], got {delta}")
+  if method not in ("steinke", "fdp") or (method == "fdp" and delta <= 0):
+    raise ValueError(
+      f"need method 'steinke', or 'fdp' with delta > 0: {method}"
+    )
+  audit_fn = {
+    "steinke": auditing._epsilon_one_run,
+    "fdp": auditing._epsilon_one_run_fdp,
+  }[method]
+  order = np.argsort(-scores, kind="stable")
+  correct_pos = int(np.sum(included[order[:k_pos]]))
+  correct_neg = int(np.sum(~included[order[m - k_neg :]])) if k_neg else 0
+  guesses, correct = k_pos + k_neg, correct_pos + correct_neg
+  eps = audit_fn(0.0, m, guesses, correct, 1.0 - confidence, float(delta))
+  return {
+    "epsilon": float(eps),
+    "guesses": guesses,
+    "correct": correct,
+    "correct_pos": correct_pos,
+    "correct_neg": correct_neg,
+    "m": int(m),
+    "k_pos": k_pos,
+    "k_neg": k_neg,
+    "delta": float(delta),
+    "confidence": float(confidence),
+    "method": method,
+  }
+
+
+def one_run_audit(
+  config,
+  x,
+  y,
+  canary_x,
+  canary_y,
+  *,
+  num_classes: int,
+  k_pos: int,
+  k_neg: int = 0,
+  delta: float,
+  confidence: float = 0.95,
+  method: str = "steinke",
+  accountant: str = "rdp",
+  seed: int = 0,
+  lowering=None,
+) -> dict:
+  """One-run black-box audit of a DP-SGD recipe (Steinke et al. 2023).
+
+  ONE model trains on all of ``(x, y)`` plus canary i iff ``include[i]``
+  (fair coins, ``seed``); canary i's score is the model's logit-scaled
+  confidence of ``canary_y[i]``; :func:`one_run_bound` (``k_pos``, ``k_neg``,
+  ``delta``, ``confidence``, ``method``) gives the bound. Each canary is one
+  example: the claim audited is the recipe's per-example (eps, delta) from
+  ``accountant`` at ``sample_rate = batch_size / training-set size``.
+
+  Returns:
+    dict: ``bound`` (:func:`one_run_bound`'s), ``accounting``,
+    ``claimed_epsilon``, ``scores float64[m]``, ``include bool[m]``,
+    ``train_s``, ``total_s``.
+  """
+  import miajax
+  from miajax.engine import batches
+
+  t0 = time.perf_counter()
+  defense = config.defense
+  if defense is None or getattr(defense, "accounting", None) is None:
+    raise ValueError("config.defense must be a DP-SGD defense with accounting")
+  x, canary_x = np.asarray(x, np.float32), np.asarray(canary_x, np.float32)
+  y, canary_y = np.asarray(y, np.int32), np.asarray(canary_y, np.int32)
+  n, m = len(y), len(canary_y)
+  include = np.random.default_rng(seed).random(m) < 0.5
+  keep = np.ones((1, n + m), bool)
+  keep[0, n:] = include
+  rate, steps = batches.dp_sampling(keep, config.batch_size, config.epochs)
+  accounting = defense.accounting(
+    sample_rate=rate, steps=steps, delta=delta, accountant=accountant
+  )
+  t1 = time.perf_counter()
+  res = miajax.train_models(
+    config,
+    np.concatenate([x, canary_x]),
+    np.concatenate([y, canary_y]),
+    keep,
+    num_classes=num_classes,
+    lowering=lowering,
+  )
+  logits = miajax.predict(
+    config, res.variables, canary_x, num_classes=num_classes, lowering=lowering
+  )[0, :, 0]  # [m, classes]
+  t2 = time.perf_counter()
+  scores = np.asarray(miajax.logit_scaled(logits, canary_y), np.float64)
+  if not np.all(np.isfinite(scores)):
+    raise FloatingPointError("non-finite canary scores (training diverged?)")
+  bound = one_run_bound(
+    scores,
+    include,
+    k_pos=k_pos,
+    k_neg=k_neg,
+    delta=delta,
+    confidence=confidence,
+    method=method,
+  )
+  return {
+    "bound": bound,
+    "accounting": accounting,
+    "claimed_epsilon": float(accounting["epsilon"]),
     "scores": scores,
     "include": include,
     "train_s": t2 - t1,
