@@ -11,7 +11,7 @@ non-members and OUT examples. Accuracy and cross-entropy of each side are
 reported beside it, as a person would first check them.
 
 ``MISMATCH_W1`` is the distance above which a mismatch is flagged, set from
-seven audits in ``docs/audit.md`` (targets trained by a hand-written JAX
+ten audits in ``docs/audit.md`` (targets trained by a hand-written JAX
 loop, 16 shadows, digits and Fashion-MNIST): where lira_online lost under
 0.01 AUC against the best shadows found, the distance lay at 0.83-1.73, and
 5.66 for Fashion-MNIST shadows trained with the target's own recipe (more
