@@ -718,16 +718,7 @@ def main(argv):
       + f" (W1 {pick['w1']:.3f}); shadows and attacks "
       f"{rep['timing_s']['shadows_wall'] + rep['timing_s']['attacks']:.1f} s"
     )
-  unscored = {
-    k: v["unscored_examples"]
-    for k, v in summaries.items()
-    if v["unscored_examples"]
-  }
-  if unscored:
-    text.append(
-      "\nexamples left unscored (too few usable shadows): "
-      + ", ".join(f"{k} {n}" for k, n in unscored.items())
-    )
+  text += common.unscored_lines(summaries)
   also = ([out / "roc.png"] if curves else []) + [out / "scores.csv"]
   if FLAGS.html:
     also.append(

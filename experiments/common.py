@@ -455,3 +455,18 @@ def judge_models(
       "excluding %s %d: %s: %s", what, e["model"], e["reason"], e["detail"]
     )
   return verdict
+
+
+def unscored_lines(summaries: dict) -> list[str]:
+  """The summary's line naming the attacks that left examples unscored (none: no line)."""
+  unscored = {
+    k: v["unscored_examples"]
+    for k, v in summaries.items()
+    if v["unscored_examples"]
+  }
+  if not unscored:
+    return []
+  return [
+    "\nexamples left unscored (too few usable shadows): "
+    + ", ".join(f"{k} {n}" for k, n in unscored.items())
+  ]

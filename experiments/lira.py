@@ -391,16 +391,7 @@ def main(argv):
     text.append(f"no attack run: {skipped}")
   else:
     text.append(report.format_table(summaries))
-  unscored = {
-    k: v["unscored_examples"]
-    for k, v in summaries.items()
-    if v["unscored_examples"]
-  }
-  if unscored:
-    text.append(
-      "\nexamples left unscored (too few usable shadows): "
-      + ", ".join(f"{k} {n}" for k, n in unscored.items())
-    )
+  text += common.unscored_lines(summaries)
   if null:
     text.append(
       "\nnull check (independent random keep mask): AUC "
