@@ -121,6 +121,9 @@ _EXPORTS = {
   # auditing DP-SGD with canaries over many models
   "canary_audit": "dp_audit",
   "epsilon_lower_bound_canaries": "dp_audit",
+  "epsilon_lower_bound_gdp": "dp_audit",
+  "gradient_canary_audit": "dp_audit",
+  "one_run_audit": "dp_audit",
   # metrics
   "Evaluation": "metrics",
   "auc": "metrics",

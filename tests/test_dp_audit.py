@@ -218,7 +218,7 @@ def test_script_writes_report(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "accountant eps" in proc.stdout
   rep = json.loads((out / "report.json").read_text())
-  assert rep["accounting"]["accountant"] == "rdp"
+  assert rep["accounting"]["accountant"] == "pld"
   assert rep["claimed_epsilon"] == pytest.approx(4.0, abs=1e-3)
   assert rep["lower_bound"]["n_in"] + rep["lower_bound"]["n_out"] == 8
   assert rep["lower_bound"]["epsilon"] <= rep["claimed_epsilon"]

@@ -1,4 +1,4 @@
-"""Auditing DP-SGD with input canaries: many runs, or one run (Steinke et al.).
+"""Auditing DP-SGD: input canaries over many runs or one run (Steinke et al.), and a white-box gradient canary (Nasr et al. 2023).
 
 Threat model (:func:`canary_audit`): black box, final model. N models of one
 DP-SGD recipe are trained on the same data set; each model independently
@@ -19,6 +19,11 @@ choosing the threshold), or a threshold chosen on one random half of the trials
 and the bound computed on the other (``threshold_strategy="split"``).
 miajax's own :func:`miajax.epsilon_lower_bound` (always split, pooled
 scores) stays for one model's train/test scores; see ``docs/dp_audit.md``.
+
+The white-box audit (:func:`gradient_canary_audit`, threat model in
+:mod:`miajax.dp_audit.whitebox`) adds the Gaussian-DP bound of Nasr et al.
+2023 (:func:`epsilon_lower_bound_gdp`) and :func:`gaussian_audit_cap`, what
+a given number of trials can certify at all.
 """
 
 from miajax.dp_audit.bounds import epsilon_lower_bound_canaries, one_run_bound
@@ -28,7 +33,19 @@ from miajax.dp_audit.canaries import (
   mislabeled_canaries,
   noise_canaries,
 )
+from miajax.dp_audit.gdp import (
+  epsilon_lower_bound_gdp,
+  gaussian_audit_cap,
+  gdp_epsilon,
+  gdp_mu,
+)
 from miajax.dp_audit.training import canary_audit, one_run_audit
+from miajax.dp_audit.whitebox import (
+  GradientCanary,
+  canary_coins,
+  gradient_canary_audit,
+  unused_input_coordinates,
+)
 
 __all__ = [
   "epsilon_lower_bound_canaries",
@@ -39,4 +56,12 @@ __all__ = [
   "canary_audit",
   "fixed_init_mlp",
   "CANARY_KINDS",
+  "epsilon_lower_bound_gdp",
+  "gaussian_audit_cap",
+  "gdp_epsilon",
+  "gdp_mu",
+  "GradientCanary",
+  "gradient_canary_audit",
+  "canary_coins",
+  "unused_input_coordinates",
 ]
