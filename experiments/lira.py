@@ -268,7 +268,18 @@ def main(argv):
   out = harness.make_output_dir()
   t_start = time.perf_counter()
   if run is None:
-    run = common.train_run(common.run_spec(), out / "run", log=logging.info)
+    # The progress line's ETA counts the attacks and null check as 5 s
+    # (compiling, fixed costs) + 6 us a score (model x example), fitted on a
+    # 2-core CPU: 3-9 s (compile cache warm or cold) for 8 x 1,297 digits
+    # scores, 33 s for 64 x 60,000 in docs/fashion_mnist.md (933 s less 867 s
+    # training and 33 s queries). A guess (they cannot be timed before they
+    # run), a few % of a job.
+    run = common.train_run(
+      common.run_spec(),
+      out / "run",
+      log=logging.info,
+      eta_after=lambda scores: 5.0 + 6e-6 * scores,
+    )
   t_trained = time.perf_counter()
 
   if r is not None and r >= run.keep.shape[0]:
@@ -314,6 +325,7 @@ def main(argv):
       num_references=r,
       summarise=_auc_and_tpr,
     )
+  t_null = time.perf_counter()
   curves = common.roc_curves(
     all_scores, summaries, keep, extra=("label_aug_lira", "label_noise_lira")
   )
@@ -361,6 +373,7 @@ def main(argv):
       "predict": run.predict_seconds,
       "train_and_predict_wall": t_trained - t_start,
       "attacks": t_attacked - t_trained,
+      "null_check": t_null - t_attacked if null is not None else None,
       "total": time.perf_counter() - t_start,
     },
   }
@@ -415,6 +428,24 @@ def main(argv):
       "\nbudget table (each model a target, its first k others the references)\n"
     )
     text.append(budgets_lib.format_table(rows))
+  timing = rep["timing_s"]
+  # Budgets run after the report's total was first taken.
+  timing["total"] = time.perf_counter() - t_start
+  text.append(
+    "\ntime by phase: "
+    + ", ".join(
+      f"{what} {timing[key]:.1f} s"
+      for what, key in (
+        ("training", "train"),
+        ("queries", "predict"),
+        ("attacks", "attacks"),
+        ("null check", "null_check"),
+        ("budgets", "budgets"),
+      )
+      if timing.get(key) is not None
+    )
+    + (" (a reused run: no training)" if FLAGS.run_dir else "")
+  )
   harness.finish(
     out,
     rep,

@@ -303,3 +303,70 @@ def test_run_keeps_view_labels_that_equal_a_direct_prediction(tmp_path):
   assert "label_only" not in json.loads(
     (tmp_path / "plain" / "config.json").read_text()
   )
+
+
+@pytest.mark.parametrize("model_axis", ["vmap", "unroll"])
+def test_device_view_labels_equal_host_views_then_predict(model_axis):
+  """Views, forward and argmax fused on the device give the labels of the host path.
+
+  Same inputs, same keys: the views are bit-identical; the labels equal the
+  argmax of ``predict`` on the host-built views (no tie flipped here), in
+  any block size, with or without the identity view taken from the run's
+  own identity query.
+  """
+  from miajax.engine import labels as labels_lib
+  from miajax.runs import label_views
+
+  ds = runs.load_dataset(runs.RunSpec(dataset="digits", num_examples=150))
+  x, y = ds.x_train, ds.y_train
+  cfg = engine.TrainConfig(
+    model="mlp", model_kwargs=(("widths", (32,)),), epochs=2, batch_size=32
+  )
+  keep = np.random.default_rng(0).random((3, len(y))) < 0.5
+  trained = engine.train_models(cfg, x, y, keep, num_classes=10)
+  q = label_only.LabelOnlyQueries(shift=1, sigmas=(0.2, 0.4), copies=2, seed=3)
+  low = engine.Lowering(model_axis=model_axis)
+  views = np.asarray(q.views(np.asarray(x, np.float32)))
+  v = views.shape[0]
+  logits = engine.predict(
+    cfg,
+    trained.variables,
+    views.reshape((-1,) + x.shape[1:]),
+    num_classes=10,
+    lowering=low,
+  )[:, :, 0]
+  want = logits.argmax(-1).reshape(3, v, len(y)).transpose(0, 2, 1)
+  ident = engine.predict(cfg, trained.variables, x, num_classes=10)[:, :, 0]
+  for block, identity in ((64, None), (150, ident.argmax(-1)), (7, None)):
+    got = label_views.label_view_predictions(
+      cfg,
+      trained.variables,
+      x,
+      q,
+      10,
+      block=block,
+      identity_labels=identity,
+      lowering=low,
+    )
+    assert got.dtype == np.int16 and got.shape == (3, len(y), v)
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match="identity_labels"):
+    labels_lib.predict_view_labels(
+      cfg,
+      trained.variables,
+      x,
+      views=q.views,
+      num_views=v,
+      num_classes=10,
+      identity_labels=np.zeros((2, 2), int),
+    )
+  with pytest.raises(ValueError, match="block"):
+    labels_lib.predict_view_labels(
+      cfg,
+      trained.variables,
+      x,
+      views=q.views,
+      num_views=v,
+      num_classes=10,
+      block=0,
+    )

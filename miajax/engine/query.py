@@ -287,15 +287,16 @@ def _check_fit(config, variables, x_shape, num_classes) -> None:
   )
 
 
-def _logits(
-  config, variables, x, num_classes, queries, batch_size, lowering
-) -> np.ndarray:
-  """``float32[models, examples, queries, classes]`` of the raw models."""
-  x, num_models = _check(config, variables, x, queries, batch_size)
-  _check_fit(config, variables, tuple(x.shape[1:]), num_classes)
+def prepared(config, variables, x_shape, num_classes, lowering, num_models):
+  """``(fns, variables, per_model_variables, replicated)`` for inference on this backend.
+
+  ``variables`` come back on the models mesh (padded to the devices);
+  ``per_model_variables`` is the list of each model's, or None where the
+  lowering runs one batched program (vmap over models).
+  """
   # Queries take no gradient step: nothing to measure.
   low = resolve_lowering(
-    config, tuple(x.shape[1:]), num_classes, lowering=lowering, steps=0
+    config, x_shape, num_classes, lowering=lowering, steps=0
   )
   fns = recipe.model_fns(
     identity.program_key(config),
@@ -315,13 +316,26 @@ def _logits(
   replicated = NamedSharding(mesh, PartitionSpec())
   # As in training: one plain program per model beats the vmapped (grouped)
   # form on CPU.
-  per_model = low.per_model_programs
-  fn = _predict_fn(fns, per_model)
-  if per_model:
+  models = None
+  if low.per_model_programs:
     models = [
       jax.tree_util.tree_map(lambda a: a[m], variables)
       for m in range(num_models)
     ]
+  return fns, variables, models, replicated
+
+
+def _logits(
+  config, variables, x, num_classes, queries, batch_size, lowering
+) -> np.ndarray:
+  """``float32[models, examples, queries, classes]`` of the raw models."""
+  x, num_models = _check(config, variables, x, queries, batch_size)
+  _check_fit(config, variables, tuple(x.shape[1:]), num_classes)
+  fns, variables, models, replicated = prepared(
+    config, variables, tuple(x.shape[1:]), num_classes, lowering, num_models
+  )
+  per_model = models is not None
+  fn = _predict_fn(fns, per_model)
   n = x.shape[0]
   bs = min(batch_size, n)
   out = []

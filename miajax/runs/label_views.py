@@ -6,6 +6,7 @@ import numpy as np
 
 from miajax import engine as train_lib
 from miajax.attacks import label_only as label_only_lib
+from miajax.engine import labels as labels_lib
 
 __all__ = ["label_view_predictions"]
 
@@ -17,35 +18,34 @@ def label_view_predictions(
   queries: label_only_lib.LabelOnlyQueries,
   num_classes: int,
   *,
-  max_inputs: int = 1 << 16,
+  block: int | None = None,
+  identity_labels=None,
   lowering: train_lib.Lowering | None = None,
 ) -> np.ndarray:
   """Predicted labels ``int16[models, examples, views]`` of ``queries``' views of ``x``.
 
-  The views are made a block of examples at a time (about ``max_inputs``
-  inputs per block), so memory stays bounded for large pools.
+  Views, forward passes and argmax run on the device a block of examples at
+  a time (:func:`miajax.engine.labels.predict_view_labels`); only the labels
+  come back. ``identity_labels`` (``int[models, examples]``, the labels of
+  ``x`` itself, which the run computed already) spare recomputing the first
+  augmentation view, which is ``x``.
   """
-  n = x.shape[0]
-  per = max(1, max_inputs // queries.num_views(x.shape[1:]))
-  # Small inputs (digits, tabular rows) leave the default batch dispatch-bound; keep ~4 MiB of inputs per batch.
-  batch = int(
-    np.clip((1 << 20) // max(1, int(np.prod(x.shape[1:]))), 1024, 16384)
+  shape = tuple(np.shape(x)[1:])
+  num_views = queries.num_views(shape)
+  if block is None:
+    # ~16k input rows per compiled call: large enough for the matmuls to
+    # run near peak, small enough for the activations to stay in cache-sized pieces.
+    block = max(1, (1 << 14) // num_views)
+  if not queries.num_augmentation_views(shape):
+    identity_labels = None  # view 0 is a noise view, not x
+  return labels_lib.predict_view_labels(
+    cfg,
+    variables,
+    x,
+    views=queries.views,
+    num_views=num_views,
+    num_classes=num_classes,
+    block=block,
+    identity_labels=identity_labels,
+    lowering=lowering,
   )
-  out = []
-  for s in range(0, n, per):
-    views = np.asarray(
-      queries.views(np.asarray(x[s : s + per], np.float32), start=s)
-    )  # [V, b, ...]
-    v, b = views.shape[:2]
-    logits = train_lib.predict(
-      cfg,
-      variables,
-      views.reshape((v * b,) + views.shape[2:]),
-      num_classes=num_classes,
-      batch_size=batch,
-      lowering=lowering,
-    )[:, :, 0]
-    out.append(
-      logits.argmax(-1).reshape(-1, v, b).transpose(0, 2, 1).astype(np.int16)
-    )
-  return np.concatenate(out, 1)

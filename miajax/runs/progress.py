@@ -7,8 +7,14 @@ the total, the chunk's epoch, examples/s and the time left. Anywhere else
 Examples/s leave compilation out: the first epoch a chunk runs may include
 compiling the step (the first call of a freshly compiled function), so the
 rate is measured over the epochs after each chunk's first, and the extra
-time of the very first epoch is reported once as the compile time. The time
-left is the work left (model-epochs, in examples) over that rate.
+time of the very first epoch is reported once as the compile time.
+
+The time left counts every phase of the job (:func:`job_eta`): the training
+left (model-epochs, in examples, over that rate), the queries of the models
+not yet queried (seconds per model measured on finished chunks, told through
+``Progress.chunk_done``) and a fixed estimate of what follows training (a
+caller's attacks). Until a chunk's queries were timed the query part is
+unknown and left out: the ETA then ends in ``+`` ("and the queries").
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ __all__ = [
   "eta_seconds",
   "format_duration",
   "format_line",
+  "job_eta",
+  "query_seconds_per_model",
 ]
 
 
@@ -55,6 +63,47 @@ def eta_seconds(
   if not examples_per_s or examples_per_s <= 0:
     return None
   return remaining_examples / examples_per_s
+
+
+def query_seconds_per_model(
+  chunks: list[tuple[int, float]],
+) -> float | None:
+  """Query seconds per model from finished chunks' ``(models, seconds)``.
+
+  The first chunk's queries may include compiling the forward pass, so it
+  is left out once a later chunk was timed; with only the first, it is used
+  as it is (an overestimate by the compile time). None: no chunk timed.
+  """
+  later = chunks[1:] or chunks[:1]
+  models = sum(m for m, _ in later)
+  return sum(s for _, s in later) / models if models > 0 else None
+
+
+def job_eta(
+  *,
+  train_examples: float,
+  examples_per_s: float | None,
+  query_models: float = 0,
+  query_s_per_model: float | None = None,
+  after_s: float = 0.0,
+) -> tuple[float | None, bool]:
+  """``(seconds, complete)``: the time left of a job of three phases.
+
+  Training: ``train_examples`` left over ``examples_per_s``. Queries:
+  ``query_models`` not yet queried times ``query_s_per_model``. After:
+  ``after_s``, an estimate of the work after training (e.g. attacks), added
+  as it is. ``seconds`` is None while the training rate is unknown and
+  training is left. ``complete`` is False when queries are left whose rate
+  is unknown: ``seconds`` leaves them out, so it is a lower bound.
+  """
+  train = eta_seconds(train_examples, examples_per_s)
+  if train is None:
+    return None, False
+  if query_models <= 0:
+    return train + after_s, True
+  if query_s_per_model is None:
+    return train + after_s, False
+  return train + query_models * query_s_per_model + after_s, True
 
 
 def bar(fraction: float, width: int = 24) -> str:
@@ -114,8 +163,12 @@ def format_line(
   eta: float | None,
   fraction: float | None = None,
   width: int = 24,
+  eta_complete: bool = True,
 ) -> str:
-  """One progress line; with ``fraction``, led by a bar of ``width``."""
+  """One progress line; with ``fraction``, led by a bar of ``width``.
+
+  ``eta_complete=False`` marks ``eta`` a lower bound with a trailing ``+``.
+  """
   rate = (
     "-- examples/s"
     if examples_per_s is None
@@ -125,6 +178,8 @@ def format_line(
     f"models {models_done}/{total_models}  chunk epoch {epoch}/{epochs}  "
     f"{rate}  ETA {format_duration(eta)}"
   )
+  if not eta_complete and eta is not None:
+    line += "+"
   return line if fraction is None else f"{bar(fraction, width)} {line}"
 
 
@@ -138,6 +193,11 @@ class Progress:
     log: receives the plain lines (no terminal) and the compile-time line.
     stream: where the redrawn line goes when it is a terminal (default
       ``sys.stderr`` at call time); not a terminal: plain lines to ``log``.
+    queries: the caller queries every model after its chunk trains and
+      passes each chunk's query seconds to :meth:`chunk_done`: the ETA then
+      counts the queries left (``+`` until a chunk's were timed).
+    after_s: estimated seconds of the job's work after training (e.g. the
+      attacks), counted into the ETA as it is.
   """
 
   def __init__(
@@ -149,6 +209,8 @@ class Progress:
     log: Callable[[str], None] = print,
     stream: TextIO | None = None,
     width: int = 24,
+    queries: bool = False,
+    after_s: float = 0.0,
   ):
     self.total_models = int(total_models)
     self.done = int(done_models)
@@ -159,6 +221,9 @@ class Progress:
     self.tty = bool(isatty and isatty())
     self.width = width
     self.rate = Rate()
+    self.queries = bool(queries)
+    self.after_s = float(after_s)
+    self.query_chunks: list[tuple[int, float]] = []  # (models, seconds)
     self._chunk = (0, 0)  # models and epoch of the chunk in flight
     self._drawn = 0  # characters of the line on screen
     self._compile_logged = False
@@ -173,7 +238,13 @@ class Progress:
     per_model_epoch = p["epoch_examples"] / max(p["chunk_models"], 1)
     remaining = self.total_models * self.epochs - self._work_done()
     rate = self.rate.per_s
-    eta = eta_seconds(remaining * per_model_epoch, rate)
+    eta, complete = job_eta(
+      train_examples=remaining * per_model_epoch,
+      examples_per_s=rate,
+      query_models=self.total_models - self.done if self.queries else 0,
+      query_s_per_model=query_seconds_per_model(self.query_chunks),
+      after_s=self.after_s,
+    )
     finished = p["chunk_models"] if p["epoch"] == p["epochs"] else 0
     line = format_line(
       models_done=self.done + finished,
@@ -184,6 +255,7 @@ class Progress:
       eta=eta,
       fraction=self._fraction() if self.tty else None,
       width=self.width,
+      eta_complete=complete,
     )
     if not self._compile_logged and self.rate.compile_seconds is not None:
       self._compile_logged = True
@@ -196,9 +268,15 @@ class Progress:
     else:
       self._log("  " + line)
 
-  def chunk_done(self, models: int) -> None:
-    """``models`` more are done (their outputs written)."""
+  def chunk_done(self, models: int, query_seconds: float | None = None) -> None:
+    """``models`` more are done (queried, their outputs written).
+
+    ``query_seconds``: how long their queries took, from which the ETA's
+    query part is measured.
+    """
     self.done += int(models)
+    if query_seconds is not None:
+      self.query_chunks.append((int(models), float(query_seconds)))
     self._chunk = (0, 0)
 
   def log(self, message: str) -> None:

@@ -81,6 +81,7 @@ def run_training(
   checkpoint_every_epochs: int = 0,
   progress: Callable[[dict], None] | None = None,
   repair: bool = True,
+  eta_after: Callable[[int], float] | None = None,
 ) -> RunResult | None:
   """Trains (or resumes) every model of ``spec`` into ``output_dir``.
 
@@ -111,6 +112,10 @@ def run_training(
       retrained; ``keep.npy`` / ``labels.npy`` are rewritten and the outputs
       merged again (see :mod:`miajax.runs.run_files`). ``False``: a one-line
       ``CorruptFileError`` naming the file instead.
+    eta_after: the caller's estimate of the seconds its work after training
+      (e.g. attacks) takes, given the run's scores (models x training
+      examples): the default display's ETA counts it beside the training
+      and queries left.
 
   Processes running this on one directory at once split the chunks (per-model
   locks, :mod:`miajax.runs.claims`): each model is trained once.
@@ -145,7 +150,7 @@ def run_training(
   todo, reused, done = _plan(run, mine)
 
   t_start = time.perf_counter()
-  progress, shown = _display(run, mine, done, progress)
+  progress, shown = _display(run, mine, done, progress, eta_after)
   checkpoints = checkpoint_lib.Checkpointer(
     out / "chunks",
     every_s=checkpoint_every_s,
@@ -165,7 +170,7 @@ def run_training(
     if shown is not None:
       shown.close()
   elapsed = time.perf_counter() - t_start
-  _log_summary(run, todo, elapsed, train_s, shown, checkpoints)
+  _log_summary(run, todo, elapsed, (train_s, predict_s), shown, checkpoints)
   if not merge:
     return None
   result = merge_lib.merge_chunks(out, spec.num_models, log=run.log)
@@ -324,17 +329,21 @@ def _left(run: _Run, mine: list[int], done: set[int]) -> list[list[int]]:
   )
 
 
-def _display(run: _Run, mine, done, progress):
+def _display(run: _Run, mine, done, progress, eta_after=None):
   """``(progress, shown)``: the caller's listener, else a :class:`Progress`
   display (``shown``), through whose ``log`` every later line then goes so
-  that it does not tear the redrawn line."""
+  that it does not tear the redrawn line. Its ETA counts the queries
+  (``_train`` reports each chunk's) and ``eta_after`` of the scores."""
   if progress is not None:
     return progress, None
+  scores = run.spec.num_models * run.ds.x_train.shape[0]
   shown = progress_lib.Progress(
     total_models=len(mine),
     done_models=len(set(mine) & done),
     epochs=run.spec.train.epochs,
     log=run.log,
+    queries=True,
+    after_s=eta_after(scores) if eta_after is not None else 0.0,
   )
   run.log = shown.log
   return shown, shown
@@ -371,13 +380,14 @@ def _train(run: _Run, todo, progress, checkpoints, shown, mine):
       progress=progress,
       checkpoints=checkpoints,
     ):
-      seconds["predict"] += _write_chunk(run, result)
+      query_s = _write_chunk(run, result)
+      seconds["predict"] += query_s
       seconds["train"] += result.train_seconds
       if result.resumed_epoch:
         idx = result.model_indices
         resumed[(int(idx[0]), int(idx[-1]) + 1)] = result.resumed_epoch
       if shown is not None:
-        shown.chunk_done(len(result.model_indices))
+        shown.chunk_done(len(result.model_indices), query_seconds=query_s)
 
   trained = claims_lib.train_claimed(
     run.files.claims,
@@ -389,7 +399,10 @@ def _train(run: _Run, todo, progress, checkpoints, shown, mine):
   return seconds["train"], seconds["predict"], resumed, trained
 
 
-def _log_summary(run: _Run, todo, elapsed, train_s, shown, checkpoints):
+def _log_summary(run: _Run, todo, elapsed, phase_s, shown, checkpoints):
+  """Logs the models trained, the time of each phase, the rates, the
+  checkpoints written; ``phase_s``: the seconds training and querying."""
+  train_s, predict_s = phase_s
   n_trained = sum(map(len, todo))
   if n_trained:
     epochs = run.spec.train.epochs
@@ -402,7 +415,8 @@ def _log_summary(run: _Run, todo, elapsed, train_s, shown, checkpoints):
       else f"{seen / max(train_s, 1e-9):,.0f} training examples/s"
     )
     run.log(
-      f"trained {n_trained} models in {elapsed:.1f} s ({steady}; "
+      f"trained {n_trained} models in {elapsed:.1f} s (training "
+      f"{train_s:.1f} s, queries {predict_s:.1f} s; {steady}; "
       f"{n_trained / max(elapsed, 1e-9):.2f} models/s)"
     )
   if checkpoints.saves:
@@ -435,6 +449,7 @@ def _write_chunk(run: _Run, result) -> float:
       x,
       spec.label_only,
       ds.num_classes,
+      identity_labels=logits[:, :, 0].argmax(-1),
       lowering=spec.lowering,
     )
   for name, (inputs, _) in run.extra_queries.items():
