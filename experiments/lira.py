@@ -34,6 +34,7 @@ import miajax
 from configs import lira as lira_config
 from miajax import attacks, metrics, plots, report, runs, scores, usability
 from miajax.attacks import label_only
+from miajax.engine import costs
 
 FLAGS = flags.FLAGS
 CONFIG = lira_config.get_config()
@@ -239,6 +240,25 @@ def attack_all(
   return summaries, all_scores, evaluated
 
 
+def _efficiency(spec, run, seconds: float) -> dict:
+  """The job's FLOPs (XLA's count, by phase) over its wall time x the matmul peak measured now."""
+  flops = runs.run_flops(spec, runs.load_dataset(spec), run.keep)
+  peak = costs.matmul_peak_gflops()
+  return {**costs.efficiency(flops, seconds, peak["gflops"]), "peak": peak}
+
+
+def _efficiency_line(eff: dict) -> str:
+  parts = ", ".join(
+    f"{k} {v / 1e12:.2f}" for k, v in eff["flops"].items() if v is not None
+  )
+  return (
+    f"efficiency: {eff['total_flops'] / 1e12:.2f} TFLOP ({parts}) in "
+    f"{eff['seconds']:.1f} s = {eff['achieved_gflops']:.1f} GFLOP/s, "
+    f"{eff['fraction_of_peak']:.0%} of the float32 matmul peak measured now "
+    f"({eff['peak_gflops']:.0f} GFLOP/s)"
+  )
+
+
 def main(argv):
   harness.start(argv)
   if not FLAGS.run_dir and FLAGS.num_models < 6:
@@ -274,8 +294,9 @@ def main(argv):
     # scores, 33 s for 64 x 60,000 in docs/fashion_mnist.md (933 s less 867 s
     # training and 33 s queries). A guess (they cannot be timed before they
     # run), a few % of a job.
+    spec = common.run_spec()
     run = common.train_run(
-      common.run_spec(),
+      spec,
       out / "run",
       log=logging.info,
       eta_after=lambda scores: 5.0 + 6e-6 * scores,
@@ -446,6 +467,9 @@ def main(argv):
     )
     + (" (a reused run: no training)" if FLAGS.run_dir else "")
   )
+  if not FLAGS.run_dir and run.chunks_trained and not run.chunks_reused:
+    rep["efficiency"] = _efficiency(spec, run, t_null - t_start)
+    text.append(_efficiency_line(rep["efficiency"]))
   harness.finish(
     out,
     rep,

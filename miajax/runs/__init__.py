@@ -18,6 +18,7 @@ _SUBMODULES = frozenset(
   {
     "checkpoint",
     "compilation_cache",
+    "cost",
     "io",
     "merge",
     "pool",
@@ -41,6 +42,7 @@ _EXPORTS = {
   "load_dataset": "spec",
   "make_keep": "spec",
   "label_view_predictions": "label_views",
+  "run_flops": "cost",
   "load_run": "run_files",
   "CorruptFileError": "integrity",
   "run_training": "run_dir",
