@@ -110,7 +110,11 @@ flags.DEFINE_string(
   "workloads",
   _D["workloads"],
   f"Comma list of {list(WORKLOADS)}, 'all' or 'none' "
-  "(accelerator: cnn_small,wrn16-4,mlp_purchase).",
+  "(accelerator: cnn_small,wrn16-4,mlp_purchase); may also name "
+  "pipeline_fashion_mnist, the whole 64-model Fashion-MNIST LiRA job "
+  "(experiments/lira.py in a child process, ~20 min on a 2-core CPU; --num_models "
+  "overrides its 64), timed by phase against the matmul peak; never part of 'all' "
+  "('all,pipeline_fashion_mnist' adds it).",
 )
 flags.DEFINE_string(
   "methods",

@@ -8,6 +8,7 @@ torch_peers  the PyTorch loop and torch.func ensembling (optional)
 art          end to end against ART's ShadowModels (optional)
 peak, flops  the matmul peaks and the FLOPs per example rates divide by
 throughput   one workload: every method, its rates and ratios
+pipeline     the whole LiRA job (experiments/lira.py) by phase, against the same peak
 memory       peak host memory, in a child process
 goals        the goals and their verdicts
 report       report.json and report.md

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from bench import workloads
+from bench import pipeline, workloads
 
 PRESETS = {
   "cpu": dict(table=workloads.WORKLOADS, defaults={}),
@@ -74,6 +74,8 @@ class BenchConfig:
   repeats: int
   seed: int
   output_dir: str | None
+  # The whole-job pipelines --workloads names (bench.pipeline); never in 'all'.
+  pipelines: tuple[str, ...] = ()
 
 
 def _int_list(
@@ -95,15 +97,19 @@ def _int_list(
   return out
 
 
-def _name_list(name: str, value, allowed) -> tuple[str, ...]:
+def _name_list(name: str, value, allowed, extra=()) -> tuple[str, ...]:
+  """The names ``value`` lists; ``extra`` names are accepted too but left out of 'all' (``all,<extra>`` adds them)."""
   items = value.split(",") if isinstance(value, str) else list(value)
   out = tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
-  if out == ("all",):
-    return tuple(allowed)
-  bad = [v for v in out if v not in allowed]
+  rest = tuple(v for v in out if v != "all")
+  if "all" in out and all(v in extra for v in rest):
+    return tuple(allowed) + rest
+  bad = [v for v in out if v not in allowed and v not in extra]
   if not out or bad:
     raise ValueError(
-      f"{name} must be a comma list of {list(allowed)} (or 'all'), got {value!r}"
+      f"{name} must be a comma list of {list(allowed)} (or 'all')"
+      + (f" and of {list(extra)} (not in 'all')" if extra else "")
+      + f", got {value!r}"
       + (f"; unknown: {bad}" if bad else "")
     )
   return out
@@ -161,7 +167,12 @@ def _torch_threads(value) -> tuple[int, ...]:
 
 
 def parse_config(
-  *, preset: str = "cpu", output_dir=None, table=None, **values
+  *,
+  preset: str = "cpu",
+  output_dir=None,
+  table=None,
+  pipelines=None,
+  **values,
 ) -> BenchConfig:
   """Validated :class:`BenchConfig`; raises ``ValueError`` naming the bad value.
 
@@ -172,7 +183,9 @@ def parse_config(
   ``plan_models``: train as many models as the planner puts in one step, at
   most ``num_models``; ``art_epochs=None`` means the digits recipe's epochs;
   ``art_torch_threads=None`` means 1 and all cores.  ``table``: the workloads
-  (default: the preset's).
+  (default: the preset's).  ``pipelines``: the whole jobs ``workloads`` may
+  also name (default :data:`bench.pipeline.PIPELINES`); ``all`` leaves them
+  out, and they land in ``BenchConfig.pipelines``.
   """
   if preset not in PRESETS:
     raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
@@ -183,6 +196,7 @@ def parse_config(
     )
   v = {**DEFAULTS, **PRESETS[preset]["defaults"], **values}
   table = PRESETS[preset]["table"] if table is None else table
+  pipelines = pipeline.PIPELINES if pipelines is None else pipelines
   art_epochs = v["art_epochs"]
   if art_epochs is None:
     art_epochs = workloads.WORKLOADS[workloads.ART_WORKLOAD].recipe_epochs
@@ -194,9 +208,12 @@ def parse_config(
   _check_counts(v, art_epochs)
   names = v["workloads"]
   no_workloads = isinstance(names, str) and names.strip() == "none"
+  names = (
+    () if no_workloads else _name_list("workloads", names, table, pipelines)
+  )
   return BenchConfig(
     preset=preset,
-    workloads=() if no_workloads else _name_list("workloads", names, table),
+    workloads=tuple(n for n in names if n in table),
     methods=_name_list("methods", v["methods"], workloads.METHODS),
     num_models=_optional_positive("num_models", v["num_models"]),
     steps=_optional_positive("steps", v["steps"]),
@@ -216,4 +233,5 @@ def parse_config(
     repeats=int(v["repeats"]),
     seed=int(v["seed"]),
     output_dir=output_dir,
+    pipelines=tuple(n for n in names if n not in table),
   )

@@ -109,6 +109,62 @@ def _setup_rows(rep: dict) -> list:
   return lines
 
 
+def _tflop(flops):
+  return None if flops is None else flops / 1e12
+
+
+def _pct(fraction):
+  return None if fraction is None else 100 * fraction
+
+
+def _pipeline_lines(name: str, p: dict) -> list:
+  """One whole job: every phase's seconds, XLA's FLOPs, GFLOP/s and % of the benchmark's peak."""
+  j, phases = p["job"], p["phases"]
+  own = p["job_report"]["efficiency"]
+  lines = [
+    "",
+    f"## The whole job: {name}",
+    "",
+    f"{p['what']}: {p['models']} models, {p['examples']:,} examples; `python experiments/lira.py "
+    + " ".join(p["command"][2:-1])
+    + " --output_dir=<tmp>` in a child process "
+    f"({p['process_wall_seconds']:.0f} s with start-up and report). FLOPs: XLA's cost analysis "
+    "of one model's training step and forward pass, times the steps and every query and "
+    "label-only view; % of the benchmark's matmul peak above.",
+    "",
+    "| phase | seconds | TFLOP | GFLOP/s | % of peak |",
+    "|---|---:|---:|---:|---:|",
+  ]
+
+  def row(label, seconds, part):
+    return (
+      f"| {label} | {fmt(seconds, 1)} | {fmt(_tflop(part.get('flops')), 3)} | "
+      f"{fmt(part.get('gflops'))} | {fmt(_pct(part.get('fraction_of_peak')))} |"
+    )
+
+  labels = dict(
+    train="training",
+    inference="inference (queries + label-only views)",
+    other="data, planning, run files",
+    attacks="attacks",
+    null_check="null check",
+  )
+  for key, part in phases.items():
+    lines.append(row(labels.get(key, key), part["seconds"], part))
+    if key == "inference":
+      for sub, flops in part["flops_by_part"].items():
+        lines.append(row(f"- of which {sub}", None, dict(flops=flops)))
+  lines.append(row("**job**", j["seconds"], j))
+  lines += [
+    "",
+    f"Job efficiency: {fmt(_pct(j.get('fraction_of_peak')))} % of the benchmark's peak "
+    f"({fmt(p.get('peak_gflops'))} GFLOP/s); the job's own report: "
+    f"{fmt(_pct(own.get('fraction_of_peak')))} % of JAX's matmul peak measured at its end "
+    f"({fmt(own.get('peak_gflops'))} GFLOP/s).",
+  ]
+  return lines
+
+
 def _art_lines(a: dict) -> list:
   lines = [
     "",
@@ -199,6 +255,8 @@ def markdown(rep: dict) -> str:
   lines = _device_lines(rep)
   if rep["workloads"]:
     lines += _throughput_rows(rep) + _setup_rows(rep)
+  for name, p in (rep.get("pipelines") or {}).items():
+    lines += _pipeline_lines(name, p)
   if rep.get("art"):
     lines += _art_lines(rep["art"])
   if rep.get("lira"):

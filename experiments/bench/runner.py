@@ -15,6 +15,7 @@ from bench import art as art_lib
 from bench import config as config_lib
 from bench import goals as goals_lib
 from bench import memory, peak, report, throughput, torch_peers, workloads
+from bench import pipeline as pipeline_lib
 
 # The report's closing notes: how every number in it is made.
 METHOD_NOTES = (
@@ -172,20 +173,43 @@ def _notes(rep, cfg, notes, torch, peak_gflops, source) -> list:
   return out
 
 
+def _pipelines(cfg, pipelines, log, timing) -> dict:
+  """Each whole job ``cfg.pipelines`` names, in a child process (fractions of the peak come at the end)."""
+  out = {}
+  for name in cfg.pipelines:
+    t = time.perf_counter()
+    log(
+      f"{name}: the whole job in a child process ({pipelines[name].what}) ..."
+    )
+    out[name] = pipeline_lib.run_pipeline(
+      pipelines[name], num_models=cfg.num_models, log=log
+    )
+    timing[name] = time.perf_counter() - t
+  return out
+
+
 def run(
   cfg: config_lib.BenchConfig,
   *,
   table=None,
+  pipelines=None,
   log: Callable[[str], None] = print,
 ) -> dict:
   """Runs everything ``cfg`` asks for; returns the report and writes it when ``cfg.output_dir`` is set.
 
-  ``table``: the workloads (default: ``cfg.preset``'s).
+  ``table``: the workloads (default: ``cfg.preset``'s); ``pipelines``: the
+  whole jobs (default :data:`bench.pipeline.PIPELINES`).
   """
   table = config_lib.PRESETS[cfg.preset]["table"] if table is None else table
+  pipelines = pipeline_lib.PIPELINES if pipelines is None else pipelines
   for name in cfg.workloads:
     if name not in table:
       raise ValueError(f"workloads: unknown {name!r}; known: {list(table)}")
+  for name in cfg.pipelines:
+    if name not in pipelines:
+      raise ValueError(
+        f"workloads: unknown pipeline {name!r}; known: {list(pipelines)}"
+      )
   torch, torch_note, art_mods, notes = _peers(cfg)
   tdev = None if torch is None else torch_peers.torch_device(torch)
   rep: dict = dict(preset=cfg.preset, device=_device(torch, tdev))
@@ -211,6 +235,7 @@ def run(
       torch_device=tdev or "cpu",
     )
     timing[name] = time.perf_counter() - t
+  rep["pipelines"] = _pipelines(cfg, pipelines, log, timing)
   _sections(rep, cfg, table, art_mods, log, timing)
   t = time.perf_counter()
   best, source = _final_peak(rep, torch, cfg.matmul_sizes, tdev)
@@ -225,6 +250,8 @@ def run(
   for w in rep["workloads"].values():
     for method in w["setup"]["methods"]:
       w[method]["fraction_of_peak"] = w[method]["gflops"] / best
+  for row in rep["pipelines"].values():
+    pipeline_lib.apply_peak(row, best)
   rep["device"]["load_average_end"] = report.load_average()
   rep["goals"] = goals_lib.goals(rep)
   rep["notes"] = _notes(rep, cfg, notes, torch, best, source)
