@@ -287,12 +287,15 @@ def _check_fit(config, variables, x_shape, num_classes) -> None:
   )
 
 
-def prepared(config, variables, x_shape, num_classes, lowering, num_models):
+def prepared(
+  config, variables, x_shape, num_classes, lowering, num_models, mesh=None
+):
   """``(fns, variables, per_model_variables, replicated)`` for inference on this backend.
 
-  ``variables`` come back on the models mesh (padded to the devices);
-  ``per_model_variables`` is the list of each model's, or None where the
-  lowering runs one batched program (vmap over models).
+  ``variables`` come back on ``mesh`` (default: the models mesh over every
+  local device), padded to its devices; ``per_model_variables`` is the list
+  of each model's, or None where the lowering runs one batched program
+  (vmap over models).
   """
   # Queries take no gradient step: nothing to measure.
   low = resolve_lowering(
@@ -304,7 +307,7 @@ def prepared(config, variables, x_shape, num_classes, lowering, num_models):
     conv_impl=low.conv_function(),
     compute_dtype=low.compute_dtype,
   )
-  mesh = devices_lib.models_mesh()
+  mesh = devices_lib.models_mesh() if mesh is None else mesh
   padded = devices_lib.pad_to_devices(np.arange(num_models), mesh.size)
   if len(padded) != num_models:
     variables = jax.tree_util.tree_map(
