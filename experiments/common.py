@@ -185,6 +185,12 @@ def _define_label_only_flags(config: dict) -> None:
     config["label_only_copies"],
     "Noisy copies per noise level.",
   )
+  flags.DEFINE_integer(
+    "label_only_noise_group",
+    config["label_only_noise_group"],
+    "Consecutive candidates that share their noise draws (1: none share). "
+    "Sharing lets an MLP map each draw through its first layer once.",
+  )
 
 
 def _recipe() -> dict:
@@ -290,6 +296,7 @@ def label_only_queries() -> label_only.LabelOnlyQueries | None:
       sigmas=sigmas,
       copies=FLAGS.label_only_copies,
       seed=FLAGS.seed,
+      noise_group=FLAGS.label_only_noise_group,
     )
   except ValueError as e:
     raise app.UsageError(f"--label_only_*: {e}") from None

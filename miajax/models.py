@@ -118,6 +118,36 @@ class MLP(nn.Module):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
+  def affine_split(self):
+    """``(first, rest)``: inference as an affine first layer and the rest.
+
+    ``first(variables, x)``: the first hidden layer's pre-activation
+    ``[batch, widths[0]]``, affine in ``x``; ``rest(variables, h)``: the
+    logits from it; ``rest(v, first(v, x))`` is ``apply(v, x, train=False)``
+    bit for bit. An extension point: any module with this method lets the
+    label-only noise views map each shared noise draw through the first
+    layer once (:mod:`miajax.engine.labels`).
+    """
+    act = _activation(self.activation)
+    dense = lambda width: nn.Dense(width, dtype=self.dtype)
+    widths = tuple(self.widths)
+
+    def first(variables, x):
+      p = variables["params"]["Dense_0"]
+      return dense(widths[0]).apply({"params": p}, x.reshape((x.shape[0], -1)))
+
+    def rest(variables, h):
+      p = variables["params"]
+      x = act(h)
+      for i, width in enumerate(widths[1:], 1):
+        x = act(dense(width).apply({"params": p[f"Dense_{i}"]}, x))
+      out = dense(self.num_classes).apply(
+        {"params": p[f"Dense_{len(widths)}"]}, x
+      )
+      return out.astype(jnp.float32)
+
+    return (first, rest) if widths else None
+
 
 def _pool_padding(x, window: int) -> str:
   # Tiny inputs (8x8 digits) would shrink to nothing under VALID conv/pool.

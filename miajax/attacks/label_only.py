@@ -59,6 +59,7 @@ __all__ = [
   "attack_scores",
   "augmentation_views",
   "noise_views",
+  "noise_draws",
   "correct_views",
   "correct_fraction",
   "binomial_lira",
@@ -102,20 +103,41 @@ def augmentation_views(x, *, shift: int = 1):
   return jnp.stack(views)
 
 
-def noise_views(key, x, *, sigmas, copies: int, start: int = 0):
+def noise_draws(key, group_ids, shape, *, levels: int, copies: int, dtype):
+  """``float[len(group_ids), levels, copies, *shape]``: the standard normal draws of noise groups.
+
+  Group ``g``'s draws come from ``fold_in(key, g)`` alone.
+  """
+  return jax.vmap(
+    lambda g: jax.random.normal(
+      jax.random.fold_in(key, g), (levels, copies) + tuple(shape), dtype
+    )
+  )(group_ids)
+
+
+def noise_views(key, x, *, sigmas, copies: int, start: int = 0, group: int = 1):
   """Gaussian-noise copies ``float[len(sigmas) * copies, examples, ...]`` of ``x``.
 
-  View ``l * copies + c`` is ``x + sigmas[l] * eps``; the noise of example
-  ``i`` comes from ``fold_in(key, start + i)``, so it does not depend on how
-  the examples are batched (pass the batch's offset as ``start``).
+  View ``l * copies + c`` is ``x + sigmas[l] * eps``. The noise of example
+  ``i`` comes from ``fold_in(key, (start + i) // group)``, so it does not
+  depend on how the examples are batched (pass the batch's offset as
+  ``start``). ``group = 1``: every example its own draws; ``group = G``:
+  examples ``G q .. G q + G - 1`` share theirs (each example's views are
+  distributed exactly as with ``group = 1``; only examples of one group are
+  correlated), which lets a model with an affine first layer ``f1`` map each
+  draw once: ``f1(x + s eps) = f1(x) + s (f1(eps) - f1(0))``.
   """
   x = jnp.asarray(x)
   sig = jnp.asarray(sigmas, x.dtype)
   n = x.shape[0]
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(n))
-  eps = jax.vmap(
-    lambda k: jax.random.normal(k, (sig.size, copies) + x.shape[1:], x.dtype)
-  )(keys)
+  eps = noise_draws(
+    key,
+    (start + jnp.arange(n)) // group,
+    x.shape[1:],
+    levels=sig.size,
+    copies=copies,
+    dtype=x.dtype,
+  )
   eps = jnp.moveaxis(eps, 0, 2)  # [levels, copies, examples, ...]
   noisy = x[None, None] + sig.reshape((-1, 1) + (1,) * x.ndim) * eps
   return noisy.reshape((sig.size * copies,) + x.shape)
@@ -127,13 +149,16 @@ class LabelOnlyQueries:
 
   ``shift``: translation of the augmentation views (None: none; inputs
   that are not images ``[H, W, C]`` get none either); ``sigmas`` / ``copies``: noise levels (in input units) and
-  copies per level of the noise views; ``seed``: the noise's seed.
+  copies per level of the noise views; ``seed``: the noise's seed;
+  ``noise_group``: examples that share their noise draws (1: none share;
+  see :func:`noise_views`).
   """
 
   shift: int | None = 1
   sigmas: tuple[float, ...] = (0.1, 0.25, 0.5)
   copies: int = 8
   seed: int = 0
+  noise_group: int = 1
 
   def __post_init__(self):
     if self.shift is not None and (
@@ -158,6 +183,16 @@ class LabelOnlyQueries:
       raise ValueError(
         f"copies must be a positive integer, got {self.copies!r}"
       )
+    if (
+      isinstance(self.noise_group, bool)
+      or not isinstance(self.noise_group, int)
+      or self.noise_group < 1
+    ):
+      raise ValueError(
+        f"noise_group must be a positive integer, got {self.noise_group!r}"
+      )
+    if not sig:  # no noise views, no noise groups: one design, one fingerprint
+      object.__setattr__(self, "noise_group", 1)
     if self.shift is None and not sig:
       raise ValueError(
         "LabelOnlyQueries needs augmentation (shift) or noise views (sigmas), got neither"
@@ -198,9 +233,31 @@ class LabelOnlyQueries:
           sigmas=self.sigmas,
           copies=self.copies,
           start=start,
+          group=self.noise_group,
         )
       )
     return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+  def augmentation_only(self, x, start: int = 0):
+    """``float[A, examples, ...]``: the augmentation views alone (``start`` unused)."""
+    del start
+    return augmentation_views(x, shift=self.shift)
+
+  def group_draws(self, group_ids, shape):
+    """``float32[groups, levels * copies, *shape]``: the draws :func:`noise_views` adds for these noise groups."""
+    eps = noise_draws(
+      jax.random.key(self.seed),
+      group_ids,
+      shape,
+      levels=len(self.sigmas),
+      copies=self.copies,
+      dtype=jnp.float32,
+    )
+    return eps.reshape((eps.shape[0], -1) + tuple(shape))
+
+  def view_sigmas(self) -> tuple[float, ...]:
+    """The noise level of each noise view, in view order."""
+    return tuple(s for s in self.sigmas for _ in range(self.copies))
 
   def to_json(self) -> dict[str, Any]:
     return {
@@ -208,6 +265,8 @@ class LabelOnlyQueries:
       "sigmas": list(self.sigmas),
       "copies": self.copies,
       "seed": self.seed,
+      # Left out at its old default: run directories written before it existed keep their fingerprint.
+      **({"noise_group": self.noise_group} if self.noise_group != 1 else {}),
     }
 
 

@@ -122,6 +122,9 @@ class ModelFns(NamedTuple):
   init: Callable
   apply: Callable
   is_module: bool
+  # (first, rest) where the module offers ``affine_split()`` (see
+  # miajax.models.MLP.affine_split), else None.
+  affine_split: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,7 +428,8 @@ def _module_fns(module: nn.Module) -> ModelFns:
       return module.apply(variables, x, rngs=rngs, mutable=list(mutable), **kw)
     return module.apply(variables, x, rngs=rngs, **kw)
 
-  return ModelFns(init, apply, True)
+  split = getattr(module, "affine_split", None)
+  return ModelFns(init, apply, True, split() if callable(split) else None)
 
 
 @functools.lru_cache(maxsize=64)

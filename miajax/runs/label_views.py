@@ -37,16 +37,25 @@ def label_view_predictions(
     # L3), 16 Fashion-MNIST MLPs x 42 views: 2.7-4k rows ran at 180-230
     # GFLOP/s, 16k rows at 130-170 (the activations no longer fit the caches).
     block = max(1, 4096 // num_views)
-  if not queries.num_augmentation_views(shape):
+  augmented = queries.num_augmentation_views(shape) > 0
+  if not augmented:
     identity_labels = None  # view 0 is a noise view, not x
+  views, shared = queries.views, None
+  if queries.noise_group > 1 and queries.sigmas:
+    # Shared draws: a model with an affine first layer maps each draw once.
+    views = queries.augmentation_only if augmented else None
+    shared = labels_lib.SharedNoise(
+      queries.group_draws, queries.view_sigmas(), queries.noise_group
+    )
   return labels_lib.predict_view_labels(
     cfg,
     variables,
     x,
-    views=queries.views,
+    views=views,
     num_views=num_views,
     num_classes=num_classes,
     block=block,
     identity_labels=identity_labels,
+    shared_noise=shared,
     lowering=lowering,
   )

@@ -119,6 +119,7 @@ def label_queries(out: pathlib.Path) -> label_only_lib.LabelOnlyQueries | None:
       sigmas=tuple(spec["sigmas"]),
       copies=spec["copies"],
       seed=spec["seed"],
+      noise_group=spec.get("noise_group", 1),
     )
   )
 
