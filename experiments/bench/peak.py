@@ -5,27 +5,14 @@ from __future__ import annotations
 import math
 import time
 
-import jax
-import jax.numpy as jnp
 
 from bench import torch_peers
+from miajax.engine import costs
 
 
 def matmul_peak(sizes=(2048, 4096), repeats: int = 5) -> dict:
   """Best float32 GFLOP/s of a jitted square matmul per size, and the best over sizes."""
-  f = jax.jit(jnp.matmul)
-  per_size = {}
-  for n in sizes:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f(a, b).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-      t = time.perf_counter()
-      f(a, b).block_until_ready()
-      best = min(best, time.perf_counter() - t)
-    per_size[str(n)] = 2 * n**3 / best / 1e9
-  return {"gflops": max(per_size.values()), "per_size": per_size}
+  return costs.matmul_peak_gflops(sizes, repeats)
 
 
 def torch_matmul(

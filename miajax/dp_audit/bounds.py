@@ -9,6 +9,28 @@ import numpy as np
 __all__ = ["epsilon_lower_bound_canaries", "one_run_bound"]
 
 
+def checked_scores(
+  in_scores, out_scores, *, delta, confidence, open_delta=False
+):
+  """``(in, out)`` as ``float64[n]``; ValueError unless both are non-empty and finite, ``confidence`` in (0.5, 1) and ``delta`` in [0, 1] (``open_delta``: (0, 1))."""
+  in_scores = np.asarray(in_scores, np.float64).reshape(-1)
+  out_scores = np.asarray(out_scores, np.float64).reshape(-1)
+  if in_scores.size < 1 or out_scores.size < 1:
+    raise ValueError(
+      "need at least one in and one out score, got "
+      f"{in_scores.size} and {out_scores.size}"
+    )
+  if not (np.all(np.isfinite(in_scores)) and np.all(np.isfinite(out_scores))):
+    raise ValueError("scores must be finite")
+  if not 0.5 < confidence < 1:
+    raise ValueError(f"confidence must lie in (0.5, 1), got {confidence}")
+  if open_delta and not 0 < delta < 1:
+    raise ValueError(f"delta must lie in (0, 1), got {delta}")
+  if not 0 <= delta <= 1:
+    raise ValueError(f"delta must lie in [0, 1], got {delta}")
+  return in_scores, out_scores
+
+
 def epsilon_lower_bound_canaries(
   in_scores,
   out_scores,
@@ -42,19 +64,9 @@ def epsilon_lower_bound_canaries(
   """
   from jax_privacy import auditing  # imported here: only audits need it
 
-  in_scores = np.asarray(in_scores, np.float64).reshape(-1)
-  out_scores = np.asarray(out_scores, np.float64).reshape(-1)
-  if in_scores.size < 1 or out_scores.size < 1:
-    raise ValueError(
-      "need at least one in and one out score, got "
-      f"{in_scores.size} and {out_scores.size}"
-    )
-  if not (np.all(np.isfinite(in_scores)) and np.all(np.isfinite(out_scores))):
-    raise ValueError("scores must be finite")
-  if not 0.5 < confidence < 1:
-    raise ValueError(f"confidence must lie in (0.5, 1), got {confidence}")
-  if not 0 <= delta <= 1:
-    raise ValueError(f"delta must lie in [0, 1], got {delta}")
+  in_scores, out_scores = checked_scores(
+    in_scores, out_scores, delta=delta, confidence=confidence
+  )
   significance = 1.0 - confidence
   auditor = auditing.CanaryScoreAuditor(in_scores, out_scores)
   if threshold_strategy == "bonferroni":

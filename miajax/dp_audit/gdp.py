@@ -101,19 +101,11 @@ def epsilon_lower_bound_gdp(
   """
   from jax_privacy import auditing  # imported here: only audits need it
 
-  in_scores = np.asarray(in_scores, np.float64).reshape(-1)
-  out_scores = np.asarray(out_scores, np.float64).reshape(-1)
-  if in_scores.size < 1 or out_scores.size < 1:
-    raise ValueError(
-      "need at least one in and one out score, got "
-      f"{in_scores.size} and {out_scores.size}"
-    )
-  if not (np.all(np.isfinite(in_scores)) and np.all(np.isfinite(out_scores))):
-    raise ValueError("scores must be finite")
-  if not 0.5 < confidence < 1:
-    raise ValueError(f"confidence must lie in (0.5, 1), got {confidence}")
-  if not 0 < delta < 1:
-    raise ValueError(f"delta must lie in (0, 1), got {delta}")
+  from miajax.dp_audit.bounds import checked_scores
+
+  in_scores, out_scores = checked_scores(
+    in_scores, out_scores, delta=delta, confidence=confidence, open_delta=True
+  )
   thresholds, tn, fn = auditing._get_tn_fn_counts(in_scores, out_scores)
   n_in, n_out = in_scores.size, out_scores.size
   alpha = (1.0 - confidence) / (2 * len(thresholds))

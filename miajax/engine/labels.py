@@ -109,7 +109,7 @@ def _meshes():
   """Where the models may run: spread over every local device, or (CPU with
   several devices) all on the first, whose operations then use every core."""
   spread = devices_lib.models_mesh()
-  if spread.size == 1 or jax.default_backend() != "cpu":
+  if spread.size == 1 or spread.devices.flat[0].platform != "cpu":
     return [spread]
   return [spread, Mesh(np.asarray(jax.local_devices()[:1]), ("models",))]
 
