@@ -65,14 +65,14 @@ class Pipeline:
     ]
 
 
-# Not part of --workloads=all: about 20 minutes on a 2-core CPU.
+# Not part of --workloads=all: 6-20 minutes on a 2-core CPU.
 PIPELINES = {
   "pipeline_fashion_mnist": Pipeline(
     "pipeline_fashion_mnist",
     "fashion_mnist",
     num_models=64,
     models_per_step=16,
-    what="64 MLPs (784-256-128-10) on Fashion-MNIST, LiRA and friends leave-one-out "
+    what="The LiRA job's MLPs (784-256-128-10) on Fashion-MNIST, every attack leave-one-out "
     "(docs/fashion_mnist.md)",
   ),
 }
