@@ -240,6 +240,26 @@ def attack_all(
   return summaries, all_scores, evaluated
 
 
+def _phase_line(timing: dict, *, reused: bool) -> str:
+  """``time by phase: training ... s, queries ... s, ...``: the phases that ran."""
+  phases = (
+    ("training", "train"),
+    ("queries", "predict"),
+    ("attacks", "attacks"),
+    ("null check", "null_check"),
+    ("budgets", "budgets"),
+  )
+  return (
+    "\ntime by phase: "
+    + ", ".join(
+      f"{what} {timing[key]:.1f} s"
+      for what, key in phases
+      if timing.get(key) is not None
+    )
+    + (" (a reused run: no training)" if reused else "")
+  )
+
+
 def _efficiency(spec, run, seconds: float) -> dict:
   """The job's FLOPs (XLA's count, by phase) over its wall time x the matmul peak measured now."""
   flops = runs.run_flops(spec, runs.load_dataset(spec), run.keep)
@@ -449,24 +469,9 @@ def main(argv):
       "\nbudget table (each model a target, its first k others the references)\n"
     )
     text.append(budgets_lib.format_table(rows))
-  timing = rep["timing_s"]
   # Budgets run after the report's total was first taken.
-  timing["total"] = time.perf_counter() - t_start
-  text.append(
-    "\ntime by phase: "
-    + ", ".join(
-      f"{what} {timing[key]:.1f} s"
-      for what, key in (
-        ("training", "train"),
-        ("queries", "predict"),
-        ("attacks", "attacks"),
-        ("null check", "null_check"),
-        ("budgets", "budgets"),
-      )
-      if timing.get(key) is not None
-    )
-    + (" (a reused run: no training)" if FLAGS.run_dir else "")
-  )
+  rep["timing_s"]["total"] = time.perf_counter() - t_start
+  text.append(_phase_line(rep["timing_s"], reused=bool(FLAGS.run_dir)))
   if not FLAGS.run_dir and run.chunks_trained and not run.chunks_reused:
     rep["efficiency"] = _efficiency(spec, run, t_null - t_start)
     text.append(_efficiency_line(rep["efficiency"]))

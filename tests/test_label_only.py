@@ -353,26 +353,20 @@ def test_device_view_labels_equal_host_views_then_predict(model_axis):
     )
     assert got.dtype == np.int16 and got.shape == (3, len(y), v)
     np.testing.assert_array_equal(got, want)
-  with pytest.raises(ValueError, match="identity_labels"):
-    labels_lib.predict_view_labels(
-      cfg,
-      trained.variables,
-      x,
-      views=q.views,
-      num_views=v,
-      num_classes=10,
-      identity_labels=np.zeros((2, 2), int),
-    )
-  with pytest.raises(ValueError, match="block"):
-    labels_lib.predict_view_labels(
-      cfg,
-      trained.variables,
-      x,
-      views=q.views,
-      num_views=v,
-      num_classes=10,
-      block=0,
-    )
+  for bad, match in (
+    (dict(identity_labels=np.zeros((2, 2), int)), "identity_labels"),
+    (dict(block=0), "block"),
+  ):
+    with pytest.raises(ValueError, match=match):
+      labels_lib.predict_view_labels(
+        cfg,
+        trained.variables,
+        x,
+        views=q.views,
+        num_views=v,
+        num_classes=10,
+        **bad,
+      )
 
 
 def test_shared_noise_groups():

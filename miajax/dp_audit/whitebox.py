@@ -196,6 +196,19 @@ def _coordinate_values(params, coordinates) -> np.ndarray:
   return np.stack(cols, 1)
 
 
+def _initial_values(config, num_classes, input_shape, num_models, coords):
+  """``float64[models, canaries]``: the coordinates before training, from the engine's own per-model keys."""
+  from miajax.engine import batches, recipe
+
+  fns = recipe.model_fns(config, num_classes)
+  x0 = jnp.zeros((1, *input_shape), jnp.float32)
+  init = jax.jit(
+    jax.vmap(lambda key: fns.init(jax.random.fold_in(key, 0), x0)["params"])
+  )
+  keys = batches.model_keys(config.seed, np.arange(num_models))
+  return _coordinate_values(init(keys), coords)
+
+
 def gradient_canary_audit(
   config,
   x,
@@ -253,7 +266,7 @@ def gradient_canary_audit(
   import miajax
   from miajax.dp_audit.bounds import epsilon_lower_bound_canaries
   from miajax.dp_audit.gdp import epsilon_lower_bound_gdp
-  from miajax.engine import batches, recipe
+  from miajax.engine import batches
 
   t0 = time.perf_counter()
   if num_models < 4:
@@ -299,14 +312,7 @@ def gradient_canary_audit(
     jax.vmap(lambda m: canary_coins(int(seed), m, k))(jnp.arange(num_models))
   )
   audited = dataclasses.replace(config, defense=canary)
-  # Initial values of the coordinates, from the engine's own per-model keys.
-  fns = recipe.model_fns(config, num_classes)
-  x0 = jnp.zeros((1,) + x.shape[1:], jnp.float32)
-  init = jax.jit(
-    jax.vmap(lambda key: fns.init(jax.random.fold_in(key, 0), x0)["params"])
-  )
-  keys = batches.model_keys(config.seed, np.arange(num_models))
-  theta0 = _coordinate_values(init(keys), coords)
+  theta0 = _initial_values(config, num_classes, x.shape[1:], num_models, coords)
   t1 = time.perf_counter()
   res = miajax.train_models(
     audited, x, y, keep, num_classes=num_classes, lowering=lowering
